@@ -1,0 +1,535 @@
+//! Gateway configuration (TOML). Keys follow CONTRACT §2; everything else is documented in
+//! docs/config.md. The config is validated once at start-up and every error names the file,
+//! the key and the reason, so an operator can fix it without reading code.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Where the gateway looks when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "sip-config/gateway.toml";
+
+/// A configuration error: which file, which key, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+    pub http: HttpConfig,
+    pub recordings: RecordingsConfig,
+    pub flow: FlowConfig,
+    pub transfer: TransferConfig,
+    pub tts: TtsConfig,
+    /// Seconds that calls in progress get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_s: u64,
+    /// Where CDRs (one JSON line per call) and tracked events are appended.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP and TCP listen address.
+    pub listen: String,
+    /// Address advertised in SDP and Contact when the gateway is behind NAT.
+    pub external_ip: Option<String>,
+    /// INVITEs beyond this many concurrent calls get 503 with Retry-After.
+    pub max_calls: usize,
+    /// RFC 3261 T1 in milliseconds (retransmission base).
+    pub t1_ms: u64,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    /// Inclusive port range "lo-hi" for media sockets.
+    pub ports: String,
+    /// With no RTP for this long (held calls included) the call is ended.
+    pub inactivity_timeout_s: u64,
+    /// Jitter/reorder buffer depth.
+    pub jitter_ms: u64,
+    /// Preferred codecs, in order ("PCMU", "PCMA").
+    pub codecs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingsConfig {
+    pub dir: PathBuf,
+    /// "stereo" (caller left, bot/far leg right) or "mixed" (mono).
+    pub channels: String,
+    pub retention_days: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    pub file: PathBuf,
+    pub websocket_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferMode {
+    Refer,
+    Bridge,
+    Auto,
+}
+
+impl TransferMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferMode::Refer => "refer",
+            TransferMode::Bridge => "bridge",
+            TransferMode::Auto => "auto",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    pub mode: TransferMode,
+    /// Where bridged legs go: INVITE sip:+E164@<trunk host:port>.
+    pub trunk: String,
+    /// E.164 prefixes a forward may reach. Empty refuses everything.
+    pub allow: Vec<String>,
+    /// Prefixes refused even when allowed (premium-rate ranges).
+    pub deny: Vec<String>,
+    /// Accept numbers written without '+' (country code first) and normalise them.
+    pub legacy_no_plus: bool,
+    /// Caller id for bridged legs; the original caller when unset.
+    pub caller_id: Option<String>,
+    /// How long to wait for the final NOTIFY after a REFER.
+    pub refer_timeout_s: u64,
+    /// How long a bridged leg may ring before it is cancelled.
+    pub ring_timeout_s: u64,
+    /// Digest credentials for the trunk (401/407 challenges).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtsConfig {
+    /// espeak-ng voice.
+    pub voice: String,
+    /// Played (with a logged warning) when espeak-ng is not installed.
+    pub fallback_wav: Option<PathBuf>,
+    pub binary: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            rtp: RtpConfig::default(),
+            http: HttpConfig::default(),
+            recordings: RecordingsConfig::default(),
+            flow: FlowConfig::default(),
+            transfer: TransferConfig::default(),
+            tts: TtsConfig::default(),
+            shutdown_grace_s: 10,
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: "127.0.0.1:5060".into(),
+            external_ip: None,
+            max_calls: 200,
+            t1_ms: 500,
+            user_agent: format!("voxgate/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        RtpConfig {
+            ports: "20000-29999".into(),
+            inactivity_timeout_s: 60,
+            jitter_ms: 60,
+            codecs: vec!["PCMU".into(), "PCMA".into()],
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            token: "change-me".into(),
+        }
+    }
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        RecordingsConfig {
+            dir: PathBuf::from("recordings"),
+            channels: "stereo".into(),
+            retention_days: None,
+        }
+    }
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            file: PathBuf::from("sip-config/flows/demo.yaml"),
+            websocket_url: None,
+        }
+    }
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            mode: TransferMode::Auto,
+            trunk: "sip:127.0.0.1:5080".into(),
+            allow: vec!["+32".into(), "+31".into(), "+44".into(), "+1".into()],
+            deny: Vec::new(),
+            legacy_no_plus: false,
+            caller_id: None,
+            refer_timeout_s: 15,
+            ring_timeout_s: 30,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        TtsConfig {
+            voice: "en".into(),
+            fallback_wav: Some(PathBuf::from("sip-config/prompts/tts_fallback.wav")),
+            binary: "espeak-ng".into(),
+        }
+    }
+}
+
+/// The parts of the config that need parsing, checked once so the rest of the code can rely on them.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub sip_listen: SocketAddr,
+    pub external_ip: Option<IpAddr>,
+    pub rtp_ports: (u16, u16),
+    pub http_listen: SocketAddr,
+    pub trunk: TrunkTarget,
+    pub codecs: Vec<crate::media::codec::Codec>,
+}
+
+/// `transfer.trunk` split into host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl TrunkTarget {
+    /// "host:port" as used in Request-URIs and Refer-To.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<(Config, Validated), ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` is used in error messages.
+    pub fn from_toml(text: &str, file: &str) -> Result<(Config, Validated), ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let validated = config.validate(file)?;
+        Ok((config, validated))
+    }
+
+    fn validate(&self, file: &str) -> Result<Validated, ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let sip_listen: SocketAddr = self.sip.listen.parse().map_err(|_| {
+            bad(
+                "sip.listen",
+                format!("`{}` is not an IP:port address", self.sip.listen),
+            )
+        })?;
+        let external_ip = match &self.sip.external_ip {
+            None => None,
+            Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
+                bad("sip.external_ip", format!("`{s}` is not an IP address"))
+            })?),
+        };
+        if self.sip.max_calls == 0 {
+            return Err(bad("sip.max_calls", "must be at least 1".into()));
+        }
+        if !(50..=10_000).contains(&self.sip.t1_ms) {
+            return Err(bad("sip.t1_ms", "must be between 50 and 10000".into()));
+        }
+        let rtp_ports = parse_port_range(&self.rtp.ports).map_err(|r| bad("rtp.ports", r))?;
+        if self.rtp.inactivity_timeout_s == 0 {
+            return Err(bad("rtp.inactivity_timeout_s", "must be at least 1".into()));
+        }
+        if !(20..=1000).contains(&self.rtp.jitter_ms) {
+            return Err(bad("rtp.jitter_ms", "must be between 20 and 1000".into()));
+        }
+        let mut codecs = Vec::new();
+        for name in &self.rtp.codecs {
+            let c = crate::media::codec::Codec::from_rtpmap(name, 8000).ok_or_else(|| {
+                bad(
+                    "rtp.codecs",
+                    format!("unknown codec `{name}` (supported: PCMU, PCMA)"),
+                )
+            })?;
+            if !codecs.contains(&c) {
+                codecs.push(c);
+            }
+        }
+        if codecs.is_empty() {
+            return Err(bad("rtp.codecs", "at least one codec is needed".into()));
+        }
+        let http_listen: SocketAddr = self.http.listen.parse().map_err(|_| {
+            bad(
+                "http.listen",
+                format!("`{}` is not an IP:port address", self.http.listen),
+            )
+        })?;
+        if self.http.token.trim().is_empty() {
+            return Err(bad("http.token", "must not be empty".into()));
+        }
+        if self.recordings.dir.as_os_str().is_empty() {
+            return Err(bad("recordings.dir", "must not be empty".into()));
+        }
+        if !matches!(self.recordings.channels.as_str(), "stereo" | "mixed") {
+            return Err(bad(
+                "recordings.channels",
+                format!(
+                    "`{}` is not one of \"stereo\", \"mixed\"",
+                    self.recordings.channels
+                ),
+            ));
+        }
+        if let Some(url) = &self.flow.websocket_url {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(bad(
+                    "flow.websocket_url",
+                    format!("`{url}` must start with ws:// or wss://"),
+                ));
+            }
+        } else if self.flow.file.as_os_str().is_empty() {
+            return Err(bad(
+                "flow.file",
+                "must be set when flow.websocket_url is not".into(),
+            ));
+        }
+        let trunk = parse_trunk(&self.transfer.trunk).map_err(|r| bad("transfer.trunk", r))?;
+        for (key, list) in [
+            ("transfer.allow", &self.transfer.allow),
+            ("transfer.deny", &self.transfer.deny),
+        ] {
+            for p in list {
+                let digits = p.strip_prefix('+').unwrap_or("");
+                if digits.is_empty()
+                    || digits.len() > 15
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(bad(
+                        key,
+                        format!("`{p}` is not an E.164 prefix ('+' then 1-15 digits)"),
+                    ));
+                }
+            }
+        }
+        if self.transfer.refer_timeout_s == 0 || self.transfer.ring_timeout_s == 0 {
+            return Err(bad(
+                "transfer.refer_timeout_s / transfer.ring_timeout_s",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.transfer.username.is_some() != self.transfer.password.is_some() {
+            return Err(bad(
+                "transfer.password",
+                "username and password must be set together".into(),
+            ));
+        }
+        Ok(Validated {
+            sip_listen,
+            external_ip,
+            rtp_ports,
+            http_listen,
+            trunk,
+            codecs,
+        })
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not a range like \"20000-29999\""))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{lo}` is not a port number"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{hi}` is not a port number"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("`{s}`: the low port must be 1..=high port"));
+    }
+    if hi - lo < 1 {
+        return Err(format!(
+            "`{s}`: the range needs at least 2 ports (RTP and RTCP)"
+        ));
+    }
+    Ok((lo, hi))
+}
+
+fn parse_trunk(s: &str) -> Result<TrunkTarget, String> {
+    let rest = s
+        .strip_prefix("sip:")
+        .ok_or_else(|| format!("`{s}` must be a sip: URI like \"sip:127.0.0.1:5080\""))?;
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let rest = rest.split(';').next().unwrap_or(rest);
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{s}`: unclosed IPv6 bracket"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("`{s}`: bad port"))?,
+            None => 5060,
+        };
+        (h.to_string(), port)
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| format!("`{s}`: bad port `{p}`"))?,
+            ),
+            None => (rest.to_string(), 5060),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    Ok(TrunkTarget { host, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let (c, v) = Config::from_toml("", "t.toml").unwrap();
+        assert_eq!(c.shutdown_grace_s, 10);
+        assert_eq!(v.sip_listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(v.rtp_ports, (20000, 29999));
+        assert_eq!(v.trunk.host_port(), "127.0.0.1:5080");
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let text = r#"
+[sip]
+listen = "127.0.0.1:5070"
+[rtp]
+ports = "30000-30100"
+[http]
+listen = "127.0.0.1:8081"
+token = "t0k"
+[recordings]
+dir = "/tmp/recs"
+[flow]
+file = "sip-config/flows/demo.yaml"
+[transfer]
+mode = "refer"
+trunk = "sip:127.0.0.1:5090"
+allow = ["+32"]
+"#;
+        let (c, v) = Config::from_toml(text, "g.toml").unwrap();
+        assert_eq!(c.transfer.mode, TransferMode::Refer);
+        assert_eq!(v.trunk.port, 5090);
+        assert_eq!(v.rtp_ports, (30000, 30100));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let cases = [
+            ("[sip]\nlisten = \"nope\"", "sip.listen"),
+            ("[rtp]\nports = \"9-1\"", "rtp.ports"),
+            ("[rtp]\nports = \"abc\"", "rtp.ports"),
+            ("[http]\ntoken = \"\"", "http.token"),
+            ("[transfer]\ntrunk = \"127.0.0.1\"", "transfer.trunk"),
+            ("[transfer]\nallow = [\"32\"]", "transfer.allow"),
+            ("[recordings]\nchannels = \"quad\"", "recordings.channels"),
+            ("[rtp]\ncodecs = [\"opus\"]", "rtp.codecs"),
+            ("[flow]\nwebsocket_url = \"http://x\"", "flow.websocket_url"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text, "bad.toml").unwrap_err().to_string();
+            assert!(err.starts_with("bad.toml: key `"), "{err}");
+            assert!(err.contains(key), "{text} -> {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_syntax_errors_naming_the_key() {
+        let err = Config::from_toml("[sip]\nlisten_addr = \"x\"", "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml") && err.contains("listen_addr"), "{err}");
+        let err = Config::from_toml("[transfer]\nmode = \"teleport\"", "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("teleport"), "{err}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Media: codecs, RTP, DTMF, prompts and recording.
+
+pub mod codec;

@@ -1,0 +1,254 @@
+//! A raw-bytes check in front of the SIP stack, for UDP datagrams.
+//!
+//! rsipstack silently drops requests whose method it does not know and messages it cannot
+//! parse, and it loses the body of a UDP message without Content-Length. RFC 3261 wants a 501
+//! for an unknown method (§8.2.1), a 400 for a malformed request that can still be answered
+//! (§8.2.2 / RFC 4475), and says a UDP body runs to the end of the datagram (§18.3). This module
+//! decides, without IO, what to do with one datagram.
+
+use std::borrow::Cow;
+
+/// Methods the stack understands. Anything else gets 501 (SIP methods are case-sensitive).
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "INFO",
+    "REFER",
+    "NOTIFY",
+    "UPDATE",
+    "PRACK",
+    "MESSAGE",
+    "SUBSCRIBE",
+    "PUBLISH",
+    "REGISTER",
+];
+
+/// The methods voxgate answers; advertised in Allow.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE";
+
+/// What to do with a datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    /// Hand it to the stack (possibly repaired, e.g. a Content-Length added).
+    Pass(Cow<'a, [u8]>),
+    /// Answer it directly with these bytes, sent back to the datagram's source.
+    Reply { response: Vec<u8>, why: &'static str },
+    /// Ignore it (not SIP, or too broken to answer).
+    Drop { why: &'static str },
+}
+
+/// Inspects one UDP datagram.
+pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
+    let Some(head_end) = find(data, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| find(data, b"\n\n").map(|i| i + 2))
+    else {
+        // No end of headers: still try to answer a request if we can find the essentials.
+        return reply_or_drop(data, 400, "Bad Request", "no end of headers");
+    };
+    let head = &data[..head_end];
+    let Ok(head_text) = std::str::from_utf8(head) else {
+        return reply_or_drop(data, 400, "Bad Request", "headers are not UTF-8");
+    };
+    let first_line = head_text.lines().next().unwrap_or("").trim_end();
+    let is_response = first_line.starts_with("SIP/");
+    if !is_response {
+        let method = first_line.split(' ').next().unwrap_or("");
+        if method.is_empty() || !first_line.ends_with("SIP/2.0") {
+            if first_line.ends_with("SIP/7.0") || first_line.contains(" SIP/") {
+                return reply_or_drop(data, 505, "Version Not Supported", "bad SIP version");
+            }
+            return reply_or_drop(data, 400, "Bad Request", "malformed request line");
+        }
+        if !KNOWN_METHODS.contains(&method) {
+            return reply_or_drop(data, 501, "Not Implemented", "unknown method");
+        }
+    }
+    // RFC 3261 §18.3: on UDP a missing Content-Length means the body runs to the end.
+    let repaired: Cow<'_, [u8]> = if header_value(head_text, &["content-length", "l"]).is_none() {
+        let body_len = data.len() - head_end;
+        let mut fixed = Vec::with_capacity(data.len() + 24);
+        let insert_at = head_end - if head.ends_with(b"\r\n\r\n") { 2 } else { 1 };
+        fixed.extend_from_slice(&data[..insert_at]);
+        fixed.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
+        fixed.extend_from_slice(&data[insert_at..]);
+        Cow::Owned(fixed)
+    } else {
+        Cow::Borrowed(data)
+    };
+    if rsipstack::sip::SipMessage::try_from(repaired.as_ref()).is_err() {
+        if is_response {
+            return Verdict::Drop {
+                why: "unparseable response",
+            };
+        }
+        return reply_or_drop(data, 400, "Bad Request", "unparseable request");
+    }
+    Verdict::Pass(repaired)
+}
+
+/// Builds a stateless response when the request carries Via, From, To, Call-ID and CSeq;
+/// otherwise there is nobody to answer and the datagram is dropped.
+fn reply_or_drop(data: &[u8], code: u16, reason: &str, why: &'static str) -> Verdict<'static> {
+    let text = String::from_utf8_lossy(data);
+    if text.starts_with("SIP/") {
+        return Verdict::Drop { why };
+    }
+    let mut vias = Vec::new();
+    let mut from = None;
+    let mut to = None;
+    let mut call_id = None;
+    let mut cseq = None;
+    for (name, value) in unfolded_headers(&text) {
+        match name.to_ascii_lowercase().as_str() {
+            "via" | "v" => vias.push(value),
+            "from" | "f" if from.is_none() => from = Some(value),
+            "to" | "t" if to.is_none() => to = Some(value),
+            "call-id" | "i" if call_id.is_none() => call_id = Some(value),
+            "cseq" if cseq.is_none() => cseq = Some(value),
+            _ => {}
+        }
+    }
+    let (Some(from), Some(to), Some(call_id), Some(cseq)) = (from, to, call_id, cseq) else {
+        return Verdict::Drop { why };
+    };
+    if vias.is_empty() || cseq.starts_with(char::is_whitespace) && cseq.trim().is_empty() {
+        return Verdict::Drop { why };
+    }
+    // A request that is ACK gets no response (RFC 3261 §17.2.1).
+    if cseq.split_whitespace().nth(1) == Some("ACK") {
+        return Verdict::Drop { why };
+    }
+    let to = if to.to_ascii_lowercase().contains(";tag=") {
+        to
+    } else {
+        format!("{to};tag=vg{:08x}", rand::random::<u32>())
+    };
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in vias {
+        out.push_str(&format!("Via: {via}\r\n"));
+    }
+    out.push_str(&format!(
+        "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n"
+    ));
+    if code == 501 || code == 405 {
+        out.push_str(&format!("Allow: {ALLOW}\r\n"));
+    }
+    out.push_str(&format!("Warning: 399 voxgate \"{why}\"\r\nContent-Length: 0\r\n\r\n"));
+    Verdict::Reply {
+        response: out.into_bytes(),
+        why,
+    }
+}
+
+/// Header lines of a message, with folded continuation lines joined (RFC 3261 §7.3.1).
+fn unfolded_headers(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n').skip(1) {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            out.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn header_value<'a>(head: &'a str, names: &[&str]) -> Option<&'a str> {
+    head.split('\n').skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim();
+        names
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+            .then(|| value.trim())
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &str = "OPTIONS sip:bot@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:bot@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn well_formed_request_passes_unchanged() {
+        match inspect_datagram(OPTIONS.as_bytes()) {
+            Verdict::Pass(Cow::Borrowed(b)) => assert_eq!(b, OPTIONS.as_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_method_gets_501_with_allow_and_copied_headers() {
+        let msg = OPTIONS.replace("OPTIONS sip", "FOOBAR sip").replace("1 OPTIONS", "1 FOOBAR");
+        let Verdict::Reply { response, .. } = inspect_datagram(msg.as_bytes()) else {
+            panic!()
+        };
+        let r = String::from_utf8(response).unwrap();
+        assert!(r.starts_with("SIP/2.0 501 Not Implemented\r\n"), "{r}");
+        assert!(r.contains("Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1\r\n"));
+        assert!(r.contains("Call-ID: c1\r\n") && r.contains("CSeq: 1 FOOBAR\r\n"));
+        assert!(r.contains("To: <sip:bot@127.0.0.1>;tag=vg"));
+        assert!(r.contains("Allow: INVITE"));
+    }
+
+    #[test]
+    fn lowercase_method_is_unknown() {
+        let msg = OPTIONS.replace("OPTIONS sip", "options sip");
+        assert!(matches!(
+            inspect_datagram(msg.as_bytes()),
+            Verdict::Reply { .. }
+        ));
+    }
+
+    #[test]
+    fn garbage_is_dropped() {
+        for g in [&b"hello world"[..], b"\x00\x01\x02\xff", b"", b"GET / HTTP/1.1\r\n\r\n"] {
+            assert!(matches!(inspect_datagram(g), Verdict::Drop { .. }), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn missing_content_length_is_added_for_udp() {
+        let msg = "INFO sip:bot@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK2\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:bot@127.0.0.1>;tag=2\r\nCall-ID: c1\r\nCSeq: 2 INFO\r\nContent-Type: application/dtmf-relay\r\n\r\nSignal=5\r\nDuration=160\r\n";
+        let Verdict::Pass(fixed) = inspect_datagram(msg.as_bytes()) else {
+            panic!()
+        };
+        let text = String::from_utf8(fixed.into_owned()).unwrap();
+        assert!(text.contains("Content-Length: 24\r\n\r\nSignal=5"), "{text}");
+        let parsed = rsipstack::sip::SipMessage::try_from(text.as_str()).unwrap();
+        match parsed {
+            rsipstack::sip::SipMessage::Request(r) => assert_eq!(r.body.len(), 24),
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn responses_are_never_answered() {
+        let r = "SIP/2.0 200 OK\r\nbroken";
+        assert!(matches!(inspect_datagram(r.as_bytes()), Verdict::Drop { .. }));
+    }
+
+    #[test]
+    fn ack_is_never_answered() {
+        let msg = OPTIONS.replace("OPTIONS sip", "ACK sip:x SIP/3.0 junk").replace("1 OPTIONS", "1 ACK");
+        assert!(matches!(inspect_datagram(msg.as_bytes()), Verdict::Drop { .. }));
+    }
+}

@@ -1,0 +1,659 @@
+//! The facade over rsipstack: one listening endpoint (UDP + TCP on the same address), the
+//! dialog layer, and a translation of the stack's dialog states into [`LegEvent`]s. No
+//! rsipstack type crosses this module's public API.
+
+use super::guard::ALLOW;
+use super::transport::GuardedUdp;
+use rsipstack::dialog::dialog::{DialogState, TerminatedReason, TransactionHandle};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::dialog::DialogId;
+use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::endpoint::EndpointOption;
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{TcpListenerConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Errors at the SIP boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("SIP stack error: {0}")]
+    Stack(String),
+    #[error("the dialog is gone")]
+    DialogGone,
+}
+
+impl From<rsipstack::Error> for SipError {
+    fn from(e: rsipstack::Error) -> Self {
+        SipError::Stack(e.to_string())
+    }
+}
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct SipServerConfig {
+    pub listen: SocketAddr,
+    /// Advertised in Contact instead of the listen address (NAT).
+    pub external_ip: Option<IpAddr>,
+    pub t1: Duration,
+    pub user_agent: String,
+}
+
+/// Decides whether a new INVITE may become a call. Returns the refusal (status, Retry-After
+/// seconds) when it may not: over capacity, or shutting down.
+pub trait Admission: Send + Sync {
+    fn admit(&self) -> Option<(u16, u32)>;
+}
+
+/// The INVITE as the rest of voxgate sees it.
+#[derive(Debug, Clone, Default)]
+pub struct InviteInfo {
+    pub call_id: String,
+    pub from_uri: String,
+    pub from_user: String,
+    pub to_uri: String,
+    pub to_user: String,
+    pub request_uri: String,
+    /// Lower-case header name -> value (first occurrence), for the flow's session.start.
+    pub headers: BTreeMap<String, String>,
+    /// The SDP offer, if the INVITE carried one.
+    pub sdp: Option<String>,
+    pub source: Option<SocketAddr>,
+    pub transport: &'static str,
+}
+
+/// A new call: its leg, what the INVITE said, and the stream of what happens to it next.
+pub struct IncomingCall {
+    pub leg: CallLeg,
+    pub info: InviteInfo,
+    pub events: mpsc::UnboundedReceiver<LegEvent>,
+}
+
+/// Why a leg ended, as far as SIP is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegEnd {
+    /// The remote side sent BYE.
+    RemoteBye,
+    /// The caller cancelled before answer.
+    Cancelled,
+    /// We sent BYE (or rejected).
+    LocalHangup,
+    /// No ACK for our 2xx (Timer H / 64*T1), or another transaction timeout.
+    Timeout,
+    Other(String),
+}
+
+/// Something that happened on an established or establishing leg.
+#[derive(Debug)]
+pub enum LegEvent {
+    /// The ACK for our 2xx arrived; `sdp` is its body when the INVITE had no offer.
+    Confirmed { ack_sdp: Option<String> },
+    /// INFO inside the dialog (DTMF relay). Must be answered.
+    Info {
+        content_type: String,
+        body: Vec<u8>,
+        reply: Responder,
+    },
+    /// re-INVITE or UPDATE (hold, unhold, new media address). Must be answered.
+    Offer { sdp: Option<String>, reply: Responder },
+    /// NOTIFY inside the dialog (REFER progress). Must be answered.
+    Notify {
+        event: String,
+        content_type: String,
+        body: Vec<u8>,
+        reply: Responder,
+    },
+    /// The dialog is over.
+    Terminated(LegEnd),
+}
+
+/// Answers one in-dialog request. Dropping it unanswered makes the stack send 501.
+#[derive(Debug)]
+pub struct Responder {
+    handle: TransactionHandle,
+}
+
+impl Responder {
+    /// Sends a final (or provisional) response with extra headers and an optional body.
+    pub async fn respond(
+        &self,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+    ) -> Result<(), SipError> {
+        let headers: Vec<Header> = headers
+            .into_iter()
+            .map(|(n, v)| Header::Other(n, v))
+            .collect();
+        self.handle
+            .respond(StatusCode::from(status), Some(headers), body)
+            .await
+            .map_err(|e| SipError::Stack(e.to_string()))
+    }
+}
+
+/// One SIP dialog that voxgate is party to (the caller's, for now).
+#[derive(Clone)]
+pub struct CallLeg {
+    dialog: InviteDialog,
+}
+
+impl CallLeg {
+    /// 180 Ringing.
+    pub fn ring(&self) -> Result<(), SipError> {
+        Ok(self.dialog.ringing(None, None)?)
+    }
+
+    /// 200 OK with our SDP (answer, or offer when the INVITE had none).
+    pub fn answer(&self, sdp: &str) -> Result<(), SipError> {
+        let headers = vec![
+            Header::ContentType("application/sdp".into()),
+            Header::Other("Allow".into(), ALLOW.into()),
+            Header::Other("Supported".into(), "replaces, norefersub".into()),
+        ];
+        Ok(self
+            .dialog
+            .accept(Some(headers), Some(sdp.as_bytes().to_vec()))?)
+    }
+
+    /// A final non-2xx response to the INVITE.
+    pub fn reject(&self, status: u16, reason: Option<String>) -> Result<(), SipError> {
+        Ok(self.dialog.reject(Some(StatusCode::from(status)), reason)?)
+    }
+
+    /// BYE (confirmed dialog) — waits for the BYE transaction to finish.
+    pub async fn bye(&self) -> Result<(), SipError> {
+        Ok(self.dialog.bye().await?)
+    }
+
+    /// REFER inside the dialog. Returns the final status of the REFER transaction.
+    pub async fn refer(&self, refer_to: &str, referred_by: &str) -> Result<u16, SipError> {
+        let headers = vec![
+            Header::Other("Refer-To".into(), refer_to.into()),
+            Header::Other("Referred-By".into(), referred_by.into()),
+        ];
+        let resp = self
+            .dialog
+            .request(Method::Refer, Some(headers), None)
+            .await?;
+        Ok(resp.map(|r| u16::from(r.status_code)).unwrap_or(408))
+    }
+
+    /// re-INVITE with a new SDP (used when the media changes under us, e.g. a bridge).
+    pub async fn reinvite(&self, sdp: &str) -> Result<u16, SipError> {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        let resp = self
+            .dialog
+            .reinvite(Some(headers), Some(sdp.as_bytes().to_vec()))
+            .await?;
+        Ok(resp.map(|r| u16::from(r.status_code)).unwrap_or(408))
+    }
+
+    pub fn call_id(&self) -> String {
+        self.dialog.id().call_id.clone()
+    }
+
+    /// Our own URI as it appears in the dialog (used for Referred-By).
+    pub fn local_uri(&self) -> String {
+        self.dialog
+            .initial_request()
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                Header::To(to) => Some(uri_of(to.value())),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The running SIP side of the gateway.
+pub struct SipServer {
+    token: CancellationToken,
+    dialog_layer: Arc<DialogLayer>,
+    local_addr: SocketAddr,
+}
+
+impl SipServer {
+    /// Binds UDP and TCP on `config.listen`, starts the stack and returns the stream of new
+    /// calls. Requests that are not new calls are answered here.
+    pub async fn start(
+        config: SipServerConfig,
+        admission: Arc<dyn Admission>,
+    ) -> Result<(Arc<SipServer>, mpsc::Receiver<IncomingCall>), SipError> {
+        let token = CancellationToken::new();
+        let bind_err = |reason: String| SipError::Bind {
+            addr: config.listen,
+            reason,
+        };
+        let udp = tokio::net::UdpSocket::bind(config.listen)
+            .await
+            .map_err(|e| bind_err(format!("UDP: {e}")))?;
+        let local_addr = udp.local_addr().map_err(|e| bind_err(e.to_string()))?;
+        let tcp_addr = local_addr;
+        let external = config
+            .external_ip
+            .map(|ip| SocketAddr::new(ip, local_addr.port()));
+
+        let transport_layer = TransportLayer::new(token.clone());
+        let udp_conn = UdpConnection::from_socket(
+            Arc::new(GuardedUdp::new(udp)),
+            external,
+            Some(token.child_token()),
+        )
+        .await?;
+        transport_layer.add_transport(udp_conn.into());
+        // Bind TCP eagerly so a taken port is an error now, not a log line later.
+        drop(
+            std::net::TcpListener::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?,
+        );
+        let tcp = TcpListenerConnection::new(tcp_addr, external).await?;
+        transport_layer.add_transport(tcp.into());
+
+        let option = EndpointOption {
+            t1: config.t1,
+            t1x64: config.t1 * 64,
+            ..Default::default()
+        };
+        let endpoint = EndpointBuilder::new()
+            .with_cancel_token(token.clone())
+            .with_transport_layer(transport_layer)
+            .with_user_agent(&config.user_agent)
+            .with_option(option)
+            .with_allows(vec![
+                Method::Invite,
+                Method::Ack,
+                Method::Cancel,
+                Method::Bye,
+                Method::Options,
+                Method::Info,
+                Method::Refer,
+                Method::Notify,
+                Method::Update,
+            ])
+            .build();
+        let incoming = endpoint.incoming_transactions()?;
+        let dialog_layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let endpoint = Arc::new(endpoint);
+        {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move { endpoint.serve().await });
+        }
+        let contact_host = external.unwrap_or(local_addr);
+        let (calls_tx, calls_rx) = mpsc::channel(256);
+        let server = Arc::new(SipServer {
+            token: token.clone(),
+            dialog_layer: dialog_layer.clone(),
+            local_addr,
+        });
+        tokio::spawn(
+            dispatch(
+                incoming,
+                dialog_layer,
+                admission,
+                calls_tx,
+                contact_host,
+                token,
+            )
+            .instrument(info_span!("sip")),
+        );
+        info!(%local_addr, "SIP listening on UDP and TCP");
+        Ok((server, calls_rx))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn active_dialogs(&self) -> usize {
+        self.dialog_layer.len()
+    }
+
+    /// Stops the stack (sockets close; transactions end).
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+}
+
+/// Routes every new server transaction.
+async fn dispatch(
+    mut incoming: rsipstack::transaction::TransactionReceiver,
+    dialog_layer: Arc<DialogLayer>,
+    admission: Arc<dyn Admission>,
+    calls: mpsc::Sender<IncomingCall>,
+    contact_host: SocketAddr,
+    token: CancellationToken,
+) {
+    loop {
+        let mut tx = tokio::select! {
+            _ = token.cancelled() => return,
+            tx = incoming.recv() => match tx { Some(tx) => tx, None => return },
+        };
+        let has_to_tag = tx
+            .original
+            .headers
+            .iter()
+            .any(|h| matches!(h, Header::To(to) if to.value().to_ascii_lowercase().contains(";tag=")));
+        let method = tx.original.method;
+        if has_to_tag {
+            // In-dialog request: route it to its dialog, or 481.
+            match dialog_layer.match_dialog(&tx) {
+                Some(rsipstack::dialog::dialog::Dialog::Invite(mut dialog)) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = dialog.handle(&mut tx).await {
+                            debug!(error = %e, "in-dialog request ended with an error");
+                        }
+                    });
+                }
+                _ => {
+                    if method != Method::Ack {
+                        info!(%method, call_id = %call_id_of(&tx), "481: no such dialog");
+                        tokio::spawn(async move {
+                            tx.reply(StatusCode::CallTransactionDoesNotExist).await.ok();
+                        });
+                    }
+                }
+            }
+            continue;
+        }
+        match method {
+            Method::Invite => {
+                if let Some((status, retry_after)) = admission.admit() {
+                    info!(call_id = %call_id_of(&tx), status, "INVITE refused");
+                    tokio::spawn(async move {
+                        let headers = vec![Header::Other(
+                            "Retry-After".into(),
+                            retry_after.to_string(),
+                        )];
+                        tx.reply_with(StatusCode::from(status), headers, None)
+                            .await
+                            .ok();
+                    });
+                    continue;
+                }
+                if let Err(e) = new_call(tx, &dialog_layer, &calls, contact_host).await {
+                    warn!(error = %e, "could not set up a call for an INVITE");
+                }
+            }
+            Method::Options => {
+                tokio::spawn(async move {
+                    let headers = vec![
+                        Header::Other("Allow".into(), ALLOW.into()),
+                        Header::Other("Accept".into(), "application/sdp".into()),
+                        Header::Other("Supported".into(), "replaces, norefersub".into()),
+                    ];
+                    tx.reply_with(StatusCode::OK, headers, None).await.ok();
+                });
+            }
+            Method::Ack => {}
+            Method::Bye | Method::Info | Method::Notify | Method::Update | Method::PRack => {
+                tokio::spawn(async move {
+                    tx.reply(StatusCode::CallTransactionDoesNotExist).await.ok();
+                });
+            }
+            _ => {
+                // REGISTER, SUBSCRIBE, MESSAGE, PUBLISH, REFER outside a dialog: not ours.
+                tokio::spawn(async move {
+                    let headers = vec![Header::Other("Allow".into(), ALLOW.into())];
+                    tx.reply_with(StatusCode::MethodNotAllowed, headers, None)
+                        .await
+                        .ok();
+                });
+            }
+        }
+    }
+}
+
+async fn new_call(
+    mut tx: Transaction,
+    dialog_layer: &Arc<DialogLayer>,
+    calls: &mpsc::Sender<IncomingCall>,
+    contact_host: SocketAddr,
+) -> Result<(), SipError> {
+    let transport = tx
+        .connection
+        .as_ref()
+        .map(|c| c.transport())
+        .unwrap_or(rsipstack::sip::Transport::Udp);
+    let transport_name = match transport {
+        rsipstack::sip::Transport::Tcp => "tcp",
+        rsipstack::sip::Transport::Tls => "tls",
+        _ => "udp",
+    };
+    let contact_text = if transport_name == "udp" {
+        format!("sip:voxgate@{contact_host}")
+    } else {
+        format!("sip:voxgate@{contact_host};transport={transport_name}")
+    };
+    let contact = rsipstack::sip::Uri::try_from(contact_text.as_str())
+        .map_err(|e| SipError::Stack(e.to_string()))?;
+    let info = invite_info(&tx, transport_name);
+    let (state_tx, state_rx) = dialog_layer.new_dialog_state_channel();
+    let mut dialog =
+        dialog_layer.get_or_create_server_invite(&tx, state_tx, None, Some(contact))?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let span = info_span!("call", call_id = %info.call_id);
+    tokio::spawn(
+        translate_states(dialog.clone(), dialog_layer.clone(), state_rx, events_tx)
+            .instrument(span.clone()),
+    );
+    // The INVITE transaction: 100 Trying, then waits for our final response, ACK or CANCEL.
+    let leg = CallLeg {
+        dialog: dialog.clone(),
+    };
+    tokio::spawn(
+        async move {
+            if let Err(e) = dialog.handle(&mut tx).await {
+                debug!(error = %e, "INVITE transaction ended with an error");
+            }
+        }
+        .instrument(span),
+    );
+    let call = IncomingCall {
+        leg,
+        info,
+        events: events_rx,
+    };
+    calls
+        .send(call)
+        .await
+        .map_err(|_| SipError::Stack("call handler is gone".into()))
+}
+
+/// Turns the stack's dialog states into [`LegEvent`]s, logging every SIP state change.
+async fn translate_states(
+    dialog: InviteDialog,
+    dialog_layer: Arc<DialogLayer>,
+    mut states: rsipstack::dialog::dialog::DialogStateReceiver,
+    events: mpsc::UnboundedSender<LegEvent>,
+) {
+    let mut confirmed = false;
+    let mut dialog_id: Option<DialogId> = None;
+    while let Some(state) = states.recv().await {
+        info!(state = %state_name(&state), "SIP dialog state");
+        let event = match state {
+            DialogState::Confirmed(id, _) => {
+                dialog_id = Some(id);
+                if confirmed {
+                    continue;
+                }
+                confirmed = true;
+                let ack_sdp = dialog
+                    .last_remote_ack()
+                    .filter(|ack| !ack.body.is_empty())
+                    .map(|ack| String::from_utf8_lossy(&ack.body).into_owned());
+                LegEvent::Confirmed { ack_sdp }
+            }
+            DialogState::Info(_, req, handle) => LegEvent::Info {
+                content_type: header_value(&req.headers, "content-type").unwrap_or_default(),
+                body: req.body.clone(),
+                reply: Responder { handle },
+            },
+            DialogState::Updated(_, req, handle) => LegEvent::Offer {
+                sdp: (!req.body.is_empty())
+                    .then(|| String::from_utf8_lossy(&req.body).into_owned()),
+                reply: Responder { handle },
+            },
+            DialogState::Notify(_, req, handle) => LegEvent::Notify {
+                event: header_value(&req.headers, "event").unwrap_or_default(),
+                content_type: header_value(&req.headers, "content-type").unwrap_or_default(),
+                body: req.body.clone(),
+                reply: Responder { handle },
+            },
+            DialogState::Options(_, _, handle) => {
+                let headers = vec![
+                    Header::Other("Allow".into(), ALLOW.into()),
+                    Header::Other("Accept".into(), "application/sdp".into()),
+                ];
+                handle.respond(StatusCode::OK, Some(headers), None).await.ok();
+                continue;
+            }
+            DialogState::Refer(_, _, handle) | DialogState::Message(_, _, handle) => {
+                // voxgate does not take transfers or messages from the caller.
+                handle.reply(StatusCode::Decline).await.ok();
+                continue;
+            }
+            DialogState::Publish(_, _, handle) => {
+                handle.reply(StatusCode::MethodNotAllowed).await.ok();
+                continue;
+            }
+            DialogState::Terminated(id, reason) => {
+                dialog_layer.remove_dialog(&id);
+                let end = match reason {
+                    TerminatedReason::UacBye => LegEnd::RemoteBye,
+                    TerminatedReason::UacCancel => LegEnd::Cancelled,
+                    TerminatedReason::UasBye | TerminatedReason::UasDecline => {
+                        LegEnd::LocalHangup
+                    }
+                    TerminatedReason::Timeout => LegEnd::Timeout,
+                    other => LegEnd::Other(format!("{other:?}")),
+                };
+                events.send(LegEvent::Terminated(end)).ok();
+                return;
+            }
+            DialogState::Calling(id) | DialogState::Trying(id) => {
+                dialog_id = Some(id);
+                continue;
+            }
+            DialogState::Early(..) | DialogState::WaitAck(..) => continue,
+        };
+        if events.send(event).is_err() {
+            break;
+        }
+    }
+    if let Some(id) = dialog_id {
+        dialog_layer.remove_dialog(&id);
+    }
+}
+
+fn state_name(state: &DialogState) -> &'static str {
+    match state {
+        DialogState::Calling(_) => "calling",
+        DialogState::Trying(_) => "trying",
+        DialogState::Early(..) => "early",
+        DialogState::WaitAck(..) => "wait-ack",
+        DialogState::Confirmed(..) => "confirmed",
+        DialogState::Updated(..) => "offer-received",
+        DialogState::Publish(..) => "publish-received",
+        DialogState::Notify(..) => "notify-received",
+        DialogState::Refer(..) => "refer-received",
+        DialogState::Message(..) => "message-received",
+        DialogState::Info(..) => "info-received",
+        DialogState::Options(..) => "options-received",
+        DialogState::Terminated(..) => "terminated",
+    }
+}
+
+fn header_value(headers: &rsipstack::sip::Headers, name: &str) -> Option<String> {
+    headers.iter().find_map(|h| {
+        let text = h.to_string();
+        let (n, v) = text.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+fn call_id_of(tx: &Transaction) -> String {
+    header_value(&tx.original.headers, "call-id").unwrap_or_default()
+}
+
+/// The URI inside a name-addr ("Bob" <sip:b@x>;tag=1 -> sip:b@x).
+pub fn uri_of(value: &str) -> String {
+    if let (Some(a), Some(b)) = (value.find('<'), value.find('>')) {
+        if a < b {
+            return value[a + 1..b].to_string();
+        }
+    }
+    value.split(';').next().unwrap_or("").trim().to_string()
+}
+
+/// The user part of a SIP or tel URI ("sip:+32@x" -> "+32", "tel:+32;x" -> "+32").
+pub fn user_of(uri: &str) -> String {
+    let rest = uri
+        .strip_prefix("sips:")
+        .or_else(|| uri.strip_prefix("sip:"))
+        .or_else(|| uri.strip_prefix("tel:"))
+        .unwrap_or(uri);
+    let end = rest.find(['@', ';', '?']).unwrap_or(rest.len());
+    if rest[end..].starts_with('@') || uri.starts_with("tel:") {
+        rest[..end].to_string()
+    } else {
+        String::new()
+    }
+}
+
+fn invite_info(tx: &Transaction, transport: &'static str) -> InviteInfo {
+    let req = &tx.original;
+    let mut headers = BTreeMap::new();
+    for h in req.headers.iter() {
+        let text = h.to_string();
+        if let Some((n, v)) = text.split_once(':') {
+            headers
+                .entry(n.trim().to_ascii_lowercase())
+                .or_insert_with(|| v.trim().to_string());
+        }
+    }
+    let from_uri = headers.get("from").map(|v| uri_of(v)).unwrap_or_default();
+    let to_uri = headers.get("to").map(|v| uri_of(v)).unwrap_or_default();
+    let sdp = (!req.body.is_empty()).then(|| String::from_utf8_lossy(&req.body).into_owned());
+    InviteInfo {
+        call_id: headers.get("call-id").cloned().unwrap_or_default(),
+        from_user: user_of(&from_uri),
+        to_user: user_of(&to_uri),
+        from_uri,
+        to_uri,
+        request_uri: req.uri.to_string(),
+        headers,
+        sdp,
+        source: tx
+            .connection
+            .as_ref()
+            .and_then(|c| c.get_remote_addr().and_then(|a| a.get_socketaddr().ok())),
+        transport,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_and_user_extraction() {
+        assert_eq!(uri_of("\"SIPp caller\" <sip:sipp@127.0.0.1:5061>;tag=1"), "sip:sipp@127.0.0.1:5061");
+        assert_eq!(uri_of("sip:a@b;tag=1"), "sip:a@b");
+        assert_eq!(user_of("sip:+3225551212@127.0.0.1:5080;user=phone"), "+3225551212");
+        assert_eq!(user_of("tel:+3225551212;phone-context=x"), "+3225551212");
+        assert_eq!(user_of("sip:127.0.0.1:5060"), "");
+    }
+}
