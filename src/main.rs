@@ -1,1 +1,77 @@
-fn main() {}
+//! voxgate: answer SIP calls and hand them to a flow engine.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+use voxgate::call::gateway::Gateway;
+use voxgate::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser, Debug)]
+#[command(name = "voxgate", version, about = "Voice telephony gateway: SIP trunks to bots")]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voxgate: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => {
+            info!("voxgate stopped");
+        }
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("voxgate: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (config, validated) = Config::load(&args.config)?;
+    let grace = Duration::from_secs(config.shutdown_grace_s);
+    let gateway = Gateway::start(Arc::new(config), Arc::new(validated), args.config.clone())
+        .await
+        .context("start-up failed")?;
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                match gateway.reload_flow() {
+                    Ok(name) => info!(flow = %name, "SIGHUP: flow reloaded; running calls keep their version"),
+                    Err(e) => warn!("SIGHUP: flow reload failed, keeping the old flow: {e}"),
+                }
+            }
+        }
+    }
+    gateway.shutdown(grace).await;
+    Ok(())
+}
