@@ -303,9 +303,10 @@ impl Config {
         })?;
         let external_ip = match &self.sip.external_ip {
             None => None,
-            Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
-                bad("sip.external_ip", format!("`{s}` is not an IP address"))
-            })?),
+            Some(s) => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| bad("sip.external_ip", format!("`{s}` is not an IP address")))?,
+            ),
         };
         if self.sip.max_calls == 0 {
             return Err(bad("sip.max_calls", "must be at least 1".into()));
@@ -526,7 +527,10 @@ allow = ["+32"]
         let err = Config::from_toml("[sip]\nlisten_addr = \"x\"", "bad.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("bad.toml") && err.contains("listen_addr"), "{err}");
+        assert!(
+            err.contains("bad.toml") && err.contains("listen_addr"),
+            "{err}"
+        );
         let err = Config::from_toml("[transfer]\nmode = \"teleport\"", "bad.toml")
             .unwrap_err()
             .to_string();

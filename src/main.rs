@@ -10,7 +10,11 @@ use voxgate::call::gateway::Gateway;
 use voxgate::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser, Debug)]
-#[command(name = "voxgate", version, about = "Voice telephony gateway: SIP trunks to bots")]
+#[command(
+    name = "voxgate",
+    version,
+    about = "Voice telephony gateway: SIP trunks to bots"
+)]
 struct Args {
     /// Config file (TOML).
     #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]

@@ -1,1 +1,138 @@
-//! api
+//! The operator HTTP API (axum): health, Prometheus metrics, and the token-protected `/v1/`
+//! endpoints for recordings, calls, CDRs and events (CONTRACT §5; docs/http-api.md).
+//!
+//! The API reads state through narrow seams (the recordings dir, the [`CallsView`] trait, the
+//! JSON-lines files, a metrics render closure) so it can be tested without a running gateway.
+
+mod auth;
+mod calls;
+mod error;
+mod journal;
+pub mod openapi;
+pub mod ranges;
+mod recordings;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+
+pub use auth::authorized;
+pub use error::ApiError;
+pub use recordings::ListQuery;
+
+/// What the API needs from the call registry.
+pub trait CallsView: Send + Sync {
+    /// One JSON object per active call.
+    fn calls(&self) -> Vec<serde_json::Value>;
+    /// Pauses or resumes the bot on a call; false when no such call is active.
+    fn set_paused(&self, call_id: &str, paused: bool) -> bool;
+}
+
+/// Renders the `/metrics` body.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Bearer token for `/v1/`; an empty token locks `/v1/` entirely.
+    pub token: String,
+    pub recordings_dir: PathBuf,
+    pub calls: Arc<dyn CallsView>,
+    /// CDRs, one JSON object per line.
+    pub cdr_file: PathBuf,
+    /// Tracked events, one JSON object per line.
+    pub events_file: PathBuf,
+    pub metrics: MetricsRender,
+}
+
+impl ApiState {
+    /// A `MetricsRender` backed by the process's Prometheus recorder.
+    pub fn prometheus(handle: metrics_exporter_prometheus::PrometheusHandle) -> MetricsRender {
+        Arc::new(move || handle.render())
+    }
+}
+
+/// Largest `limit` any list endpoint accepts.
+pub const MAX_LIMIT: usize = 1000;
+/// `limit` when none is given.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// Builds the whole API. Serve it with `axum::serve(listener, router(state))`.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/recordings", get(recordings::list))
+        .route(
+            "/recordings/{id}",
+            get(recordings::get_one).delete(recordings::delete),
+        )
+        // `get` also answers HEAD (axum drops the body, our Content-Length stays).
+        .route("/recordings/{id}/audio", get(recordings::audio))
+        .route("/calls", get(calls::list))
+        .route("/calls/{call_id}/pause", post(calls::pause))
+        .route("/calls/{call_id}/resume", post(calls::resume))
+        .route("/cdrs", get(journal::cdrs))
+        .route("/events", get(journal::events))
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(not_found)
+        // A layer (not route_layer) so unknown /v1/ paths also answer 401 without a token.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        (st.metrics)(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// The query string as a map, with a readable 400 when it cannot be decoded.
+pub(crate) fn query_map(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))
+}
+
+/// `limit`: 1..=1000, default 100.
+pub(crate) fn parse_limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "`limit` must be an integer from 1 to {MAX_LIMIT}, got {v:?}"
+            ))),
+        },
+    }
+}

@@ -30,8 +30,8 @@ impl PortAllocator {
         }
     }
 
-    /// Binds the next free even/odd pair.
-    pub async fn allocate(&self) -> Result<(UdpSocket, UdpSocket), NoFreePorts> {
+    /// Binds the next free even/odd pair. Must run inside the tokio runtime.
+    pub fn allocate(&self) -> Result<(UdpSocket, UdpSocket), NoFreePorts> {
         let first_even = self.lo + (self.lo % 2);
         let pairs = ((self.hi.saturating_sub(first_even)) / 2 + 1) as u32;
         if self.hi <= first_even {
@@ -46,10 +46,7 @@ impl PortAllocator {
             if port >= self.hi {
                 continue;
             }
-            let Ok(rtp) = UdpSocket::bind(SocketAddr::new(self.ip, port)).await else {
-                continue;
-            };
-            let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(self.ip, port + 1)).await else {
+            let (Some(rtp), Some(rtcp)) = (self.bind(port), self.bind(port + 1)) else {
                 continue;
             };
             return Ok((rtp, rtcp));
@@ -61,6 +58,14 @@ impl PortAllocator {
     }
 }
 
+impl PortAllocator {
+    fn bind(&self, port: u16) -> Option<UdpSocket> {
+        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(self.ip, port)).ok()?;
+        std_sock.set_nonblocking(true).ok()?;
+        UdpSocket::from_std(std_sock).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,15 +73,15 @@ mod tests {
     #[tokio::test]
     async fn pairs_are_even_odd_and_exhaust_cleanly() {
         let a = PortAllocator::new("127.0.0.1".parse().unwrap(), 41000, 41003);
-        let (r1, c1) = a.allocate().await.unwrap();
+        let (r1, c1) = a.allocate().unwrap();
         let p = r1.local_addr().unwrap().port();
         assert_eq!(p % 2, 0);
         assert_eq!(c1.local_addr().unwrap().port(), p + 1);
-        let (r2, _c2) = a.allocate().await.unwrap();
+        let (r2, _c2) = a.allocate().unwrap();
         assert_ne!(r2.local_addr().unwrap().port(), p);
-        assert!(a.allocate().await.is_err());
+        assert!(a.allocate().is_err());
         drop(r1);
         drop(c1);
-        assert!(a.allocate().await.is_ok());
+        assert!(a.allocate().is_ok());
     }
 }

@@ -162,6 +162,26 @@ impl Admission for Registry {
     }
 }
 
+impl crate::api::CallsView for Registry {
+    fn calls(&self) -> Vec<serde_json::Value> {
+        self.summaries()
+            .into_iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect()
+    }
+
+    fn set_paused(&self, call_id: &str, paused: bool) -> bool {
+        self.control(
+            call_id,
+            if paused {
+                Control::Pause
+            } else {
+                Control::Resume
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,8 @@ pub enum EndReason {
     FlowHangup,
     RtpTimeout,
     Transferred,
+    /// The far leg of a bridged forward hung up.
+    FarEndHangup,
     Shutdown,
     NoAck,
     Error(String),
@@ -77,6 +79,7 @@ impl EndReason {
             EndReason::FlowHangup => "flow_hangup".into(),
             EndReason::RtpTimeout => "rtp_timeout".into(),
             EndReason::Transferred => "transferred".into(),
+            EndReason::FarEndHangup => "far_end_hangup".into(),
             EndReason::Shutdown => "shutdown".into(),
             EndReason::NoAck => "no_ack".into(),
             EndReason::Error(_) => "error".into(),
@@ -137,16 +140,22 @@ impl CallState {
                 self.answered_at = Some(now);
                 vec![Command::SendAnswer, Command::StartMedia]
             }
-            (Offered, Input::Reject(code)) => {
-                self.finish(EndReason::Rejected(code), now, vec![Command::SendReject(code)])
-            }
+            (Offered, Input::Reject(code)) => self.finish(
+                EndReason::Rejected(code),
+                now,
+                vec![Command::SendReject(code)],
+            ),
             (Offered, Input::Cancelled) => {
                 // CANCEL won the race: the stack answers 487; we never send our 200.
                 self.finish(EndReason::CallerCancelled, now, Vec::new())
             }
             (Offered, Input::Hangup(reason)) => {
                 // Nothing was answered yet: refuse the INVITE instead of a BYE.
-                let code = if reason == EndReason::Shutdown { 503 } else { 480 };
+                let code = if reason == EndReason::Shutdown {
+                    503
+                } else {
+                    480
+                };
                 self.finish(reason, now, vec![Command::SendReject(code)])
             }
             (Answered, Input::Acked) => {
@@ -166,9 +175,7 @@ impl CallState {
                 self.pending_hangup = Some(reason);
                 Vec::new()
             }
-            (Confirmed, Input::Hangup(reason)) => {
-                self.finish(reason, now, vec![Command::SendBye])
-            }
+            (Confirmed, Input::Hangup(reason)) => self.finish(reason, now, vec![Command::SendBye]),
             (Answered | Confirmed, Input::RemoteBye) => {
                 self.finish(EndReason::CallerHangup, now, Vec::new())
             }
@@ -224,7 +231,10 @@ mod tests {
             c.handle(Input::Cancelled, t(5, b)),
             vec![Command::Finish(EndReason::CallerCancelled)]
         );
-        assert!(c.handle(Input::Answer, t(6, b)).is_empty(), "no 200 after CANCEL");
+        assert!(
+            c.handle(Input::Answer, t(6, b)).is_empty(),
+            "no 200 after CANCEL"
+        );
         assert!(c.handle(Input::Acked, t(7, b)).is_empty());
         assert_eq!(c.end_reason(), Some(&EndReason::CallerCancelled));
     }
@@ -236,7 +246,10 @@ mod tests {
         c.handle(Input::Answer, t(5, b));
         assert_eq!(
             c.handle(Input::Cancelled, t(6, b)),
-            vec![Command::SendBye, Command::Finish(EndReason::CallerCancelled)]
+            vec![
+                Command::SendBye,
+                Command::Finish(EndReason::CallerCancelled)
+            ]
         );
         assert!(c.handle(Input::Acked, t(7, b)).is_empty());
     }
@@ -246,7 +259,9 @@ mod tests {
         let b = Instant::now();
         let mut c = CallState::new(b);
         c.handle(Input::Answer, t(5, b));
-        assert!(c.handle(Input::Hangup(EndReason::FlowClosed), t(6, b)).is_empty());
+        assert!(c
+            .handle(Input::Hangup(EndReason::FlowClosed), t(6, b))
+            .is_empty());
         assert_eq!(
             c.handle(Input::Acked, t(50, b)),
             vec![Command::SendBye, Command::Finish(EndReason::FlowClosed)]
@@ -259,8 +274,14 @@ mod tests {
         let mut c = CallState::new(b);
         c.handle(Input::Answer, t(5, b));
         c.handle(Input::Acked, t(6, b));
-        assert_eq!(c.handle(Input::Hangup(EndReason::FlowClosed), t(7, b)).len(), 2);
-        assert!(c.handle(Input::Hangup(EndReason::FlowClosed), t(8, b)).is_empty());
+        assert_eq!(
+            c.handle(Input::Hangup(EndReason::FlowClosed), t(7, b))
+                .len(),
+            2
+        );
+        assert!(c
+            .handle(Input::Hangup(EndReason::FlowClosed), t(8, b))
+            .is_empty());
         assert!(c.handle(Input::RemoteBye, t(9, b)).is_empty());
     }
 
@@ -270,7 +291,10 @@ mod tests {
         let mut c = CallState::new(b);
         assert_eq!(
             c.handle(Input::Hangup(EndReason::Shutdown), t(1, b)),
-            vec![Command::SendReject(503), Command::Finish(EndReason::Shutdown)]
+            vec![
+                Command::SendReject(503),
+                Command::Finish(EndReason::Shutdown)
+            ]
         );
     }
 

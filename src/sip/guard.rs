@@ -35,7 +35,10 @@ pub enum Verdict<'a> {
     /// Hand it to the stack (possibly repaired, e.g. a Content-Length added).
     Pass(Cow<'a, [u8]>),
     /// Answer it directly with these bytes, sent back to the datagram's source.
-    Reply { response: Vec<u8>, why: &'static str },
+    Reply {
+        response: Vec<u8>,
+        why: &'static str,
+    },
     /// Ignore it (not SIP, or too broken to answer).
     Drop { why: &'static str },
 }
@@ -137,7 +140,9 @@ fn reply_or_drop(data: &[u8], code: u16, reason: &str, why: &'static str) -> Ver
     if code == 501 || code == 405 {
         out.push_str(&format!("Allow: {ALLOW}\r\n"));
     }
-    out.push_str(&format!("Warning: 399 voxgate \"{why}\"\r\nContent-Length: 0\r\n\r\n"));
+    out.push_str(&format!(
+        "Warning: 399 voxgate \"{why}\"\r\nContent-Length: 0\r\n\r\n"
+    ));
     Verdict::Reply {
         response: out.into_bytes(),
         why,
@@ -197,7 +202,9 @@ mod tests {
 
     #[test]
     fn unknown_method_gets_501_with_allow_and_copied_headers() {
-        let msg = OPTIONS.replace("OPTIONS sip", "FOOBAR sip").replace("1 OPTIONS", "1 FOOBAR");
+        let msg = OPTIONS
+            .replace("OPTIONS sip", "FOOBAR sip")
+            .replace("1 OPTIONS", "1 FOOBAR");
         let Verdict::Reply { response, .. } = inspect_datagram(msg.as_bytes()) else {
             panic!()
         };
@@ -220,7 +227,12 @@ mod tests {
 
     #[test]
     fn garbage_is_dropped() {
-        for g in [&b"hello world"[..], b"\x00\x01\x02\xff", b"", b"GET / HTTP/1.1\r\n\r\n"] {
+        for g in [
+            &b"hello world"[..],
+            b"\x00\x01\x02\xff",
+            b"",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
             assert!(matches!(inspect_datagram(g), Verdict::Drop { .. }), "{g:?}");
         }
     }
@@ -232,7 +244,10 @@ mod tests {
             panic!()
         };
         let text = String::from_utf8(fixed.into_owned()).unwrap();
-        assert!(text.contains("Content-Length: 24\r\n\r\nSignal=5"), "{text}");
+        assert!(
+            text.contains("Content-Length: 24\r\n\r\nSignal=5"),
+            "{text}"
+        );
         let parsed = rsipstack::sip::SipMessage::try_from(text.as_str()).unwrap();
         match parsed {
             rsipstack::sip::SipMessage::Request(r) => assert_eq!(r.body.len(), 24),
@@ -243,12 +258,20 @@ mod tests {
     #[test]
     fn responses_are_never_answered() {
         let r = "SIP/2.0 200 OK\r\nbroken";
-        assert!(matches!(inspect_datagram(r.as_bytes()), Verdict::Drop { .. }));
+        assert!(matches!(
+            inspect_datagram(r.as_bytes()),
+            Verdict::Drop { .. }
+        ));
     }
 
     #[test]
     fn ack_is_never_answered() {
-        let msg = OPTIONS.replace("OPTIONS sip", "ACK sip:x SIP/3.0 junk").replace("1 OPTIONS", "1 ACK");
-        assert!(matches!(inspect_datagram(msg.as_bytes()), Verdict::Drop { .. }));
+        let msg = OPTIONS
+            .replace("OPTIONS sip", "ACK sip:x SIP/3.0 junk")
+            .replace("1 OPTIONS", "1 ACK");
+        assert!(matches!(
+            inspect_datagram(msg.as_bytes()),
+            Verdict::Drop { .. }
+        ));
     }
 }

@@ -1,11 +1,14 @@
 //! SIP: the facade over rsipstack (`server`), a raw-bytes guard in front of it (`guard`,
 //! `transport`), and the SIP bodies voxgate reads and writes (`sdp`, `sipfrag`, `dtmf_info`).
 
+pub mod dtmf_info;
 pub mod guard;
+pub mod sdp;
 pub mod server;
+pub mod sipfrag;
 pub mod transport;
 
 pub use server::{
-    Admission, CallLeg, IncomingCall, InviteInfo, LegEnd, LegEvent, Responder, SipError,
-    SipServer, SipServerConfig,
+    Admission, CallLeg, IncomingCall, InviteInfo, LegEnd, LegEvent, OutgoingInvite, Responder,
+    SipError, SipServer, SipServerConfig,
 };

@@ -105,7 +105,10 @@ pub enum LegEvent {
         reply: Responder,
     },
     /// re-INVITE or UPDATE (hold, unhold, new media address). Must be answered.
-    Offer { sdp: Option<String>, reply: Responder },
+    Offer {
+        sdp: Option<String>,
+        reply: Responder,
+    },
     /// NOTIFY inside the dialog (REFER progress). Must be answered.
     Notify {
         event: String,
@@ -113,8 +116,29 @@ pub enum LegEvent {
         body: Vec<u8>,
         reply: Responder,
     },
+    /// A provisional response on a leg we called (180/183, with early-media SDP if any).
+    Progress { status: u16, sdp: Option<String> },
+    /// 200 OK on a leg we called (already ACKed by the stack).
+    Answered { sdp: Option<String> },
+    /// A final failure on a leg we called (0: it could not be sent or timed out locally).
+    Rejected { status: u16 },
     /// The dialog is over.
     Terminated(LegEnd),
+}
+
+/// An INVITE voxgate sends (the bridged leg of a forward).
+#[derive(Debug, Clone)]
+pub struct OutgoingInvite {
+    /// Request-URI and To, e.g. `sip:+3225551212@127.0.0.1:5080`.
+    pub target: String,
+    /// From URI.
+    pub from: String,
+    pub from_display: Option<String>,
+    pub sdp: String,
+    /// Extra headers (Diversion, ...).
+    pub headers: Vec<(String, String)>,
+    /// Digest credentials for 401/407 challenges: (username, password).
+    pub credential: Option<(String, String)>,
 }
 
 /// Answers one in-dialog request. Dropping it unanswered makes the stack send 501.
@@ -199,6 +223,11 @@ impl CallLeg {
         Ok(resp.map(|r| u16::from(r.status_code)).unwrap_or(408))
     }
 
+    /// CANCEL an outgoing INVITE that has not been answered.
+    pub async fn cancel(&self) -> Result<(), SipError> {
+        Ok(self.dialog.cancel().await?)
+    }
+
     pub fn call_id(&self) -> String {
         self.dialog.id().call_id.clone()
     }
@@ -222,6 +251,7 @@ pub struct SipServer {
     token: CancellationToken,
     dialog_layer: Arc<DialogLayer>,
     local_addr: SocketAddr,
+    contact_host: SocketAddr,
 }
 
 impl SipServer {
@@ -254,9 +284,7 @@ impl SipServer {
         .await?;
         transport_layer.add_transport(udp_conn.into());
         // Bind TCP eagerly so a taken port is an error now, not a log line later.
-        drop(
-            std::net::TcpListener::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?,
-        );
+        drop(std::net::TcpListener::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?);
         let tcp = TcpListenerConnection::new(tcp_addr, external).await?;
         transport_layer.add_transport(tcp.into());
 
@@ -295,6 +323,7 @@ impl SipServer {
             token: token.clone(),
             dialog_layer: dialog_layer.clone(),
             local_addr,
+            contact_host,
         });
         tokio::spawn(
             dispatch(
@@ -313,6 +342,89 @@ impl SipServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Sends an INVITE and returns the leg plus its events: `Progress`*, then `Answered` or
+    /// `Rejected`, then (if answered) the usual in-dialog events and `Terminated`.
+    pub fn invite(
+        &self,
+        req: OutgoingInvite,
+    ) -> Result<(CallLeg, mpsc::UnboundedReceiver<LegEvent>), SipError> {
+        let uri = |s: &str| {
+            rsipstack::sip::Uri::try_from(s)
+                .map_err(|e| SipError::Stack(format!("bad URI `{s}`: {e}")))
+        };
+        let callee = uri(&req.target)?;
+        let caller = uri(&req.from)?;
+        let contact = uri(&format!("sip:voxgate@{}", self.contact_host))?;
+        let headers: Vec<Header> = req
+            .headers
+            .into_iter()
+            .map(|(n, v)| Header::Other(n, v))
+            .collect();
+        let opt = rsipstack::dialog::invitation::InviteOption {
+            caller_display_name: req.from_display,
+            caller,
+            callee,
+            contact,
+            content_type: Some("application/sdp".into()),
+            offer: Some(req.sdp.into_bytes()),
+            headers: Some(headers),
+            credential: req.credential.map(|(username, password)| {
+                rsipstack::dialog::authenticate::Credential {
+                    username,
+                    password,
+                    ..Default::default()
+                }
+            }),
+            ..Default::default()
+        };
+        let (state_tx, state_rx) = self.dialog_layer.new_dialog_state_channel();
+        let (dialog, outcome) = self.dialog_layer.do_invite_async(opt, state_tx)?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let span = info_span!("leg", call_id = %dialog.id().call_id);
+        {
+            let events_tx = events_tx.clone();
+            tokio::spawn(
+                async move {
+                    let event = match outcome.await {
+                        Ok(Ok((_, Some(resp)))) => {
+                            let status = u16::from(resp.status_code.clone());
+                            info!(status, "outgoing INVITE final response");
+                            if (200..300).contains(&status) {
+                                LegEvent::Answered {
+                                    sdp: (!resp.body.is_empty())
+                                        .then(|| String::from_utf8_lossy(&resp.body).into_owned()),
+                                }
+                            } else {
+                                LegEvent::Rejected { status }
+                            }
+                        }
+                        Ok(Ok((_, None))) => LegEvent::Rejected { status: 408 },
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "outgoing INVITE failed");
+                            LegEvent::Rejected { status: 0 }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "outgoing INVITE task failed");
+                            LegEvent::Rejected { status: 0 }
+                        }
+                    };
+                    events_tx.send(event).ok();
+                }
+                .instrument(span.clone()),
+            );
+        }
+        tokio::spawn(
+            translate_states(
+                dialog.clone(),
+                self.dialog_layer.clone(),
+                state_rx,
+                events_tx,
+            )
+            .instrument(span),
+        );
+        Ok((CallLeg { dialog }, events_rx))
     }
 
     pub fn active_dialogs(&self) -> usize {
@@ -339,11 +451,9 @@ async fn dispatch(
             _ = token.cancelled() => return,
             tx = incoming.recv() => match tx { Some(tx) => tx, None => return },
         };
-        let has_to_tag = tx
-            .original
-            .headers
-            .iter()
-            .any(|h| matches!(h, Header::To(to) if to.value().to_ascii_lowercase().contains(";tag=")));
+        let has_to_tag = tx.original.headers.iter().any(
+            |h| matches!(h, Header::To(to) if to.value().to_ascii_lowercase().contains(";tag=")),
+        );
         let method = tx.original.method;
         if has_to_tag {
             // In-dialog request: route it to its dialog, or 481.
@@ -371,10 +481,8 @@ async fn dispatch(
                 if let Some((status, retry_after)) = admission.admit() {
                     info!(call_id = %call_id_of(&tx), status, "INVITE refused");
                     tokio::spawn(async move {
-                        let headers = vec![Header::Other(
-                            "Retry-After".into(),
-                            retry_after.to_string(),
-                        )];
+                        let headers =
+                            vec![Header::Other("Retry-After".into(), retry_after.to_string())];
                         tx.reply_with(StatusCode::from(status), headers, None)
                             .await
                             .ok();
@@ -488,6 +596,10 @@ async fn translate_states(
                     continue;
                 }
                 confirmed = true;
+                if dialog.role() == rsipstack::transaction::key::TransactionRole::Client {
+                    // The outcome task reports Answered with the 200's SDP.
+                    continue;
+                }
                 let ack_sdp = dialog
                     .last_remote_ack()
                     .filter(|ack| !ack.body.is_empty())
@@ -515,7 +627,10 @@ async fn translate_states(
                     Header::Other("Allow".into(), ALLOW.into()),
                     Header::Other("Accept".into(), "application/sdp".into()),
                 ];
-                handle.respond(StatusCode::OK, Some(headers), None).await.ok();
+                handle
+                    .respond(StatusCode::OK, Some(headers), None)
+                    .await
+                    .ok();
                 continue;
             }
             DialogState::Refer(_, _, handle) | DialogState::Message(_, _, handle) => {
@@ -532,9 +647,7 @@ async fn translate_states(
                 let end = match reason {
                     TerminatedReason::UacBye => LegEnd::RemoteBye,
                     TerminatedReason::UacCancel => LegEnd::Cancelled,
-                    TerminatedReason::UasBye | TerminatedReason::UasDecline => {
-                        LegEnd::LocalHangup
-                    }
+                    TerminatedReason::UasBye | TerminatedReason::UasDecline => LegEnd::LocalHangup,
                     TerminatedReason::Timeout => LegEnd::Timeout,
                     other => LegEnd::Other(format!("{other:?}")),
                 };
@@ -544,6 +657,15 @@ async fn translate_states(
             DialogState::Calling(id) | DialogState::Trying(id) => {
                 dialog_id = Some(id);
                 continue;
+            }
+            DialogState::Early(_, resp)
+                if dialog.role() == rsipstack::transaction::key::TransactionRole::Client =>
+            {
+                LegEvent::Progress {
+                    status: u16::from(resp.status_code.clone()),
+                    sdp: (!resp.body.is_empty())
+                        .then(|| String::from_utf8_lossy(&resp.body).into_owned()),
+                }
             }
             DialogState::Early(..) | DialogState::WaitAck(..) => continue,
         };
@@ -650,9 +772,15 @@ mod tests {
 
     #[test]
     fn uri_and_user_extraction() {
-        assert_eq!(uri_of("\"SIPp caller\" <sip:sipp@127.0.0.1:5061>;tag=1"), "sip:sipp@127.0.0.1:5061");
+        assert_eq!(
+            uri_of("\"SIPp caller\" <sip:sipp@127.0.0.1:5061>;tag=1"),
+            "sip:sipp@127.0.0.1:5061"
+        );
         assert_eq!(uri_of("sip:a@b;tag=1"), "sip:a@b");
-        assert_eq!(user_of("sip:+3225551212@127.0.0.1:5080;user=phone"), "+3225551212");
+        assert_eq!(
+            user_of("sip:+3225551212@127.0.0.1:5080;user=phone"),
+            "+3225551212"
+        );
         assert_eq!(user_of("tel:+3225551212;phone-context=x"), "+3225551212");
         assert_eq!(user_of("sip:127.0.0.1:5060"), "");
     }

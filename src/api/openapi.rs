@@ -1,0 +1,208 @@
+//! `GET /v1/openapi.json`: a hand-written OpenAPI 3.0 description of this API. Built once as
+//! a JSON value; a test checks every route in the router is described.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use serde_json::{json, Value};
+
+pub async fn serve() -> Json<Value> {
+    Json(document().clone())
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn id_param() -> Value {
+    json!({
+        "name": "id", "in": "path", "required": true,
+        "description": "Recording id, e.g. rec_20240501T120000_0123456789abcdef",
+        "schema": {"type": "string", "pattern": "^rec_[0-9]{8}T[0-9]{6}_[0-9a-f]{16}$"}
+    })
+}
+
+fn call_id_param() -> Value {
+    json!({"name": "call_id", "in": "path", "required": true, "schema": {"type": "string"}})
+}
+
+fn limit_param() -> Value {
+    json!({
+        "name": "limit", "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
+    })
+}
+
+fn query_string(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "description": description, "schema": {"type": "string"}})
+}
+
+/// The OpenAPI document.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+fn build() -> Value {
+    let unauthorized = error_response("Missing or wrong bearer token");
+    let not_found = error_response("Unknown (or invalid) id");
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "voxgate operator API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Recordings, active calls, CDRs and events. Every /v1/ path needs `Authorization: Bearer <token>`."
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": {
+                "summary": "Liveness probe", "security": [],
+                "responses": {"200": {"description": "The gateway is up"}}
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics", "security": [],
+                "responses": {"200": {"description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}
+            }},
+            "/v1/recordings": {"get": {
+                "summary": "List recordings, newest first",
+                "parameters": [
+                    query_string("call_id", "Only recordings of this call"),
+                    query_string("since", "RFC 3339; started_at >= since"),
+                    query_string("until", "RFC 3339; started_at < until"),
+                    limit_param(),
+                    query_string("cursor", "Opaque next_cursor from the previous page")
+                ],
+                "responses": {
+                    "200": {"description": "A page of recordings", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {
+                            "recordings": {"type": "array", "items": {"$ref": "#/components/schemas/Recording"}},
+                            "next_cursor": {"type": "string", "nullable": true}
+                        }
+                    }}}},
+                    "400": error_response("Invalid filter value"),
+                    "401": unauthorized
+                }
+            }},
+            "/v1/recordings/{id}": {
+                "get": {
+                    "summary": "Recording metadata",
+                    "parameters": [id_param()],
+                    "responses": {
+                        "200": {"description": "The recording", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recording"}}}},
+                        "401": unauthorized, "404": not_found
+                    }
+                },
+                "delete": {
+                    "summary": "Delete a finished recording (audio and metadata)",
+                    "parameters": [id_param()],
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        "401": unauthorized, "404": not_found,
+                        "409": error_response("Still recording")
+                    }
+                }
+            },
+            "/v1/recordings/{id}/audio": {
+                "get": {
+                    "summary": "Download the WAV (supports Range, ETag, If-None-Match, If-Range)",
+                    "parameters": [id_param(),
+                        {"name": "Range", "in": "header", "schema": {"type": "string"}, "example": "bytes=0-1023"},
+                        {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "The whole file", "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
+                        "206": {"description": "One byte range", "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
+                        "304": {"description": "ETag matched If-None-Match"},
+                        "401": unauthorized, "404": not_found,
+                        "416": error_response("Range not satisfiable")
+                    }
+                },
+                "head": {
+                    "summary": "Headers of the audio download (size, ETag)",
+                    "parameters": [id_param()],
+                    "responses": {"200": {"description": "Headers only"}, "404": {"description": "Unknown id"}}
+                }
+            },
+            "/v1/calls": {"get": {
+                "summary": "Active calls",
+                "responses": {
+                    "200": {"description": "Active calls", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"calls": {"type": "array", "items": {"type": "object"}}}
+                    }}}},
+                    "401": unauthorized
+                }
+            }},
+            "/v1/calls/{call_id}/pause": {"post": {
+                "summary": "Pause the bot on a call (input ignored until resumed)",
+                "parameters": [call_id_param()],
+                "responses": {"204": {"description": "Paused"}, "401": unauthorized, "404": error_response("No such active call")}
+            }},
+            "/v1/calls/{call_id}/resume": {"post": {
+                "summary": "Resume the bot on a call",
+                "parameters": [call_id_param()],
+                "responses": {"204": {"description": "Resumed"}, "401": unauthorized, "404": error_response("No such active call")}
+            }},
+            "/v1/cdrs": {"get": {
+                "summary": "Call detail records, newest first",
+                "parameters": [limit_param(), query_string("call_id", "Only this call")],
+                "responses": {
+                    "200": {"description": "CDRs", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"cdrs": {"type": "array", "items": {"type": "object"}}}
+                    }}}},
+                    "400": error_response("Invalid limit"), "401": unauthorized
+                }
+            }},
+            "/v1/events": {"get": {
+                "summary": "Tracked events, newest first",
+                "parameters": [limit_param(), query_string("name", "Only events with this name"),
+                    query_string("call_id", "Only this call")],
+                "responses": {
+                    "200": {"description": "Events", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}
+                    }}}},
+                    "400": error_response("Invalid limit"), "401": unauthorized
+                }
+            }},
+            "/v1/openapi.json": {"get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3 document"}, "401": unauthorized}
+            }}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                    "error": {"type": "string", "example": "not_found"},
+                    "message": {"type": "string"}
+                }},
+                "Recording": {"type": "object",
+                    "required": ["id", "call_id", "from", "to", "started_at", "ended_at", "duration_ms",
+                        "channels", "sample_rate", "bytes", "sha256", "status"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "call_id": {"type": "string"},
+                        "from": {"type": "string"},
+                        "to": {"type": "string"},
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "ended_at": {"type": "string", "format": "date-time", "nullable": true},
+                        "duration_ms": {"type": "integer"},
+                        "channels": {"type": "integer", "enum": [1, 2]},
+                        "channel_mode": {"type": "string", "enum": ["stereo", "mixed"]},
+                        "sample_rate": {"type": "integer", "example": 8000},
+                        "bytes": {"type": "integer"},
+                        "sha256": {"type": "string", "nullable": true},
+                        "status": {"type": "string", "enum": ["recording", "complete", "failed", "recovered"]},
+                        "reason": {"type": "string", "description": "Why it failed (status failed only)"},
+                        "overflow_frames": {"type": "integer"},
+                        "dropped_frames": {"type": "integer"}
+                    }
+                }
+            }
+        }
+    })
+}

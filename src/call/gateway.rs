@@ -1,0 +1,243 @@
+//! The running gateway: shared state for every call, start-up, the accept loop, flow reload
+//! and graceful shutdown (CONTRACT §1).
+
+use super::cdr::JsonLines;
+use super::ports::PortAllocator;
+use super::registry::{Control, Registry};
+use crate::config::{Config, Validated};
+use crate::flow::FlowDefinition;
+use crate::media::prompts::PromptCache;
+use crate::media::recorder::{ChannelMode, Recorder, RecorderConfig};
+use crate::media::tts::Tts;
+use crate::phone::DestinationPolicy;
+use crate::sip::{SipServer, SipServerConfig};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Start-up failures, each with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("flow: {0}")]
+    Flow(String),
+    #[error("recordings dir {dir}: {reason}")]
+    Recordings { dir: String, reason: String },
+    #[error("SIP: {0}")]
+    Sip(#[from] crate::sip::SipError),
+    #[error("HTTP: cannot listen on {addr}: {reason}")]
+    Http { addr: SocketAddr, reason: String },
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+/// What every call shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub validated: Arc<Validated>,
+    pub registry: Arc<Registry>,
+    flow: RwLock<Arc<FlowDefinition>>,
+    pub prompts: Arc<PromptCache>,
+    pub tts: Arc<Tts>,
+    pub recorder: Recorder,
+    pub ports: PortAllocator,
+    pub cdrs: JsonLines,
+    pub events: JsonLines,
+    /// The address written into SDP (external_ip when behind NAT).
+    pub advertised_ip: IpAddr,
+    /// Where forwards may go (`transfer.allow` / `transfer.deny`).
+    pub policy: DestinationPolicy,
+    sip: OnceLock<Arc<SipServer>>,
+}
+
+impl Shared {
+    /// The SIP stack, once it is up.
+    pub fn sip(&self) -> Option<Arc<SipServer>> {
+        self.sip.get().cloned()
+    }
+
+    /// The flow new calls start with; calls keep the version they started with.
+    pub fn flow(&self) -> Arc<FlowDefinition> {
+        self.flow.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+    sip: Arc<SipServer>,
+    config_path: PathBuf,
+}
+
+impl Gateway {
+    pub async fn start(
+        config: Arc<Config>,
+        validated: Arc<Validated>,
+        config_path: PathBuf,
+    ) -> Result<Gateway, StartError> {
+        let flow =
+            FlowDefinition::load(&config.flow.file).map_err(|e| StartError::Flow(e.to_string()))?;
+        let rec_dir = config.recordings.dir.clone();
+        match crate::media::recorder::recover_dir(&rec_dir) {
+            Ok(report) => info!(?report, dir = %rec_dir.display(), "recordings checked"),
+            Err(e) => {
+                warn!(dir = %rec_dir.display(), error = %e, "recordings dir could not be scanned; recordings may fail")
+            }
+        }
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| StartError::Metrics(e.to_string()))?;
+        let mut rec_config = RecorderConfig::new(rec_dir.clone());
+        if config.recordings.channels == "mixed" {
+            rec_config.channels = ChannelMode::Mixed;
+        }
+        let prompts = Arc::new(PromptCache::new());
+        let tts = Arc::new(
+            Tts::new(config.tts.voice.clone(), config.tts.fallback_wav.clone())
+                .with_binary(config.tts.binary.clone())
+                .with_prompt_cache(prompts.clone()),
+        );
+        let registry = Registry::new(config.sip.max_calls);
+        let listen_ip = validated.sip_listen.ip();
+        let shared = Arc::new(Shared {
+            registry: registry.clone(),
+            flow: RwLock::new(flow),
+            prompts,
+            tts,
+            recorder: Recorder::new(rec_config),
+            ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
+            cdrs: JsonLines::new(config.data_dir.join("cdrs.jsonl")),
+            events: JsonLines::new(config.data_dir.join("events.jsonl")),
+            advertised_ip: validated.external_ip.unwrap_or(listen_ip),
+            policy: DestinationPolicy::new(
+                config.transfer.allow.clone(),
+                config.transfer.deny.clone(),
+            )
+            .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
+            sip: OnceLock::new(),
+            config: config.clone(),
+            validated: validated.clone(),
+        });
+
+        // HTTP first: operators can watch /healthz while SIP comes up.
+        let api_state = crate::api::ApiState {
+            token: config.http.token.clone(),
+            recordings_dir: rec_dir.clone(),
+            calls: registry.clone(),
+            cdr_file: shared.cdrs.path().to_path_buf(),
+            events_file: shared.events.path().to_path_buf(),
+            metrics: crate::api::ApiState::prometheus(metrics),
+        };
+        let listener = tokio::net::TcpListener::bind(validated.http_listen)
+            .await
+            .map_err(|e| StartError::Http {
+                addr: validated.http_listen,
+                reason: e.to_string(),
+            })?;
+        let app = crate::api::router(api_state);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+        info!(addr = %validated.http_listen, "HTTP API listening");
+
+        let (sip, mut calls) = SipServer::start(
+            SipServerConfig {
+                listen: validated.sip_listen,
+                external_ip: validated.external_ip,
+                t1: Duration::from_millis(config.sip.t1_ms),
+                user_agent: config.sip.user_agent.clone(),
+            },
+            registry.clone(),
+        )
+        .await?;
+        shared.sip.set(sip.clone()).ok();
+        {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Some(call) = calls.recv().await {
+                    let shared = shared.clone();
+                    tokio::spawn(super::session::run(shared, call));
+                }
+            });
+        }
+        if let Some(days) = config.recordings.retention_days {
+            let dir = rec_dir.clone();
+            tokio::spawn(async move {
+                loop {
+                    let d = dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::media::recorder::sweep_retention(
+                            &d,
+                            Duration::from_secs(days * 86_400),
+                            chrono::Utc::now(),
+                        )
+                    })
+                    .await;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            });
+        }
+        info!(
+            flow = %config.flow.file.display(),
+            "voxgate ready"
+        );
+        Ok(Gateway {
+            shared,
+            sip,
+            config_path,
+        })
+    }
+
+    /// Reloads the flow file (SIGHUP). Running calls keep the version they started with.
+    pub fn reload_flow(&self) -> Result<String, String> {
+        let path = self.shared.config.flow.file.clone();
+        let def = FlowDefinition::load(&path).map_err(|e| e.to_string())?;
+        *self.shared.flow.write().unwrap_or_else(|p| p.into_inner()) = def;
+        let _ = &self.config_path;
+        Ok(path.display().to_string())
+    }
+
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip.local_addr()
+    }
+
+    /// CONTRACT §1: refuse new INVITEs with 503, give calls `grace` to finish, end the rest,
+    /// finalize every recording, then return.
+    pub async fn shutdown(&self, grace: Duration) {
+        let registry = &self.shared.registry;
+        registry.begin_shutdown();
+        info!(
+            calls = registry.len(),
+            grace_s = grace.as_secs(),
+            "draining calls"
+        );
+        if tokio::time::timeout(grace, registry.wait_empty())
+            .await
+            .is_err()
+        {
+            info!(
+                calls = registry.len(),
+                "grace period over: ending the remaining calls"
+            );
+            registry.control_all(Control::Hangup);
+            if tokio::time::timeout(Duration::from_secs(5), registry.wait_empty())
+                .await
+                .is_err()
+            {
+                warn!(calls = registry.len(), "some calls did not end in time");
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.shared.recorder.finalized())
+            .await
+            .is_err()
+        {
+            warn!(
+                pending = self.shared.recorder.pending(),
+                "some recordings were still finalizing at exit"
+            );
+        }
+        self.sip.shutdown();
+    }
+}
