@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): installs the system tools the integration tests
+# need, then runs formatting, lints and every test target against the real binary.
+#
+#   bash scripts/test.sh            # from anywhere inside the repo
+#   VOXGATE_TEST_THREADS=2 bash scripts/test.sh
+#
+# Tests run in release mode so media pacing is realistic. The integration tests start one
+# gateway per test and call it with SIPp; they mostly wait on wall-clock time, so 4 threads on
+# a 2-core machine keep total time down without starving the 20 ms RTP clocks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio) -------
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v sox >/dev/null 2>&1 || missing+=(sox)
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q "${missing[@]}"
+    else
+        echo "error: missing ${missing[*]}; install as root: apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    # SIPp's play_pcap_audio (RFC 4733 DTMF in the scenarios) opens a raw socket.
+    echo "warning: not root; SIPp scenarios that replay DTMF pcaps will fail" >&2
+fi
+
+# --- versions -------------------------------------------------------------------------------
+# First line of a tool's version output; never fails on SIGPIPE or odd exit codes
+# (`sipp -v` exits 99).
+first_line() { { "$@" 2>&1 || true; } | head -n1; }
+echo "==> versions"
+rustc --version
+cargo --version
+cargo fmt --version
+cargo clippy --version
+sipp_banner=$({ sipp -v 2>&1 || true; } | grep -m1 'SIPp v' || true)
+if [[ -z $sipp_banner ]]; then
+    echo "error: \`sipp -v\` printed no SIPp banner" >&2
+    exit 1
+fi
+echo "${sipp_banner# }"
+first_line espeak-ng --version
+first_line sox --version
+
+# --- checks ---------------------------------------------------------------------------------
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+echo "==> cargo test (release)"
+cargo test --release --all-targets -- --test-threads="${VOXGATE_TEST_THREADS:-4}"
+
+echo "==> all checks passed"
