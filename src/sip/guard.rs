@@ -70,6 +70,13 @@ pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
             return reply_or_drop(data, 501, "Not Implemented", "unknown method");
         }
     }
+    if !is_response {
+        if let Some((code, reason, why)) =
+            semantic_check(first_line, head_text, data.len() - head_end)
+        {
+            return reply_or_drop_with(data, code, reason, why, extra_headers(code, head_text));
+        }
+    }
     // RFC 3261 §18.3: on UDP a missing Content-Length means the body runs to the end.
     let repaired: Cow<'_, [u8]> = if header_value(head_text, &["content-length", "l"]).is_none() {
         let body_len = data.len() - head_end;
@@ -93,9 +100,160 @@ pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
     Verdict::Pass(repaired)
 }
 
+/// Checks a request the parser would accept but RFC 3261 / RFC 4475 say must be refused:
+/// missing or repeated core headers, a CSeq that does not match the method, a bad
+/// Content-Length, an unsupported URI scheme or extension, or a body type / Accept list that
+/// rules out SDP. Returns (status, reason phrase, why).
+fn semantic_check(
+    first_line: &str,
+    head: &str,
+    body_len: usize,
+) -> Option<(u16, &'static str, &'static str)> {
+    let mut parts = first_line.split(' ');
+    let method = parts.next().unwrap_or("");
+    let uri = parts.next().unwrap_or("");
+    if uri.is_empty() || uri.starts_with('<') {
+        return Some((400, "Bad Request", "malformed Request-URI"));
+    }
+    let headers = unfolded_headers(head);
+    for (name, value) in &headers {
+        let n = name.to_ascii_lowercase();
+        if matches!(n.as_str(), "via" | "v" | "contact" | "m")
+            && value
+                .split(',')
+                .any(|part| part.trim().is_empty() || part.trim().starts_with(';'))
+        {
+            return Some((400, "Bad Request", "empty Via or Contact element"));
+        }
+        if matches!(n.as_str(), "from" | "f" | "to" | "t" | "contact" | "m")
+            && unescaped_quotes(value) % 2 == 1
+        {
+            return Some((400, "Bad Request", "unbalanced quotes in a display name"));
+        }
+    }
+    let count = |names: &[&str]| {
+        headers
+            .iter()
+            .filter(|(n, _)| names.iter().any(|x| n.eq_ignore_ascii_case(x)))
+            .count()
+    };
+    let value = |names: &[&str]| {
+        headers
+            .iter()
+            .find(|(n, _)| names.iter().any(|x| n.eq_ignore_ascii_case(x)))
+            .map(|(_, v)| v.as_str())
+    };
+    for names in [
+        &["call-id", "i"][..],
+        &["from", "f"],
+        &["to", "t"],
+        &["cseq"],
+        &["via", "v"],
+    ] {
+        if count(names) == 0 {
+            return Some((400, "Bad Request", "a mandatory header is missing"));
+        }
+    }
+    for names in [
+        &["call-id", "i"][..],
+        &["from", "f"],
+        &["to", "t"],
+        &["cseq"],
+        &["max-forwards"],
+        &["content-length", "l"],
+        &["content-type", "c"],
+    ] {
+        if count(names) > 1 {
+            return Some((400, "Bad Request", "a single-valued header appears twice"));
+        }
+    }
+    let cseq = value(&["cseq"]).unwrap_or("");
+    let mut cseq_parts = cseq.split_whitespace();
+    let number_ok = cseq_parts.next().is_some_and(|n| n.parse::<u32>().is_ok());
+    if !number_ok {
+        return Some((400, "Bad Request", "CSeq number is not a 32-bit integer"));
+    }
+    if cseq_parts.next() != Some(method) {
+        return Some((400, "Bad Request", "CSeq method does not match the request"));
+    }
+    if let Some(cl) = value(&["content-length", "l"]) {
+        match cl.trim().parse::<usize>() {
+            Err(_) => return Some((400, "Bad Request", "Content-Length is not a number")),
+            Ok(n) if n > body_len => {
+                return Some((400, "Bad Request", "body shorter than Content-Length"))
+            }
+            Ok(_) => {}
+        }
+    }
+    if method == "ACK" || method == "CANCEL" {
+        return None;
+    }
+    let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+        return Some((
+            416,
+            "Unsupported URI Scheme",
+            "unsupported Request-URI scheme",
+        ));
+    }
+    if value(&["require"]).is_some_and(|r| !r.trim().is_empty()) {
+        return Some((420, "Bad Extension", "unsupported extension required"));
+    }
+    if method == "INVITE" {
+        if let Some(ct) = value(&["content-type", "c"]) {
+            if body_len > 0 && !ct.to_ascii_lowercase().starts_with("application/sdp") {
+                return Some((415, "Unsupported Media Type", "INVITE body is not SDP"));
+            }
+        }
+        if let Some(accept) = value(&["accept"]) {
+            let a = accept.to_ascii_lowercase();
+            if !a.contains("application/sdp") && !a.contains("*/*") && !a.contains("application/*")
+            {
+                return Some((406, "Not Acceptable", "Accept rules out application/sdp"));
+            }
+        }
+    }
+    None
+}
+
+fn unescaped_quotes(v: &str) -> usize {
+    let mut n = 0;
+    let mut escaped = false;
+    for c in v.chars() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => n += 1,
+            _ => escaped = false,
+        }
+    }
+    n
+}
+
+/// Extra headers a refusal must carry (RFC 3261 §8.2.2.3, §8.2.3, §21.4.16).
+fn extra_headers(code: u16, head: &str) -> Vec<(String, String)> {
+    match code {
+        415 => vec![("Accept".into(), "application/sdp".into())],
+        420 => {
+            let tags = header_value(head, &["require"]).unwrap_or("").to_string();
+            vec![("Unsupported".into(), tags)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn reply_or_drop(data: &[u8], code: u16, reason: &str, why: &'static str) -> Verdict<'static> {
+    reply_or_drop_with(data, code, reason, why, Vec::new())
+}
+
 /// Builds a stateless response when the request carries Via, From, To, Call-ID and CSeq;
 /// otherwise there is nobody to answer and the datagram is dropped.
-fn reply_or_drop(data: &[u8], code: u16, reason: &str, why: &'static str) -> Verdict<'static> {
+fn reply_or_drop_with(
+    data: &[u8],
+    code: u16,
+    reason: &str,
+    why: &'static str,
+    extra: Vec<(String, String)>,
+) -> Verdict<'static> {
     let text = String::from_utf8_lossy(data);
     if text.starts_with("SIP/") {
         return Verdict::Drop { why };
@@ -139,6 +297,9 @@ fn reply_or_drop(data: &[u8], code: u16, reason: &str, why: &'static str) -> Ver
     ));
     if code == 501 || code == 405 {
         out.push_str(&format!("Allow: {ALLOW}\r\n"));
+    }
+    for (n, v) in extra {
+        out.push_str(&format!("{n}: {v}\r\n"));
     }
     out.push_str(&format!(
         "Warning: 399 voxgate \"{why}\"\r\nContent-Length: 0\r\n\r\n"

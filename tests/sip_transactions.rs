@@ -1,0 +1,388 @@
+//! The SIP transaction and dialog layer seen from the wire, with a hand-written UDP peer:
+//! retransmission intervals of the 2xx, Timer H, INVITE retransmissions absorbed, INVITE
+//! without SDP (offer in the 200, answer in the ACK), re-INVITE hold / unhold / new media
+//! address, and 481 for an unknown dialog. `[sip] t1_ms = 100` keeps the timers short; the
+//! assertions are on ratios and counts, not on absolute times.
+
+mod common;
+
+use common::*;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const QUIET_FLOW: &str = r#"
+name: quiet
+start: main
+inactivity_s: 0
+prompts_dir: "{{PROMPTS_DIR}}"
+dialogs:
+  main:
+    - message:
+        file: greeting.wav
+        wait: false
+    - delay:
+        ms: 600000
+"#;
+
+/// A minimal UAC on a real UDP socket.
+struct Peer {
+    sock: UdpSocket,
+    media: UdpSocket,
+    gw: SocketAddr,
+    call_id: String,
+    tag: String,
+    to_tag: Option<String>,
+    contact: Option<String>,
+}
+
+impl Peer {
+    fn new(gw: SocketAddr) -> Peer {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        media
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let n: u32 = rand_u32();
+        Peer {
+            sock,
+            media,
+            gw,
+            call_id: format!("txn-{n}@127.0.0.1"),
+            tag: format!("t{n}"),
+            to_tag: None,
+            contact: None,
+        }
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    fn sdp(&self, media: &UdpSocket, direction: &str) -> String {
+        let port = media.local_addr().unwrap().port();
+        format!(
+            "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n"
+        )
+    }
+
+    fn request(&self, method: &str, cseq: u32, branch: &str, body: Option<&str>) -> String {
+        let to = match &self.to_tag {
+            Some(t) => format!("<sip:bot@{}>;tag={t}", self.gw),
+            None => format!("<sip:bot@{}>", self.gw),
+        };
+        let uri = self
+            .contact
+            .clone()
+            .unwrap_or_else(|| format!("sip:bot@{}", self.gw));
+        let body = body.unwrap_or("");
+        let ct = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".into()
+        };
+        let cseq_method = if method == "ACK" { "ACK" } else { method };
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:peer@{local}>;tag={tag}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {cseq_method}\r\nContact: <sip:peer@{local}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
+            local = self.local(),
+            tag = self.tag,
+            cid = self.call_id,
+            len = body.len(),
+        )
+    }
+
+    fn send(&self, text: &str) {
+        self.sock.send_to(text.as_bytes(), self.gw).unwrap();
+    }
+
+    /// Receives SIP messages until one matches `pred` or the timeout passes.
+    fn recv_until(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 8192];
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let at = Instant::now();
+                if text.starts_with("SIP/2.0 2") && text.contains("INVITE") {
+                    self.learn(&text);
+                }
+                if pred(&text) {
+                    return Some((at, text));
+                }
+            }
+        }
+        None
+    }
+
+    fn learn(&mut self, resp: &str) {
+        if let Some(to) = header(resp, "To") {
+            if let Some(i) = to.find("tag=") {
+                self.to_tag = Some(
+                    to[i + 4..]
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string(),
+                );
+            }
+        }
+        if let Some(c) = header(resp, "Contact") {
+            let c = c.trim();
+            let uri = c.trim_start_matches('<').split('>').next().unwrap_or(c);
+            self.contact = Some(uri.to_string());
+        }
+    }
+
+    /// Counts RTP packets reaching `sock` within `window`.
+    fn rtp_count(sock: &UdpSocket, window: Duration) -> usize {
+        let deadline = Instant::now() + window;
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while Instant::now() < deadline {
+            if let Ok((len, _)) = sock.recv_from(&mut buf) {
+                if len >= 12 && buf[0] >> 6 == 2 {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() as u32
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+fn status(msg: &str) -> Option<u16> {
+    msg.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+fn body(msg: &str) -> &str {
+    msg.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+fn gateway() -> Gateway {
+    Gateway::builder()
+        .flow_yaml(QUIET_FLOW)
+        .toml("[sip]\nt1_ms = 100\n")
+        .start()
+}
+
+#[test]
+fn ok_is_retransmitted_until_ack_then_timer_h_ends_the_call() {
+    let gw = gateway();
+    let mut peer = Peer::new(gw.sip_addr());
+    let offer = peer.sdp(&peer.media, "sendrecv");
+    peer.send(&peer.request("INVITE", 1, "h1", Some(&offer)));
+    let trying = peer.recv_until(Duration::from_secs(3), |m| status(m) == Some(100));
+    assert!(trying.is_some(), "no 100 Trying");
+    // Never ACK: collect every copy of the 200 until the gateway gives up.
+    let mut times = Vec::new();
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        match peer.recv_until(Duration::from_millis(500), |m| status(m) == Some(200)) {
+            Some((t, _)) => times.push(t),
+            None if times.len() > 3 && gw.log_contains("reason=no_ack") => break,
+            None => {}
+        }
+    }
+    assert!(
+        times.len() >= 5,
+        "expected the 200 at least 5 times, got {}",
+        times.len()
+    );
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)
+        .collect();
+    eprintln!("2xx retransmission gaps (ms): {gaps:?}");
+    // Timer G doubles from T1 (100 ms): 100, 200, 400, 800, ... capped at T2 (4 s).
+    for w in gaps.windows(2).take(3) {
+        let ratio = w[1] / w[0];
+        assert!((1.5..=2.6).contains(&ratio), "gaps should double: {gaps:?}");
+    }
+    assert!(
+        gaps[0] >= 60.0 && gaps[0] <= 400.0,
+        "first gap ~T1: {gaps:?}"
+    );
+    // Timer H (64*T1 = 6.4 s): the call ends as no_ack.
+    assert!(
+        gw.wait_for_log("reason=no_ack", Duration::from_secs(5)),
+        "call did not end with no_ack:\n{}",
+        gw.log_tail(30)
+    );
+    let span = (*times.last().unwrap() - times[0]).as_secs_f64();
+    assert!(span < 8.0, "retransmissions went on past Timer H: {span} s");
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed() {
+    let gw = gateway();
+    let mut peer = Peer::new(gw.sip_addr());
+    let offer = peer.sdp(&peer.media, "sendrecv");
+    let invite = peer.request("INVITE", 1, "abs1", Some(&offer));
+    peer.send(&invite);
+    peer.send(&invite);
+    let ok = peer.recv_until(Duration::from_secs(3), |m| status(m) == Some(200));
+    assert!(ok.is_some(), "no 200");
+    peer.send(&invite); // a late retransmission, after the 200
+    let again = peer.recv_until(Duration::from_secs(2), |m| status(m) == Some(200));
+    assert!(
+        again.is_some(),
+        "the retransmitted INVITE should get the 200 again"
+    );
+    peer.send(&peer.request("ACK", 1, "abs2", None));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.log_count("INVITE received"), 1, "{}", gw.log_tail(30));
+    peer.send(&peer.request("BYE", 2, "abs3", None));
+    assert!(peer
+        .recv_until(Duration::from_secs(3), |m| status(m) == Some(200)
+            && m.contains("BYE"))
+        .is_some());
+    assert!(gw.wait_for_log("reason=caller_hangup", Duration::from_secs(3)));
+}
+
+#[test]
+fn invite_without_sdp_gets_offer_in_200_and_answer_in_ack() {
+    let gw = gateway();
+    let mut peer = Peer::new(gw.sip_addr());
+    peer.send(&peer.request("INVITE", 1, "nosdp1", None));
+    let (_, ok) = peer
+        .recv_until(Duration::from_secs(3), |m| status(m) == Some(200))
+        .expect("no 200");
+    let offer = body(&ok);
+    assert!(
+        offer.contains("m=audio ") && offer.contains("RTP/AVP"),
+        "200 must carry an offer: {ok}"
+    );
+    assert!(offer.contains("telephone-event"), "{offer}");
+    let answer = peer.sdp(&peer.media, "sendrecv");
+    peer.send(&peer.request("ACK", 1, "nosdp2", Some(&answer)));
+    // The gateway now sends its greeting to the address in the ACK's SDP.
+    let n = Peer::rtp_count(&peer.media, Duration::from_millis(1000));
+    assert!(
+        n >= 35,
+        "expected ~50 RTP packets in 1 s, got {n}\n{}",
+        gw.log_tail(30)
+    );
+    peer.send(&peer.request("BYE", 2, "nosdp3", None));
+    assert!(gw.wait_for_log("reason=caller_hangup", Duration::from_secs(3)));
+}
+
+#[test]
+fn reinvite_hold_unhold_and_new_media_address() {
+    let gw = gateway();
+    let mut peer = Peer::new(gw.sip_addr());
+    let offer = peer.sdp(&peer.media, "sendrecv");
+    peer.send(&peer.request("INVITE", 1, "re1", Some(&offer)));
+    peer.recv_until(Duration::from_secs(3), |m| status(m) == Some(200))
+        .expect("no 200");
+    peer.send(&peer.request("ACK", 1, "re2", None));
+    assert!(
+        Peer::rtp_count(&peer.media, Duration::from_millis(500)) >= 15,
+        "no media before hold"
+    );
+
+    // Hold: we go sendonly, the gateway must answer recvonly and stop sending.
+    let hold = peer.sdp(&peer.media, "sendonly");
+    peer.send(&peer.request("INVITE", 2, "re3", Some(&hold)));
+    let (_, ok) = peer
+        .recv_until(Duration::from_secs(3), |m| {
+            status(m) == Some(200) && m.contains("2 INVITE")
+        })
+        .expect("no 200 for the hold re-INVITE");
+    assert!(
+        body(&ok).contains("a=recvonly"),
+        "hold answer must be recvonly: {ok}"
+    );
+    peer.send(&peer.request("ACK", 2, "re4", None));
+    std::thread::sleep(Duration::from_millis(150));
+    let held = Peer::rtp_count(&peer.media, Duration::from_millis(600));
+    assert!(
+        held <= 2,
+        "gateway kept sending during hold: {held} packets"
+    );
+
+    // Unhold to a new media address: the gateway must follow it.
+    let new_media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    new_media
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let unhold = peer.sdp(&new_media, "sendrecv");
+    peer.send(&peer.request("INVITE", 3, "re5", Some(&unhold)));
+    let (_, ok) = peer
+        .recv_until(Duration::from_secs(3), |m| {
+            status(m) == Some(200) && m.contains("3 INVITE")
+        })
+        .expect("no 200 for the unhold re-INVITE");
+    assert!(body(&ok).contains("a=sendrecv"), "{ok}");
+    peer.send(&peer.request("ACK", 3, "re6", None));
+    let moved = Peer::rtp_count(&new_media, Duration::from_millis(800));
+    assert!(
+        moved >= 25,
+        "media did not move to the new address: {moved} packets"
+    );
+    peer.send(&peer.request("BYE", 4, "re7", None));
+    assert!(gw.wait_for_log("reason=caller_hangup", Duration::from_secs(3)));
+}
+
+#[test]
+fn request_for_unknown_dialog_gets_481() {
+    let gw = gateway();
+    let mut peer = Peer::new(gw.sip_addr());
+    peer.to_tag = Some("nosuchtag".into());
+    for (i, method) in ["BYE", "INFO", "INVITE"].iter().enumerate() {
+        peer.send(&peer.request(method, 10 + i as u32, &format!("u{i}"), None));
+        let r = peer.recv_until(Duration::from_secs(3), |m| {
+            m.starts_with("SIP/2.0 ") && status(m) != Some(100)
+        });
+        let (_, resp) = r.unwrap_or_else(|| panic!("no answer to {method}"));
+        assert_eq!(status(&resp), Some(481), "{method}: {resp}");
+    }
+}
+
+#[test]
+fn malformed_sdp_gets_400_and_no_common_codec_gets_488() {
+    let gw = gateway();
+    let mut peer = Peer::new(gw.sip_addr());
+    peer.send(&peer.request("INVITE", 1, "bad1", Some("this is not sdp\r\n")));
+    let (_, r) = peer
+        .recv_until(Duration::from_secs(3), |m| {
+            status(m).is_some_and(|s| s >= 300)
+        })
+        .expect("no final response to a bad SDP");
+    assert_eq!(status(&r), Some(400), "{r}");
+
+    let mut peer = Peer::new(gw.sip_addr());
+    let g729 = "v=0\r\no=p 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+    peer.send(&peer.request("INVITE", 1, "bad2", Some(g729)));
+    let (_, r) = peer
+        .recv_until(Duration::from_secs(3), |m| {
+            status(m).is_some_and(|s| s >= 300)
+        })
+        .expect("no final response to an unusable offer");
+    assert_eq!(status(&r), Some(488), "{r}");
+    // The gateway is still fine.
+    let mut peer = Peer::new(gw.sip_addr());
+    let offer = peer.sdp(&peer.media, "sendrecv");
+    peer.send(&peer.request("INVITE", 1, "ok1", Some(&offer)));
+    assert!(peer
+        .recv_until(Duration::from_secs(3), |m| status(m) == Some(200))
+        .is_some());
+}
