@@ -386,3 +386,27 @@ fn malformed_sdp_gets_400_and_no_common_codec_gets_488() {
         .recv_until(Duration::from_secs(3), |m| status(m) == Some(200))
         .is_some());
 }
+
+#[test]
+fn rtp_inactivity_ends_the_call_with_bye() {
+    let gw = Gateway::builder()
+        .flow_yaml(QUIET_FLOW)
+        .toml("[sip]\nt1_ms = 100\n[rtp]\ninactivity_timeout_s = 2\n")
+        .start();
+    let mut peer = Peer::new(gw.sip_addr());
+    let offer = peer.sdp(&peer.media, "sendrecv");
+    peer.send(&peer.request("INVITE", 1, "idle1", Some(&offer)));
+    peer.recv_until(Duration::from_secs(3), |m| status(m) == Some(200))
+        .expect("no 200");
+    let answered = Instant::now();
+    peer.send(&peer.request("ACK", 1, "idle2", None));
+    // We never send RTP: after 2 s the gateway must give up and hang up.
+    let (at, bye) = peer
+        .recv_until(Duration::from_secs(6), |m| m.starts_with("BYE "))
+        .expect("no BYE after the RTP inactivity timeout");
+    let waited = (at - answered).as_secs_f64();
+    assert!((1.8..4.5).contains(&waited), "BYE after {waited:.2} s");
+    assert!(bye.contains(&peer.call_id));
+    assert!(gw.wait_for_log("reason=rtp_timeout", Duration::from_secs(2)), "{}", gw.log_tail(20));
+    assert!(gw.log_contains("no RTP from the caller"));
+}
