@@ -407,6 +407,10 @@ fn rtp_inactivity_ends_the_call_with_bye() {
     let waited = (at - answered).as_secs_f64();
     assert!((1.8..4.5).contains(&waited), "BYE after {waited:.2} s");
     assert!(bye.contains(&peer.call_id));
-    assert!(gw.wait_for_log("reason=rtp_timeout", Duration::from_secs(2)), "{}", gw.log_tail(20));
+    assert!(
+        gw.wait_for_log("reason=rtp_timeout", Duration::from_secs(2)),
+        "{}",
+        gw.log_tail(20)
+    );
     assert!(gw.log_contains("no RTP from the caller"));
 }

@@ -40,10 +40,14 @@ impl JsonLines {
         f.sync_data()
     }
 
-    /// Appends, logging instead of failing.
-    pub fn append_or_log(&self, what: &str, value: &Value) {
-        if let Err(e) = self.append(value) {
-            warn!(file = %self.path.display(), error = %e, "could not write {what}");
+    /// Appends, logging instead of failing. True when the line was written.
+    pub fn append_or_log(&self, what: &str, value: &Value) -> bool {
+        match self.append(value) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(file = %self.path.display(), error = %e, "could not write {what}");
+                false
+            }
         }
     }
 }

@@ -97,6 +97,15 @@ struct Call {
     started_wall: chrono::DateTime<Utc>,
     answered_wall: Option<chrono::DateTime<Utc>>,
     dtmf_count: u32,
+    /// Close conversation waiting for recordings to finalize before CDR + BYE.
+    closing: Option<Closing>,
+    cdr_written: bool,
+}
+
+struct Closing {
+    deadline: Instant,
+    cleared_session: bool,
+    had_recording: bool,
 }
 
 impl Call {
@@ -213,6 +222,8 @@ impl Call {
             started_wall,
             answered_wall: None,
             dtmf_count: 0,
+            closing: None,
+            cdr_written: false,
         })
     }
 
@@ -286,6 +297,7 @@ impl Call {
         if self.state.phase() == Phase::Offered {
             consider(self.answer_at);
         }
+        consider(self.closing.as_ref().map(|c| c.deadline));
         consider(self.rtp.as_ref().and_then(|r| r.poll_timeout()));
         consider(self.transfer.as_ref().and_then(|(t, _)| t.poll_timeout()));
         consider(
@@ -302,6 +314,13 @@ impl Call {
 
     /// Runs every state machine up to `now` and carries out what they ask for.
     fn drive(&mut self, now: Instant) {
+        if let Some(c) = self.closing.take() {
+            if self.unfinished_recordings == 0 || now >= c.deadline {
+                self.finish_close(c);
+            } else {
+                self.closing = Some(c);
+            }
+        }
         if self.state.phase() == Phase::Offered {
             if let Some(at) = self.answer_at {
                 if now >= at {
@@ -331,7 +350,13 @@ impl Call {
     fn input(&mut self, input: Input) {
         let now = Instant::now();
         debug!(?input, phase = ?self.state.phase(), "call input");
-        for cmd in self.state.handle(input, now) {
+        // The CDR is written before the BYE goes out (close-conversation order).
+        let (byes, rest): (Vec<Command>, Vec<Command>) = self
+            .state
+            .handle(input, now)
+            .into_iter()
+            .partition(|c| *c == Command::SendBye);
+        for cmd in rest.into_iter().chain(byes) {
             self.command(cmd, now);
         }
     }
@@ -635,12 +660,31 @@ impl Call {
     fn close_conversation(&mut self, cleared_session: bool, now: Instant) {
         let had_recording = self.recording.is_some();
         self.stop_recording(now, false);
+        // Give the writer a moment to finalize (rename + sha256) so the file is complete
+        // before the caller sees the BYE; never longer than this bound.
+        self.closing = Some(Closing {
+            deadline: now + Duration::from_millis(700),
+            cleared_session,
+            had_recording,
+        });
+    }
+
+    /// Second half of close conversation: CDR, then BYE, then the final event.
+    fn finish_close(&mut self, c: Closing) {
+        let finalized = self.unfinished_recordings == 0;
+        if !finalized {
+            warn!(
+                pending = self.unfinished_recordings,
+                "recordings still finalizing at BYE time"
+            );
+        }
         self.input(Input::Hangup(EndReason::FlowClosed));
         let bye = matches!(self.state.end_reason(), Some(EndReason::FlowClosed));
         info!(
-            variables_erased = cleared_session,
-            recordings_finalized = had_recording,
-            cdr_written = true,
+            variables_erased = c.cleared_session,
+            recordings_finalized = finalized,
+            had_recording = c.had_recording,
+            cdr_written = self.cdr_written,
             bye_sent = bye,
             "conversation closed"
         );
@@ -651,9 +695,9 @@ impl Call {
                 "call_id": self.info.call_id,
                 "name": "conversation.closed",
                 "properties": {
-                    "variables_erased": cleared_session,
-                    "recordings_finalized": had_recording,
-                    "cdr_written": true,
+                    "variables_erased": c.cleared_session,
+                    "recordings_finalized": finalized,
+                    "cdr_written": self.cdr_written,
                     "bye_sent": bye,
                 },
             }),
@@ -710,7 +754,7 @@ impl Call {
             "rtp": {"sent": tx_packets, "received": rx_packets, "lost": lost},
             "dtmf_digits": self.dtmf_count,
         });
-        self.shared.cdrs.append_or_log("CDR", &cdr);
+        self.cdr_written = self.shared.cdrs.append_or_log("CDR", &cdr);
         self.rtp = None;
         if let Some(far) = self.far.as_mut() {
             if !far.ended {
