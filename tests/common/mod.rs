@@ -16,6 +16,8 @@
 //!   quoting and ANSI colours.
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
+pub mod peer;
+
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
