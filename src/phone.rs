@@ -206,12 +206,27 @@ fn check_with_metadata(normalised: &str) -> Result<(), PhoneError> {
     let code_len = number.code().value().to_string().len();
     let national_len = normalised.len().saturating_sub(1 + code_len);
     if let Some(meta) = number.metadata(&DATABASE) {
-        let lengths = meta.descriptors().general().possible_length();
-        if lengths
-            .iter()
-            .min()
-            .is_some_and(|min| national_len < usize::from(*min))
-        {
+        // The general descriptor's length list is often empty in the metadata, so take the
+        // shortest length any real number type allows (short codes and emergency numbers are
+        // not dialable E.164 destinations and are left out).
+        let d = meta.descriptors();
+        let shortest = std::iter::once(Some(d.general()))
+            .chain([
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ])
+            .flatten()
+            .flat_map(|desc| desc.possible_length().iter().copied())
+            .min();
+        if shortest.is_some_and(|min| national_len < usize::from(min)) {
             return Err(PhoneError::TooShort);
         }
     }

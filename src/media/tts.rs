@@ -271,30 +271,44 @@ async fn run_espeak(
 ) -> Result<Arc<[i16]>, TtsError> {
     let text = clean_text(text)?;
     check_voice(voice)?;
-    let child = tokio::process::Command::new(binary)
-        .arg("--stdout")
-        .arg("-v")
-        .arg(voice)
-        .arg("--")
-        .arg(&text)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Dropping the wait future on timeout then kills the process.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                TtsError::NotInstalled {
-                    binary: binary.to_path_buf(),
-                }
-            } else {
-                TtsError::Spawn {
-                    binary: binary.to_path_buf(),
-                    source,
-                }
+    let spawn = || {
+        tokio::process::Command::new(binary)
+            .arg("--stdout")
+            .arg("-v")
+            .arg(voice)
+            .arg("--")
+            .arg(&text)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Dropping the wait future on timeout then kills the process.
+            .kill_on_drop(true)
+            .spawn()
+    };
+    // ETXTBSY: the binary was just written and a concurrent fork still holds it open for
+    // writing (package upgrades, tests). It clears within milliseconds, so retry briefly.
+    let mut attempt = spawn();
+    for _ in 0..5 {
+        match &attempt {
+            Err(e) if e.raw_os_error() == Some(26) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                attempt = spawn();
             }
-        })?;
+            _ => break,
+        }
+    }
+    let child = attempt.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            TtsError::NotInstalled {
+                binary: binary.to_path_buf(),
+            }
+        } else {
+            TtsError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            }
+        }
+    })?;
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(result) => result.map_err(|source| TtsError::Spawn {
             binary: binary.to_path_buf(),
