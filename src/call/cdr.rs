@@ -11,6 +11,9 @@ use tracing::warn;
 pub struct JsonLines {
     path: PathBuf,
     lock: Mutex<()>,
+    /// Feeds a writer thread for appends that must not stall a call's task (fsync can take
+    /// tens of milliseconds, longer than an RTP slot). Started on first use; keeps order.
+    queue: Mutex<Option<std::sync::mpsc::Sender<Value>>>,
 }
 
 impl JsonLines {
@@ -18,6 +21,7 @@ impl JsonLines {
         JsonLines {
             path,
             lock: Mutex::new(()),
+            queue: Mutex::new(None),
         }
     }
 
@@ -40,6 +44,36 @@ impl JsonLines {
         f.sync_data()
     }
 
+    /// Appends on the writer thread, in order, without blocking the caller. Failures are logged.
+    pub fn append_queued(self: &std::sync::Arc<Self>, value: Value) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Value>();
+            let me = self.clone();
+            let started = std::thread::Builder::new()
+                .name("jsonl-writer".into())
+                .spawn(move || {
+                    while let Ok(v) = rx.recv() {
+                        me.append_or_log("JSON line", &v);
+                    }
+                });
+            match started {
+                Ok(_) => *q = Some(tx),
+                Err(e) => warn!(error = %e, "no writer thread; appending inline"),
+            }
+        }
+        match q.as_ref() {
+            Some(tx) => {
+                if let Err(e) = tx.send(value) {
+                    self.append_or_log("JSON line", &e.0);
+                }
+            }
+            None => {
+                self.append_or_log("JSON line", &value);
+            }
+        }
+    }
+
     /// Appends, logging instead of failing. True when the line was written.
     pub fn append_or_log(&self, what: &str, value: &Value) -> bool {
         match self.append(value) {
@@ -55,6 +89,27 @@ impl JsonLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_appends_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(JsonLines::new(dir.path().join("ev.jsonl")));
+        for i in 0..50 {
+            j.append_queued(serde_json::json!({ "i": i }));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(j.path()).unwrap_or_default();
+            if text.lines().count() == 50 {
+                for (i, line) in text.lines().enumerate() {
+                    assert_eq!(line, format!("{{\"i\":{i}}}"));
+                }
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "writer too slow");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 
     #[test]
     fn appends_lines() {

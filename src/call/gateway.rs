@@ -43,7 +43,7 @@ pub struct Shared {
     pub recorder: Recorder,
     pub ports: PortAllocator,
     pub cdrs: JsonLines,
-    pub events: JsonLines,
+    pub events: Arc<JsonLines>,
     /// The address written into SDP (external_ip when behind NAT).
     pub advertised_ip: IpAddr,
     /// Where forwards may go (`transfer.allow` / `transfer.deny`).
@@ -107,7 +107,7 @@ impl Gateway {
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
             cdrs: JsonLines::new(config.data_dir.join("cdrs.jsonl")),
-            events: JsonLines::new(config.data_dir.join("events.jsonl")),
+            events: Arc::new(JsonLines::new(config.data_dir.join("events.jsonl"))),
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(
                 config.transfer.allow.clone(),

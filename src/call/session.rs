@@ -570,15 +570,12 @@ impl Call {
                 }
                 FlowAction::TrackEvent { name, properties } => {
                     metrics::counter!("voxgate_tracked_events_total").increment(1);
-                    self.shared.events.append_or_log(
-                        "tracked event",
-                        &json!({
-                            "ts": Utc::now().to_rfc3339(),
-                            "call_id": self.info.call_id,
-                            "name": name,
-                            "properties": properties,
-                        }),
-                    );
+                    self.shared.events.append_queued(json!({
+                        "ts": Utc::now().to_rfc3339(),
+                        "call_id": self.info.call_id,
+                        "name": name,
+                        "properties": properties,
+                    }));
                 }
                 FlowAction::Close { cleared_session } => {
                     self.flow_closed = true;
@@ -688,20 +685,17 @@ impl Call {
             bye_sent = bye,
             "conversation closed"
         );
-        self.shared.events.append_or_log(
-            "close event",
-            &json!({
-                "ts": Utc::now().to_rfc3339(),
-                "call_id": self.info.call_id,
-                "name": "conversation.closed",
-                "properties": {
-                    "variables_erased": c.cleared_session,
-                    "recordings_finalized": finalized,
-                    "cdr_written": self.cdr_written,
-                    "bye_sent": bye,
-                },
-            }),
-        );
+        self.shared.events.append_queued(json!({
+            "ts": Utc::now().to_rfc3339(),
+            "call_id": self.info.call_id,
+            "name": "conversation.closed",
+            "properties": {
+                "variables_erased": c.cleared_session,
+                "recordings_finalized": finalized,
+                "cdr_written": self.cdr_written,
+                "bye_sent": bye,
+            },
+        }));
     }
 
     /// The call is over: stop recording, tell the flow, write the CDR.
@@ -794,7 +788,13 @@ impl Call {
         let number = match parse_e164(raw, &opts) {
             Ok(n) => n,
             Err(e) => {
-                warn!(input = %raw, rule = e.rule(), "forward refused: invalid number");
+                warn!(
+                    number = %raw,
+                    reason = e.code(),
+                    rule = e.rule(),
+                    detail = %e.reason(),
+                    "transfer.failed"
+                );
                 metrics::counter!("voxgate_transfers_total", "outcome" => "invalid_number")
                     .increment(1);
                 self.transfer_outcome = Some("failed:invalid_number".into());
@@ -806,7 +806,12 @@ impl Call {
             }
         };
         if let Err(e) = self.shared.policy.check(&number) {
-            warn!(number = %number, reason = %e, "forward refused by policy (toll-fraud guard)");
+            warn!(
+                number = %number,
+                reason = e.code(),
+                detail = %e.reason(),
+                "transfer.failed"
+            );
             metrics::counter!("voxgate_transfers_refused_total").increment(1);
             metrics::counter!("voxgate_transfers_total", "outcome" => "denied").increment(1);
             self.transfer_outcome = Some("failed:denied".into());
@@ -821,7 +826,9 @@ impl Call {
             ring_timeout: Duration::from_secs(cfg.ring_timeout_s),
         };
         info!(number = %number, mode = cfg.mode.as_str(), "forward starting");
-        let (t, out) = Transfer::start(cfg.mode, timers, now);
+        // `now` was taken before this drive pass (which may have stalled, e.g. on a synchronous
+        // JSON-lines append); the REFER/bridge timers start when the SIP actually goes out.
+        let (t, out) = Transfer::start(cfg.mode, timers, Instant::now());
         self.transfer = Some((t, number));
         self.shared
             .registry

@@ -644,7 +644,13 @@ async fn translate_states(
             }
             DialogState::Terminated(id, reason) => {
                 dialog_layer.remove_dialog(&id);
+                // rsipstack names who sent the BYE by role: in a dialog we answered (server)
+                // the remote party is the UAC, in one we started (client: the bridged leg)
+                // the remote party is the UAS.
+                let client = dialog.role() == rsipstack::transaction::key::TransactionRole::Client;
                 let end = match reason {
+                    TerminatedReason::UacBye if client => LegEnd::LocalHangup,
+                    TerminatedReason::UasBye if client => LegEnd::RemoteBye,
                     TerminatedReason::UacBye => LegEnd::RemoteBye,
                     TerminatedReason::UacCancel => LegEnd::Cancelled,
                     TerminatedReason::UasBye | TerminatedReason::UasDecline => LegEnd::LocalHangup,
