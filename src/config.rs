@@ -395,16 +395,15 @@ impl Config {
                     format!("`{url}` must start with ws:// or wss://"),
                 ));
             }
-            if self.flow.websocket_on_drop == crate::flow::websocket::FailurePolicy::Forward
-                || self.flow.websocket_on_connect_failure
-                    == crate::flow::websocket::FailurePolicy::Forward
+            let forward = crate::flow::websocket::FailurePolicy::Forward;
+            if (self.flow.websocket_on_drop == forward
+                || self.flow.websocket_on_connect_failure == forward)
+                && self.flow.websocket_fallback_number.is_none()
             {
-                if self.flow.websocket_fallback_number.is_none() {
-                    return Err(bad(
-                        "flow.websocket_fallback_number",
-                        "must be set when a websocket failure policy is \"forward\"".into(),
-                    ));
-                }
+                return Err(bad(
+                    "flow.websocket_fallback_number",
+                    "must be set when a websocket failure policy is \"forward\"".into(),
+                ));
             }
         } else if self.flow.file.as_os_str().is_empty() {
             return Err(bad(

@@ -7,6 +7,8 @@ use super::{FlowAction, FlowEvent};
 use chrono::{DateTime, Utc};
 use std::time::Instant;
 
+/// One per call, so the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum FlowDriver {
     Embedded(FlowMachine),
     External(Box<WsBridge>),

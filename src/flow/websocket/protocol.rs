@@ -266,7 +266,7 @@ pub fn decode_twilio(text: &str) -> Result<TwilioIn, DecodeError> {
 
 /// PCM16LE bytes to samples. Odd lengths are refused rather than guessed at.
 pub fn pcm_from_bytes(data: &[u8]) -> Result<Vec<i16>, DecodeError> {
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         return Err(DecodeError::OddAudio(data.len()));
     }
     Ok(data
