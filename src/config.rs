@@ -92,6 +92,26 @@ pub struct RecordingsConfig {
 pub struct FlowConfig {
     pub file: PathBuf,
     pub websocket_url: Option<String>,
+    /// The bot's dialect: "native" (docs/websocket-protocol.md) or "twilio" (Media Streams).
+    pub protocol: crate::flow::websocket::Dialect,
+    /// Sent as `Authorization: Bearer <token>` on the upgrade.
+    pub websocket_token: Option<String>,
+    /// Signs the upgrade: `X-Voxgate-Signature` = hex HMAC-SHA256 of "<timestamp>.<call_id>".
+    pub websocket_hmac_secret: Option<String>,
+    pub websocket_connect_timeout_ms: u64,
+    /// How long a connected bot may take to answer/ring/reject before the failure policy.
+    pub websocket_answer_timeout_ms: u64,
+    /// "prompt" | "forward" | "reconnect" when the bot cannot be reached at INVITE time.
+    pub websocket_on_connect_failure: crate::flow::websocket::FailurePolicy,
+    /// "prompt" | "forward" | "reconnect" when the bot's socket drops mid-call.
+    pub websocket_on_drop: crate::flow::websocket::FailurePolicy,
+    /// The prompt played before closing when the bot is gone (flow prompt dir or absolute).
+    pub websocket_fallback_prompt: Option<String>,
+    /// Where the `forward` policy sends the caller (E.164, subject to transfer.allow).
+    pub websocket_fallback_number: Option<String>,
+    pub websocket_reconnect_attempts: u32,
+    /// Events kept for `resume {last_seq}` after a reconnect.
+    pub websocket_replay_buffer: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -208,6 +228,17 @@ impl Default for FlowConfig {
         FlowConfig {
             file: PathBuf::from("sip-config/flows/demo.yaml"),
             websocket_url: None,
+            protocol: Default::default(),
+            websocket_token: None,
+            websocket_hmac_secret: None,
+            websocket_connect_timeout_ms: 3000,
+            websocket_answer_timeout_ms: 5000,
+            websocket_on_connect_failure: Default::default(),
+            websocket_on_drop: Default::default(),
+            websocket_fallback_prompt: None,
+            websocket_fallback_number: None,
+            websocket_reconnect_attempts: 3,
+            websocket_replay_buffer: 512,
         }
     }
 }
@@ -362,6 +393,16 @@ impl Config {
                 return Err(bad(
                     "flow.websocket_url",
                     format!("`{url}` must start with ws:// or wss://"),
+                ));
+            }
+            let forward = crate::flow::websocket::FailurePolicy::Forward;
+            if (self.flow.websocket_on_drop == forward
+                || self.flow.websocket_on_connect_failure == forward)
+                && self.flow.websocket_fallback_number.is_none()
+            {
+                return Err(bad(
+                    "flow.websocket_fallback_number",
+                    "must be set when a websocket failure policy is \"forward\"".into(),
                 ));
             }
         } else if self.flow.file.as_os_str().is_empty() {

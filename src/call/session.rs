@@ -6,6 +6,8 @@ use super::gateway::Shared;
 use super::registry::{CallSummary, Control};
 use super::state::{CallState, Command, EndReason, Input, Phase};
 use super::transfer::{Transfer, TransferInput, TransferOutput, TransferTimers};
+use crate::flow::driver::FlowDriver;
+use crate::flow::websocket::WsBridge;
 use crate::flow::{FlowAction, FlowDefinition, FlowEvent, FlowMachine, SessionInfo};
 use crate::media::recorder::{ActiveRecording, RecorderEvent, RecordingMeta};
 use crate::media::rtp::{RtpConfig, RtpEvent, RtpSession};
@@ -69,7 +71,7 @@ struct Call {
     local_sdp: String,
     negotiated: Option<Negotiated>,
     rtp: Option<RtpSession>,
-    flow: FlowMachine,
+    flow: FlowDriver,
     flow_def: Arc<FlowDefinition>,
     flow_started: bool,
     flow_closed: bool,
@@ -175,11 +177,26 @@ impl Call {
             ),
         };
         let def = shared.flow();
-        let flow = FlowMachine::new(def.clone(), now, started_wall);
+        let session_info = SessionInfo {
+            call_id: info.call_id.clone(),
+            from: info.from_user.clone(),
+            to: info.to_user.clone(),
+            headers: info.headers.clone(),
+            codec: negotiated
+                .as_ref()
+                .map(|n| n.codec.name().to_string())
+                .unwrap_or_default(),
+        };
+        let flow = match WsBridge::from_config(&shared.config.flow, session_info, now) {
+            Some(bridge) => FlowDriver::External(Box::new(bridge)),
+            None => FlowDriver::Embedded(FlowMachine::new(def.clone(), now, started_wall)),
+        };
+        // An external bot decides when (and whether) to answer; it is "started" from INVITE on.
+        let external = flow.is_external();
         let answer_delay = def.answer_delay();
         let (synth_tx, synth_rx) = mpsc::unbounded_channel();
         let (rec_tx, rec_rx) = mpsc::unbounded_channel();
-        if !answer_delay.is_zero() {
+        if !answer_delay.is_zero() && !external {
             leg.ring().ok();
             info!(
                 delay_ms = answer_delay.as_millis() as u64,
@@ -201,9 +218,9 @@ impl Call {
             rtp: None,
             flow,
             flow_def: def,
-            flow_started: false,
+            flow_started: external,
             flow_closed: false,
-            answer_at: Some(now + answer_delay),
+            answer_at: (!external).then(|| now + answer_delay),
             synth_tx,
             synth_rx,
             rec_tx,
@@ -279,6 +296,7 @@ impl Call {
                 Some(c) = self.control.recv() => self.on_control(c),
                 Some(s) = self.synth_rx.recv() => self.on_synth(s),
                 Some(e) = self.rec_rx.recv() => self.on_recorder_event(e),
+                io = self.flow.next_io() => self.flow.handle_io(io, Instant::now()),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
@@ -450,6 +468,9 @@ impl Call {
         while let Some(ev) = rtp.poll_event() {
             match ev {
                 RtpEvent::Audio { samples, .. } => {
+                    if !self.flow_closed {
+                        self.flow.caller_audio(&samples);
+                    }
                     if let Some(far_rtp) = self.far.as_mut().and_then(|f| f.rtp.as_mut()) {
                         if self.bridged {
                             far_rtp.queue_audio(&samples);
@@ -581,6 +602,30 @@ impl Call {
                     self.flow_closed = true;
                     info!(cleared_session, "flow closes the conversation");
                     self.close_conversation(cleared_session, now);
+                }
+                FlowAction::PlayAudio { samples } => {
+                    if let Some(rtp) = self.rtp.as_mut() {
+                        rtp.queue_audio(&samples);
+                    }
+                }
+                FlowAction::QueueMark { id } => match self.rtp.as_mut() {
+                    Some(rtp) => rtp.queue_mark(id),
+                    None => self.flow_event(FlowEvent::PlaybackFinished {
+                        id,
+                        interrupted: true,
+                    }),
+                },
+                FlowAction::Answer => {
+                    info!("bot answers");
+                    self.input(Input::Answer);
+                }
+                FlowAction::Ring => {
+                    info!("bot rings");
+                    self.leg.ring().ok();
+                }
+                FlowAction::Reject { status } => {
+                    info!(status, "bot rejects the call");
+                    self.input(Input::Reject(status));
                 }
             }
         }

@@ -114,16 +114,33 @@ pub enum FlowAction {
     Close {
         cleared_session: bool,
     },
+    /// Bot audio (8 kHz PCM) to queue for the caller, paced by the RTP session. External bot only.
+    PlayAudio {
+        samples: Vec<i16>,
+    },
+    /// A marker behind the queued audio; reported as `PlaybackFinished{id}` once the audio
+    /// before it has played (or `interrupted` when cleared). External bot only.
+    QueueMark {
+        id: u64,
+    },
+    /// The pre-answer decision of an external bot: answer, send 180, or refuse the INVITE.
+    Answer,
+    Ring,
+    Reject {
+        status: u16,
+    },
 }
 
 mod clock;
 mod collect;
 pub mod definition;
+pub mod driver;
 pub mod expr;
 mod load;
 pub mod machine;
 mod session;
 mod template;
+pub mod websocket;
 
 pub use definition::{FlowDefinition, StepKind};
 pub use expr::ExprError;

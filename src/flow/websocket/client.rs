@@ -1,0 +1,292 @@
+//! The tokio shell of the WebSocket bridge: opens the connection the core asks for (bearer
+//! token / HMAC on the upgrade, ws:// or wss:// over rustls), moves frames both ways, and
+//! reports what happened. It decides nothing: [`BridgeCore`] does.
+
+use super::bridge::{BridgeConfig, BridgeCore, IoRequest};
+use super::protocol::{sign_upgrade, Outgoing};
+use crate::flow::{FlowAction, FlowEvent, SessionInfo};
+use futures::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, warn, Instrument};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub url: String,
+    pub token: Option<String>,
+    pub hmac_secret: Option<String>,
+}
+
+/// What a connection task reports, tagged with its generation so stale reports are ignored.
+#[derive(Debug)]
+pub enum ConnEvent {
+    Connected(u64),
+    Text(u64, String),
+    Binary(u64, Vec<u8>),
+    Closed(u64, String),
+}
+
+struct Conn {
+    out: mpsc::UnboundedSender<Outgoing>,
+    task: JoinHandle<()>,
+}
+
+/// One call's bot connection: the core plus the task that owns the socket.
+pub struct WsBridge {
+    core: BridgeCore,
+    settings: ClientSettings,
+    connect_timeout: Duration,
+    events_tx: mpsc::UnboundedSender<ConnEvent>,
+    events_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    conn: Option<Conn>,
+}
+
+impl WsBridge {
+    /// The bridge for a new call when `flow.websocket_url` is set; None for the embedded engine.
+    pub fn from_config(
+        cfg: &crate::config::FlowConfig,
+        info: SessionInfo,
+        now: Instant,
+    ) -> Option<Self> {
+        let url = cfg.websocket_url.clone()?;
+        let settings = ClientSettings {
+            url,
+            token: cfg.websocket_token.clone(),
+            hmac_secret: cfg.websocket_hmac_secret.clone(),
+        };
+        let bridge = BridgeConfig {
+            dialect: cfg.protocol,
+            on_connect_failure: cfg.websocket_on_connect_failure,
+            on_drop: cfg.websocket_on_drop,
+            fallback_prompt: cfg.websocket_fallback_prompt.clone(),
+            fallback_number: cfg.websocket_fallback_number.clone(),
+            connect_timeout: Duration::from_millis(cfg.websocket_connect_timeout_ms),
+            answer_timeout: Duration::from_millis(cfg.websocket_answer_timeout_ms),
+            reconnect_attempts: cfg.websocket_reconnect_attempts,
+            reconnect_backoff: Duration::from_millis(200),
+            replay_capacity: cfg.websocket_replay_buffer,
+        };
+        Some(Self::start(settings, bridge, info, now))
+    }
+
+    /// Starts connecting at once (INVITE time): the bot decides whether to answer.
+    pub fn start(
+        settings: ClientSettings,
+        cfg: BridgeConfig,
+        info: SessionInfo,
+        now: Instant,
+    ) -> Self {
+        let connect_timeout = cfg.connect_timeout;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut b = WsBridge {
+            core: BridgeCore::new(cfg, info, now),
+            settings,
+            connect_timeout,
+            events_tx,
+            events_rx,
+            conn: None,
+        };
+        b.pump();
+        b
+    }
+
+    pub fn handle_event(&mut self, ev: FlowEvent, now: Instant) {
+        self.core.handle_event(ev, now);
+        self.pump();
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+        self.pump();
+    }
+
+    pub fn poll_action(&mut self) -> Option<FlowAction> {
+        self.core.poll_action()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    pub fn caller_audio(&mut self, samples: &[i16]) {
+        self.core.caller_audio(samples);
+        self.pump();
+    }
+
+    /// The next report from the connection task (pending while there is none).
+    pub async fn next_io(&mut self) -> ConnEvent {
+        match self.events_rx.recv().await {
+            Some(e) => e,
+            // We hold a sender ourselves, so this cannot end; stay pending to be safe.
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn handle_io(&mut self, ev: ConnEvent, now: Instant) {
+        match ev {
+            ConnEvent::Connected(g) => self.core.on_connected(g, now),
+            ConnEvent::Text(g, t) => self.core.on_text(g, &t, now),
+            ConnEvent::Binary(g, b) => self.core.on_binary(g, &b),
+            ConnEvent::Closed(g, why) => self.core.on_closed(g, &why, now),
+        }
+        self.pump();
+    }
+
+    /// Carries out what the core asked of the connection, then sends its frames.
+    fn pump(&mut self) {
+        loop {
+            while let Some(o) = self.core.poll_outgoing() {
+                if let Some(c) = &self.conn {
+                    c.out.send(o).ok();
+                }
+            }
+            let Some(req) = self.core.poll_request() else {
+                break;
+            };
+            match req {
+                IoRequest::Connect { generation } => {
+                    if let Some(c) = self.conn.take() {
+                        c.task.abort();
+                    }
+                    self.conn = Some(self.spawn(generation));
+                }
+                IoRequest::Abort => {
+                    if let Some(c) = self.conn.take() {
+                        c.task.abort();
+                    }
+                }
+                // Dropping the sender lets the task flush what is queued, then close.
+                IoRequest::Finish => self.conn = None,
+            }
+        }
+    }
+
+    fn spawn(&self, generation: u64) -> Conn {
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(
+            run_conn(
+                generation,
+                self.settings.clone(),
+                self.core_call_id(),
+                self.connect_timeout,
+                out_rx,
+                self.events_tx.clone(),
+            )
+            .in_current_span(),
+        );
+        Conn { out, task }
+    }
+
+    fn core_call_id(&self) -> String {
+        self.core.call_id().to_string()
+    }
+}
+
+impl Drop for WsBridge {
+    fn drop(&mut self) {
+        // A connection still open here gets its queued frames and a close, not an abort.
+        self.conn = None;
+    }
+}
+
+async fn run_conn(
+    generation: u64,
+    settings: ClientSettings,
+    call_id: String,
+    connect_timeout: Duration,
+    mut out_rx: mpsc::UnboundedReceiver<Outgoing>,
+    events: mpsc::UnboundedSender<ConnEvent>,
+) {
+    let closed = |why: String| ConnEvent::Closed(generation, why);
+    let mut request = match settings.url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => {
+            events.send(closed(format!("bad websocket_url: {e}"))).ok();
+            return;
+        }
+    };
+    let headers = request.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&call_id) {
+        headers.insert("X-Voxgate-Call-Id", v);
+    }
+    if let Some(token) = &settings.token {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            headers.insert("Authorization", v);
+        }
+    }
+    if let Some(secret) = &settings.hmac_secret {
+        let ts = chrono::Utc::now().timestamp();
+        let sig = sign_upgrade(secret.as_bytes(), ts, &call_id);
+        if let Ok(v) = HeaderValue::from_str(&ts.to_string()) {
+            headers.insert("X-Voxgate-Timestamp", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&sig) {
+            headers.insert("X-Voxgate-Signature", v);
+        }
+    }
+    if settings.url.starts_with("wss://") {
+        // Only the ring provider is compiled in; installing it is idempotent.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, true, None);
+    let ws = match tokio::time::timeout(connect_timeout, connect).await {
+        Ok(Ok((ws, _resp))) => ws,
+        Ok(Err(e)) => {
+            warn!(error = %e, "bot connection failed");
+            events.send(closed(format!("connect failed: {e}"))).ok();
+            return;
+        }
+        Err(_) => {
+            events.send(closed("connect timeout".into())).ok();
+            return;
+        }
+    };
+    events.send(ConnEvent::Connected(generation)).ok();
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            o = out_rx.recv() => {
+                let msg = match o {
+                    Some(Outgoing::Text(t)) => Message::Text(t.into()),
+                    Some(Outgoing::Binary(b)) => Message::Binary(b.into()),
+                    None => {
+                        debug!("bot session over: closing the socket");
+                        sink.send(Message::Close(None)).await.ok();
+                        sink.close().await.ok();
+                        return;
+                    }
+                };
+                if let Err(e) = sink.send(msg).await {
+                    events.send(closed(format!("send failed: {e}"))).ok();
+                    return;
+                }
+            }
+            f = stream.next() => match f {
+                Some(Ok(Message::Text(t))) => {
+                    events.send(ConnEvent::Text(generation, t.to_string())).ok();
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    events.send(ConnEvent::Binary(generation, b.to_vec())).ok();
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    events.send(closed(format!("closed by the bot: {frame:?}"))).ok();
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    events.send(closed(format!("read failed: {e}"))).ok();
+                    return;
+                }
+                None => {
+                    events.send(closed("socket ended".into())).ok();
+                    return;
+                }
+            }
+        }
+    }
+}
