@@ -441,6 +441,22 @@ fn bot_answers_hears_the_caller_and_dtmf_and_talks_back() {
     // The bot's 2 s of audio went out as RTP.
     let end = call_end(&gw);
     assert!(end.rtp_tx_packets >= 90, "tx {}", end.rtp_tx_packets);
+    // record.start took effect on the call: a complete recording exists on disk and in the API.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let rec = loop {
+        let list = gw.get("/v1/recordings").expect("list").json();
+        let first = list["recordings"]
+            .as_array()
+            .and_then(|a| a.first().cloned());
+        match first {
+            Some(r) if r["status"] == "complete" => break r,
+            _ if std::time::Instant::now() > deadline => panic!("no complete recording: {list}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(rec["duration_ms"].as_u64().unwrap_or(0) >= 2000, "{rec}");
+    let id = rec["id"].as_str().unwrap();
+    assert!(gw.recordings_dir().join(format!("{id}.wav")).exists());
 }
 
 #[test]

@@ -49,6 +49,9 @@ struct FarLeg {
 }
 
 /// A prompt or TTS result arriving from a background task.
+/// How long after the final NOTIFY of a successful REFER voxgate sends its BYE.
+const LEAVE_AFTER_REFER: Duration = Duration::from_millis(50);
+
 /// A `Synth` id that carries a REFER's final status instead of audio.
 const REFER_RESULT: u64 = u64::MAX;
 
@@ -99,6 +102,8 @@ struct Call {
     started_wall: chrono::DateTime<Utc>,
     answered_wall: Option<chrono::DateTime<Utc>>,
     dtmf_count: u32,
+    /// After a successful REFER: when to send our BYE.
+    leave_at: Option<Instant>,
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
@@ -240,6 +245,7 @@ impl Call {
             answered_wall: None,
             dtmf_count: 0,
             closing: None,
+            leave_at: None,
             cdr_written: false,
         })
     }
@@ -316,6 +322,7 @@ impl Call {
             consider(self.answer_at);
         }
         consider(self.closing.as_ref().map(|c| c.deadline));
+        consider(self.leave_at);
         consider(self.rtp.as_ref().and_then(|r| r.poll_timeout()));
         consider(self.transfer.as_ref().and_then(|(t, _)| t.poll_timeout()));
         consider(
@@ -332,6 +339,10 @@ impl Call {
 
     /// Runs every state machine up to `now` and carries out what they ask for.
     fn drive(&mut self, now: Instant) {
+        if self.leave_at.is_some_and(|t| now >= t) {
+            self.leave_at = None;
+            self.input(Input::Hangup(EndReason::Transferred));
+        }
         if let Some(c) = self.closing.take() {
             if self.unfinished_recordings == 0 || now >= c.deadline {
                 self.finish_close(c);
@@ -944,7 +955,10 @@ impl Call {
                     self.flow_closed = true;
                     if mode == "refer" {
                         self.stop_recording(now, false);
-                        self.input(Input::Hangup(EndReason::Transferred));
+                        // Leave a moment for the 200 to the final NOTIFY to go out first: the
+                        // stack sends responses from its own task, and a BYE that overtakes
+                        // it confuses strict peers.
+                        self.leave_at = Some(Instant::now() + LEAVE_AFTER_REFER);
                     } else {
                         self.bridged = true;
                         if let Some(rtp) = self.rtp.as_mut() {
