@@ -16,6 +16,8 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+# The tests signal the gateway with /bin/kill (procps), not the shell builtin.
+[[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${missing[*]}"
