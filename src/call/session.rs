@@ -435,12 +435,7 @@ impl Call {
     }
 
     fn start_media(&mut self, n: &Negotiated, now: Instant) {
-        let mut cfg = RtpConfig::new(n.codec, n.payload_type, n.telephone_event_pt);
-        cfg.remote = n.remote;
-        cfg.inactivity_timeout = Duration::from_secs(self.shared.config.rtp.inactivity_timeout_s);
-        cfg.jitter_depth = Duration::from_millis(self.shared.config.rtp.jitter_ms);
-        cfg.seed = rand::random();
-        let mut rtp = RtpSession::new(cfg, now);
+        let mut rtp = RtpSession::new(rtp_config(&self.shared, n), now);
         rtp.set_hold(!n.direction.sends());
         self.rtp = Some(rtp);
         if !self.flow_started {
@@ -1103,14 +1098,11 @@ impl Call {
                     rtp.set_codec(n.codec, n.payload_type, n.telephone_event_pt);
                     return;
                 }
-                let mut cfg = RtpConfig::new(n.codec, n.payload_type, n.telephone_event_pt);
-                cfg.remote = n.remote;
-                cfg.inactivity_timeout =
-                    Duration::from_secs(self.shared.config.rtp.inactivity_timeout_s);
-                cfg.jitter_depth = Duration::from_millis(self.shared.config.rtp.jitter_ms);
-                cfg.seed = rand::random();
                 info!(codec = n.codec.name(), remote = ?n.remote, "far leg media");
-                far.rtp = Some(RtpSession::new(cfg, Instant::now()));
+                far.rtp = Some(RtpSession::new(
+                    rtp_config(&self.shared, &n),
+                    Instant::now(),
+                ));
             }
             Err(why) => warn!(%why, "far leg SDP unusable"),
         }
@@ -1488,6 +1480,16 @@ impl Call {
             }
         }
     }
+}
+
+/// RTP settings for one leg, from what SDP negotiated and the `[rtp]` config.
+fn rtp_config(shared: &Shared, n: &Negotiated) -> RtpConfig {
+    let mut cfg = RtpConfig::new(n.codec, n.payload_type, n.telephone_event_pt);
+    cfg.remote = n.remote;
+    cfg.inactivity_timeout = Duration::from_secs(shared.config.rtp.inactivity_timeout_s);
+    cfg.jitter_depth = Duration::from_millis(shared.config.rtp.jitter_ms);
+    cfg.seed = rand::random();
+    cfg
 }
 
 async fn recv_leg(rx: &mut Option<mpsc::UnboundedReceiver<LegEvent>>) -> Option<LegEvent> {
