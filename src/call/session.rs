@@ -9,6 +9,7 @@ use super::transfer::{Transfer, TransferInput, TransferOutput, TransferTimers};
 use crate::flow::driver::FlowDriver;
 use crate::flow::websocket::WsBridge;
 use crate::flow::{FlowAction, FlowDefinition, FlowEvent, FlowMachine, SessionInfo};
+use crate::media::recorder::align::CallerAligner;
 use crate::media::recorder::{ActiveRecording, RecorderEvent, RecordingMeta};
 use crate::media::rtp::{RtpConfig, RtpEvent, RtpSession};
 use crate::phone::{parse_e164, ParseOptions, E164};
@@ -88,7 +89,9 @@ struct Call {
     /// Recordings started on this call that have not reported Ready/Failed yet.
     unfinished_recordings: usize,
     /// Caller audio released by the jitter buffer, waiting for the next recording slot.
-    caller_frames: std::collections::VecDeque<Vec<i16>>,
+    caller_frames: CallerAligner,
+    /// Recording slots so far: one per audio frame sent to the caller.
+    rec_slot: u64,
     transfer_outcome: Option<String>,
     /// The forward in progress, if any.
     transfer: Option<(Transfer, E164)>,
@@ -233,7 +236,8 @@ impl Call {
             recording: None,
             recording_ids: Vec::new(),
             unfinished_recordings: 0,
-            caller_frames: Default::default(),
+            caller_frames: CallerAligner::new(3),
+            rec_slot: 0,
             transfer_outcome: None,
             transfer: None,
             far: None,
@@ -466,14 +470,19 @@ impl Call {
                 debug!(dest = %t.dest, error = %e, "RTP send failed");
             }
             if let (Some(rec), Some(sent)) = (self.recording.as_mut(), t.audio.as_deref()) {
-                let left = self.caller_frames.pop_front();
+                let left = self.caller_frames.pop(self.rec_slot);
                 rec.push(now, left.as_deref(), Some(sent));
+            }
+            if t.audio.is_some() {
+                self.rec_slot += 1;
             }
         }
         let mut flow_events = Vec::new();
         while let Some(ev) = rtp.poll_event() {
             match ev {
-                RtpEvent::Audio { samples, .. } => {
+                RtpEvent::Audio {
+                    samples, rtp_ts, ..
+                } => {
                     if !self.flow_closed {
                         self.flow.caller_audio(&samples);
                     }
@@ -483,11 +492,7 @@ impl Call {
                         }
                     }
                     if self.recording.is_some() {
-                        self.caller_frames.push_back(samples);
-                        // Bound the backlog: never more than ~200 ms ahead of the slots.
-                        while self.caller_frames.len() > 10 {
-                            self.caller_frames.pop_front();
-                        }
+                        self.caller_frames.push(rtp_ts, samples, self.rec_slot);
                     }
                 }
                 RtpEvent::Dtmf(d) => {
@@ -670,7 +675,7 @@ impl Call {
                 let id = rec.id().to_string();
                 self.recording_ids.push(id.clone());
                 self.unfinished_recordings += 1;
-                self.caller_frames.clear();
+                self.caller_frames.reset();
                 self.shared
                     .registry
                     .update(&self.info.call_id, |s| s.recording_id = Some(id));

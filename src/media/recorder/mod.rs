@@ -10,6 +10,7 @@
 //!
 //! See docs/recording.md for the file format and life cycle.
 
+pub mod align;
 pub mod clock;
 pub mod handle;
 pub mod id;
