@@ -638,6 +638,38 @@ impl Call {
                     info!(status, "bot rejects the call");
                     self.input(Input::Reject(status));
                 }
+                // Integration, offload and speech steps: no executor is wired to the call yet,
+                // so each is answered at once as a clear step failure (never a hang).
+                FlowAction::Request { id, .. } => {
+                    warn!(
+                        id,
+                        "integration step requested but no executor is configured"
+                    );
+                    self.flow_event(FlowEvent::RequestDone {
+                        id,
+                        result: Err(crate::flow::StepFailure {
+                            code: "not_configured".into(),
+                            message: "integration steps are not available in this build".into(),
+                        }),
+                    });
+                }
+                FlowAction::Listen { id, .. } => {
+                    warn!(id, "listen requested but no recogniser is configured");
+                    self.flow_event(FlowEvent::Speech {
+                        id,
+                        outcome: crate::flow::SpeechOutcome::Error(
+                            "speech recognition is not available in this build".into(),
+                        ),
+                    });
+                }
+                FlowAction::Offload { .. } => {
+                    warn!("offload requested but not available in this build");
+                    self.flow_event(FlowEvent::TransferFailed {
+                        reason: "not_available".into(),
+                        detail: "offload is not available in this build".into(),
+                    });
+                }
+                FlowAction::CancelRequest { .. } | FlowAction::StopListening { .. } => {}
             }
         }
     }

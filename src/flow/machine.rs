@@ -266,6 +266,12 @@ impl FlowMachine {
                 self.paused = true;
             }
             FlowEvent::Resumed => self.resume(now),
+            // Integration and speech steps are not run by this engine yet.
+            FlowEvent::RequestDone { id, .. }
+            | FlowEvent::SpeechStarted { id }
+            | FlowEvent::Speech { id, .. } => {
+                tracing::debug!(id, "answer to a request the flow did not make; ignored");
+            }
         }
     }
 

@@ -77,6 +77,20 @@ pub enum FlowEvent {
     Ended {
         reason: String,
     },
+    /// The answer to `FlowAction::Request { id }`.
+    RequestDone {
+        id: u64,
+        result: Result<serde_json::Value, StepFailure>,
+    },
+    /// A `Listen` heard the caller start to speak (barge-in point).
+    SpeechStarted {
+        id: u64,
+    },
+    /// The answer to `FlowAction::Listen { id }`.
+    Speech {
+        id: u64,
+        outcome: SpeechOutcome,
+    },
 }
 
 /// What the bot asks the call to do. Actions are carried out in the order they are emitted.
@@ -129,6 +143,167 @@ pub enum FlowAction {
     Reject {
         status: u16,
     },
+    /// An integration step's IO (`api`, `code`, `json_builder`, `send_mail`, `mail_report`,
+    /// `table`, `knowledge_base`). The call side runs it off the call task, gives up after
+    /// `timeout`, and answers with exactly one [`FlowEvent::RequestDone`] carrying this `id`.
+    Request {
+        id: u64,
+        request: StepRequest,
+        timeout: std::time::Duration,
+    },
+    /// The flow no longer waits for this request (its own timeout, barge-in, close): the
+    /// call side may abort it; a late result is dropped.
+    CancelRequest {
+        id: u64,
+    },
+    /// `offload`: hand the caller to a human agent through the forward machinery (same policy
+    /// checks). `to` is an E.164 number or a `sip:` URI (checked against
+    /// `transfer.allow_uris`). `headers` go on the REFER / INVITE (`X-...`, `User-to-User`).
+    /// `context` (variables chosen by the flow) is POSTed with the transcript to
+    /// `[offload] webhook_url` before the transfer. Answered by TransferCompleted/Failed.
+    Offload {
+        to: String,
+        headers: Vec<(String, String)>,
+        context: serde_json::Value,
+    },
+    /// `listen`: start recognising the caller's speech. Answered by exactly one
+    /// [`FlowEvent::Speech`] with this `id` (and maybe `SpeechStarted` before it).
+    Listen {
+        id: u64,
+        spec: ListenSpec,
+    },
+    /// Stop a `Listen` (a DTMF key won, the flow moved on). No `Speech` event follows.
+    StopListening {
+        id: u64,
+    },
+}
+
+/// What an integration step asks the call side to do. Values are already evaluated by the
+/// flow, except `{secrets.NAME}` placeholders, which the flow leaves in place and the
+/// executor fills at send time (secrets never enter the flow's variables, step log or logs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepRequest {
+    /// `api`. Result: `{"status": 200, "headers": {"content-type": "..."}, "body": <JSON or text>}`.
+    Http(HttpRequest),
+    /// `code`. Result: what the script's `ChatlayerResponseBuilder.send()` produced:
+    /// `{"session": {...}, "messages": ["..."], "nextDialogstate": "name" | null}`.
+    Script(ScriptRequest),
+    /// `json_builder`: dispatch `{"type":"CL_DISPATCH_EVENT","payload":...,"call_id":...}`.
+    /// Result: `{"websocket": bool, "webhook": "queued" | "disabled"}`.
+    Dispatch { payload: serde_json::Value },
+    /// `send_mail` / `mail_report` (the call side adds the transcript for a report).
+    /// Result: `{"queued": true, "message_id": "..."}` once accepted by the SMTP server or queued.
+    Mail(MailRequest),
+    /// `table`. Result: lookup `{"row": {...} | null, "count": n}`; insert `{"inserted": 1}`;
+    /// update / delete `{"affected": n}`.
+    Table(TableRequest),
+    /// `knowledge_base`. Result: `{"answer": "...", "source": "doc.md", "score": 3.2}` or
+    /// `{"answer": null, "source": null, "score": <best or 0>}` when nothing reaches `min_score`.
+    KnowledgeBase(KbQuery),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    /// JSON body (objects/lists) or a text body (a JSON string is sent as text).
+    pub body: Option<serde_json::Value>,
+    pub auth: Option<HttpAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HttpAuth {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptRequest {
+    /// The JavaScript source (inline `source`, or the contents of `file` read at flow load).
+    pub source: std::sync::Arc<str>,
+    /// A copy of the session's variables, seen by the script as `args`.
+    pub args: serde_json::Value,
+    pub memory_kb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailRequest {
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub subject: String,
+    pub body: String,
+    /// `mail_report`: append the call's transcript and recording ids.
+    pub report: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableOp {
+    Lookup,
+    Insert,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRequest {
+    pub op: TableOp,
+    pub table: String,
+    /// Column = value conditions, all of which must hold (parameterised, never spliced).
+    pub filter: Vec<(String, serde_json::Value)>,
+    /// Column values for insert / update.
+    pub values: Vec<(String, serde_json::Value)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KbQuery {
+    pub question: String,
+    /// Restrict to one document (file name), if set.
+    pub source: Option<String>,
+    pub min_score: f64,
+}
+
+/// Why a `Request` failed: a short code (`timeout`, `refused`, `http`, `script`, `memory`,
+/// `smtp`, `table`, `not_configured`, `cancelled`, ...) and readable words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepFailure {
+    pub code: String,
+    pub message: String,
+}
+
+/// How a `listen` step listens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenSpec {
+    pub mode: ListenMode,
+    /// No speech at all within this: `SpeechOutcome::Timeout`.
+    pub timeout: std::time::Duration,
+    /// An utterance is cut (and recognised) after this long.
+    pub max_speech: std::time::Duration,
+    /// Speech stops the prompt that is playing.
+    pub barge_in: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenMode {
+    /// Only these words or phrases can be recognised.
+    Grammar(Vec<String>),
+    /// Free speech, spotted for these keywords.
+    Keywords(Vec<String>),
+    /// Free speech.
+    Free,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpeechOutcome {
+    /// Recognised text (lower case) with a confidence in 0..=1.
+    Heard { text: String, confidence: f32 },
+    /// Speech was heard but matched nothing (noise, an unknown word).
+    NoMatch { text: String, confidence: f32 },
+    /// No speech before `timeout`.
+    Timeout,
+    /// No recogniser free, engine error: the step fails over (on_error / DTMF).
+    Error(String),
 }
 
 mod clock;

@@ -653,6 +653,11 @@ impl BridgeCore {
         }
         match ev {
             FlowEvent::Started(_) => {}
+            // Answers to the embedded engine's integration and speech steps; an external bot
+            // does not ask for them.
+            FlowEvent::RequestDone { .. }
+            | FlowEvent::SpeechStarted { .. }
+            | FlowEvent::Speech { .. } => {}
             FlowEvent::Dtmf { digit, duration_ms } => {
                 self.dtmf_count += 1;
                 match self.cfg.dialect {
