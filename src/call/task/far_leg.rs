@@ -83,6 +83,24 @@ pub(super) fn far_ended(end: &LegEnd, bridged: bool) -> Option<Input> {
     (bridged && *end != LegEnd::LocalHangup).then_some(Input::Hangup(EndReason::FarEndHangup))
 }
 
+/// A response on the far leg's INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FarResponse {
+    Progress(u16),
+    Answered,
+    Rejected(u16),
+}
+
+/// What a far-leg response does: (answered, ended) flags to set, and the forward's input.
+/// Its SDP (early media or the answer) starts or updates the far leg's media first.
+pub(super) fn far_response(r: FarResponse) -> (bool, bool, TransferInput) {
+    match r {
+        FarResponse::Progress(status) => (false, false, TransferInput::BridgeProgress(status)),
+        FarResponse::Answered => (true, false, TransferInput::BridgeAnswered),
+        FarResponse::Rejected(status) => (false, true, TransferInput::BridgeFailed(status)),
+    }
+}
+
 impl Call {
     /// B2BUA: INVITE the trunk with our offer on a fresh media port.
     pub(super) fn start_bridge(&mut self, number: &E164) {
@@ -226,33 +244,35 @@ impl Call {
         }
     }
 
+    fn far_response(&mut self, r: FarResponse, sdp: Option<String>) {
+        let (answered, ended, input) = far_response(r);
+        if let Some(far) = self.far.as_mut() {
+            far.answered |= answered;
+            far.ended |= ended;
+        }
+        if let Some(sdp) = sdp {
+            // Early media (ringback, announcements) is relayed to the caller too.
+            self.far_media(&sdp);
+        }
+        self.transfer_input(input);
+    }
+
     pub(super) fn on_far_event(&mut self, ev: LegEvent) {
         match ev {
             LegEvent::Progress { status, sdp } => {
                 info!(status, "far leg progress");
-                if let Some(sdp) = sdp {
-                    // Early media: relay the trunk's ringback/announcements to the caller.
-                    self.far_media(&sdp);
-                }
-                self.transfer_input(TransferInput::BridgeProgress(status));
+                self.far_response(FarResponse::Progress(status), sdp);
             }
             LegEvent::Answered { sdp } => {
                 info!("far leg answered");
-                if let Some(far) = self.far.as_mut() {
-                    far.answered = true;
+                if sdp.is_none() {
+                    warn!("far leg 200 OK without SDP");
                 }
-                match sdp {
-                    Some(sdp) => self.far_media(&sdp),
-                    None => warn!("far leg 200 OK without SDP"),
-                }
-                self.transfer_input(TransferInput::BridgeAnswered);
+                self.far_response(FarResponse::Answered, sdp);
             }
             LegEvent::Rejected { status } => {
                 info!(status, "far leg refused");
-                if let Some(far) = self.far.as_mut() {
-                    far.ended = true;
-                }
-                self.transfer_input(TransferInput::BridgeFailed(status));
+                self.far_response(FarResponse::Rejected(status), None);
             }
             LegEvent::Terminated(end) => {
                 info!(?end, "far leg ended");
@@ -437,6 +457,22 @@ mod tests {
         assert_eq!(l.version, 2);
         assert!(far_reoffer(Some("junk"), &[Codec::Pcmu], &mut l).is_none());
         assert!(far_reoffer(None, &[Codec::Pcmu], &mut l).is_none());
+    }
+
+    #[test]
+    fn far_responses_drive_the_forward() {
+        assert_eq!(
+            far_response(FarResponse::Progress(183)),
+            (false, false, TransferInput::BridgeProgress(183))
+        );
+        assert_eq!(
+            far_response(FarResponse::Answered),
+            (true, false, TransferInput::BridgeAnswered)
+        );
+        assert_eq!(
+            far_response(FarResponse::Rejected(486)),
+            (false, true, TransferInput::BridgeFailed(486))
+        );
     }
 
     #[test]
