@@ -38,6 +38,7 @@ pub struct Config {
     pub flow: FlowConfig,
     pub transfer: TransferConfig,
     pub tts: TtsConfig,
+    pub media: MediaConfig,
     /// Seconds that calls in progress get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_s: u64,
     /// Where CDRs (one JSON line per call) and tracked events are appended.
@@ -69,6 +70,15 @@ pub struct RtpConfig {
     pub jitter_ms: u64,
     /// Preferred codecs, in order ("PCMU", "PCMA").
     pub codecs: Vec<String>,
+}
+
+/// The media plane (`[media]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Media worker threads (each serves many calls on one 20 ms tick); 0 = one per core.
+    /// Never more than the cores.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +185,7 @@ impl Default for Config {
             flow: FlowConfig::default(),
             transfer: TransferConfig::default(),
             tts: TtsConfig::default(),
+            media: MediaConfig::default(),
             shutdown_grace_s: 10,
             data_dir: PathBuf::from("data"),
         }

@@ -8,6 +8,7 @@ use super::registry::{Control, Registry};
 use super::shared::Shared;
 use crate::config::{Config, Validated};
 use crate::flow::FlowDefinition;
+use crate::media::plane::MediaPlane;
 use crate::media::prompts::PromptCache;
 use crate::media::recorder::{ChannelMode, Recorder, RecorderConfig};
 use crate::media::tts::Tts;
@@ -32,6 +33,8 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("media workers: {0}")]
+    Media(std::io::Error),
 }
 
 pub struct Gateway {
@@ -63,6 +66,7 @@ impl Gateway {
             rec_config.channels = ChannelMode::Mixed;
         }
         let prompts = Arc::new(PromptCache::new());
+        prompts.watch();
         let tts = Arc::new(
             Tts::new(config.tts.voice.clone(), config.tts.fallback_wav.clone())
                 .with_binary(config.tts.binary.clone())
@@ -77,6 +81,7 @@ impl Gateway {
             tts,
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
+            media: MediaPlane::start(config.media.workers).map_err(StartError::Media)?,
             cdrs: JsonLines::new(config.data_dir.join("cdrs.jsonl")),
             events: Arc::new(JsonLines::new(config.data_dir.join("events.jsonl"))),
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),

@@ -1,8 +1,8 @@
 //! RTP port allocation: an even port for RTP and the next odd one for RTCP, from `rtp.ports`.
 
+use std::net::UdpSocket;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use tokio::net::UdpSocket;
 
 #[derive(Debug, thiserror::Error)]
 #[error("no free RTP port pair in {lo}-{hi}")]
@@ -30,7 +30,7 @@ impl PortAllocator {
         }
     }
 
-    /// Binds the next free even/odd pair. Must run inside the tokio runtime.
+    /// Binds the next free even/odd pair (non-blocking sockets, handed to a media worker).
     pub fn allocate(&self) -> Result<(UdpSocket, UdpSocket), NoFreePorts> {
         let first_even = self.lo + (self.lo % 2);
         let pairs = ((self.hi.saturating_sub(first_even)) / 2 + 1) as u32;
@@ -60,9 +60,9 @@ impl PortAllocator {
 
 impl PortAllocator {
     fn bind(&self, port: u16) -> Option<UdpSocket> {
-        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(self.ip, port)).ok()?;
-        std_sock.set_nonblocking(true).ok()?;
-        UdpSocket::from_std(std_sock).ok()
+        let sock = UdpSocket::bind(SocketAddr::new(self.ip, port)).ok()?;
+        sock.set_nonblocking(true).ok()?;
+        Some(sock)
     }
 }
 
@@ -70,8 +70,8 @@ impl PortAllocator {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn pairs_are_even_odd_and_exhaust_cleanly() {
+    #[test]
+    fn pairs_are_even_odd_and_exhaust_cleanly() {
         let a = PortAllocator::new("127.0.0.1".parse().unwrap(), 41000, 41003);
         let (r1, c1) = a.allocate().unwrap();
         let p = r1.local_addr().unwrap().port();

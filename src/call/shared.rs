@@ -8,6 +8,7 @@ use super::ports::PortAllocator;
 use super::registry::Registry;
 use crate::config::{Config, Validated};
 use crate::flow::FlowDefinition;
+use crate::media::plane::MediaPlane;
 use crate::media::prompts::PromptCache;
 use crate::media::recorder::Recorder;
 use crate::media::tts::Tts;
@@ -26,6 +27,8 @@ pub struct Shared {
     pub tts: Arc<Tts>,
     pub recorder: Recorder,
     pub ports: PortAllocator,
+    /// The media workers every call's RTP runs on.
+    pub media: MediaPlane,
     pub cdrs: JsonLines,
     pub events: Arc<JsonLines>,
     /// The address written into SDP (external_ip when behind NAT).

@@ -2,7 +2,11 @@
 //!
 //! The bit manipulation follows the ITU-T G.191 reference implementation (`g711.c`), so our
 //! output matches other conforming stacks bit for bit. Decoding uses tables built at compile
-//! time; encoding is a few shifts per sample, which is plenty for 8 kHz.
+//! time. Encoding has two forms that give the same bytes: [`ulaw_encode`] / [`alaw_encode`]
+//! (the reference bit manipulation, a few shifts per sample) and the frame encoder
+//! [`encode`], which looks codes up in tables indexed by the bits the quantiser reads
+//! (14 for μ-law, 13 for A-law; 16 KiB + 4 KiB built at compile time). The table form is
+//! what the media workers run for every sent packet.
 
 use super::codec::Codec;
 
@@ -12,8 +16,8 @@ pub const ULAW_SILENCE: u8 = 0xFF;
 pub const ALAW_SILENCE: u8 = 0xD5;
 
 /// Encodes one linear sample to μ-law (the 14 most significant bits are used).
-pub fn ulaw_encode(sample: i16) -> u8 {
-    let x = i32::from(sample);
+pub const fn ulaw_encode(sample: i16) -> u8 {
+    let x = sample as i32;
     // One's complement for negatives keeps the quantiser symmetric (G.191).
     let mut magnitude = if x < 0 { (!x) >> 2 } else { x >> 2 } + 33;
     if magnitude > 0x1FFF {
@@ -41,8 +45,8 @@ pub fn ulaw_decode(code: u8) -> i16 {
 }
 
 /// Encodes one linear sample to A-law (the 13 most significant bits are used).
-pub fn alaw_encode(sample: i16) -> u8 {
-    let x = i32::from(sample);
+pub const fn alaw_encode(sample: i16) -> u8 {
+    let x = sample as i32;
     let mut ix = if x < 0 { (!x) >> 4 } else { x >> 4 };
     if ix > 15 {
         let mut exponent = 1;
@@ -76,9 +80,78 @@ pub fn silence_byte(codec: Codec) -> u8 {
 pub fn encode(codec: Codec, samples: &[i16], out: &mut Vec<u8>) {
     out.reserve(samples.len());
     match codec {
-        Codec::Pcmu => out.extend(samples.iter().map(|&s| ulaw_encode(s))),
-        Codec::Pcma => out.extend(samples.iter().map(|&s| alaw_encode(s))),
+        Codec::Pcmu => out.extend(samples.iter().map(|&s| ulaw_lookup(s))),
+        Codec::Pcma => out.extend(samples.iter().map(|&s| alaw_lookup(s))),
     }
+}
+
+/// Encodes `samples` into `out` (same length), without allocating.
+pub fn encode_into(codec: Codec, samples: &[i16], out: &mut [u8]) {
+    match codec {
+        Codec::Pcmu => {
+            for (o, &s) in out.iter_mut().zip(samples) {
+                *o = ulaw_lookup(s);
+            }
+        }
+        Codec::Pcma => {
+            for (o, &s) in out.iter_mut().zip(samples) {
+                *o = alaw_lookup(s);
+            }
+        }
+    }
+}
+
+/// Decodes `payload` into `out` (same length), without allocating.
+pub fn decode_into(codec: Codec, payload: &[u8], out: &mut [i16]) {
+    let table = match codec {
+        Codec::Pcmu => &ULAW_TABLE,
+        Codec::Pcma => &ALAW_TABLE,
+    };
+    for (o, &b) in out.iter_mut().zip(payload) {
+        *o = table[usize::from(b)];
+    }
+}
+
+#[inline]
+fn ulaw_lookup(s: i16) -> u8 {
+    // The quantiser reads `s >> 2` (14 bits, sign included).
+    ULAW_ENCODE[((s >> 2) as u16 & 0x3FFF) as usize]
+}
+
+#[inline]
+fn alaw_lookup(s: i16) -> u8 {
+    // The quantiser reads `s >> 4` (12 bits, sign included).
+    ALAW_ENCODE[((s >> 4) as u16 & 0x0FFF) as usize]
+}
+
+static ULAW_ENCODE: [u8; 16384] = build_ulaw_encoder();
+static ALAW_ENCODE: [u8; 4096] = build_alaw_encoder();
+
+const fn build_ulaw_encoder() -> [u8; 16384] {
+    let mut t = [0u8; 16384];
+    let mut i = 0;
+    while i < 16384 {
+        // Index i holds the 14-bit two's complement value of s >> 2.
+        let v = if i >= 8192 {
+            i as i32 - 16384
+        } else {
+            i as i32
+        };
+        t[i] = ulaw_encode((v << 2) as i16);
+        i += 1;
+    }
+    t
+}
+
+const fn build_alaw_encoder() -> [u8; 4096] {
+    let mut t = [0u8; 4096];
+    let mut i = 0;
+    while i < 4096 {
+        let v = if i >= 2048 { i as i32 - 4096 } else { i as i32 };
+        t[i] = alaw_encode((v << 4) as i16);
+        i += 1;
+    }
+    t
 }
 
 /// Decodes `payload` with `codec`, appending one sample per byte to `out`.
@@ -168,6 +241,17 @@ mod tests {
         assert_eq!(alaw_encode(-1), 0x55);
         assert_eq!(alaw_encode(i16::MAX), 0xAA);
         assert_eq!(alaw_encode(i16::MIN), 0x2A);
+    }
+
+    #[test]
+    fn table_encoders_match_the_reference_for_every_sample() {
+        let mut out = [0u8; 1];
+        for s in i16::MIN..=i16::MAX {
+            encode_into(Codec::Pcmu, &[s], &mut out);
+            assert_eq!(out[0], ulaw_encode(s), "mu-law {s}");
+            encode_into(Codec::Pcma, &[s], &mut out);
+            assert_eq!(out[0], alaw_encode(s), "A-law {s}");
+        }
     }
 
     #[test]

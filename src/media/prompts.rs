@@ -19,7 +19,9 @@ use std::fmt;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use super::playback::SharedAudio;
 
 use thiserror::Error;
 
@@ -497,17 +499,27 @@ pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Vec<f32> {
 struct Entry {
     modified: Option<SystemTime>,
     len: u64,
-    audio: Arc<[i16]>,
+    audio: Arc<SharedAudio>,
 }
 
+/// How often the watcher thread re-checks cached prompt files.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
 /// Decoded prompts keyed by canonical path, loaded once and reloaded when the file's mtime
-/// (or size) changes, so operators can swap a WAV without restarting.
+/// (or size) changes, so operators can swap a WAV without restarting. Each is kept decoded
+/// and pre-encoded in both G.711 laws ([`SharedAudio`]), shared by every call that plays it.
 ///
-/// `get` is blocking and holds the lock while decoding a miss: prompts are few and small,
-/// so guaranteeing one decode per file is worth more than parallel first loads.
+/// `get` / `get_shared` are blocking (they stat the file, and decode a miss) and hold the
+/// lock while decoding: prompts are few and small, so one decode per file is worth more
+/// than parallel first loads. [`lookup`](Self::lookup) never touches the disk: it answers
+/// from memory for a path already loaded, and a watcher thread re-checks those files every 2 s, reloading changed ones and forgetting broken or
+/// deleted ones (see [`watch`](Self::watch)). The call task plays prompts with `lookup`
+/// first.
 #[derive(Default)]
 pub struct PromptCache {
     entries: Mutex<HashMap<PathBuf, Entry>>,
+    /// Paths as asked for -> canonical path, for `lookup`.
+    aliases: Mutex<HashMap<PathBuf, PathBuf>>,
 }
 
 impl fmt::Debug for PromptCache {
@@ -525,29 +537,47 @@ impl PromptCache {
 
     /// Returns the decoded prompt, loading it on first use or after the file changed.
     pub fn get(&self, path: impl AsRef<Path>) -> Result<Arc<[i16]>, PromptError> {
+        self.get_shared(path).map(|a| a.pcm().clone())
+    }
+
+    /// [`get`](Self::get), as shared pre-encoded audio.
+    pub fn get_shared(&self, path: impl AsRef<Path>) -> Result<Arc<SharedAudio>, PromptError> {
         let path = path.as_ref();
         let canonical = std::fs::canonicalize(path).map_err(|e| io_error(path, e))?;
-        let meta = std::fs::metadata(&canonical).map_err(|e| io_error(path, e))?;
+        let audio = self.load(&canonical)?;
+        lock(&self.aliases).insert(path.to_path_buf(), canonical);
+        Ok(audio)
+    }
+
+    /// The prompt at `path` if it is loaded (no disk access; `None`: use `get_shared`).
+    pub fn lookup(&self, path: impl AsRef<Path>) -> Option<Arc<SharedAudio>> {
+        let canonical = lock(&self.aliases).get(path.as_ref())?.clone();
+        lock(&self.entries)
+            .get(&canonical)
+            .map(|e| Arc::clone(&e.audio))
+    }
+
+    fn load(&self, canonical: &Path) -> Result<Arc<SharedAudio>, PromptError> {
+        let meta = std::fs::metadata(canonical).map_err(|e| io_error(canonical, e))?;
         let modified = meta.modified().ok();
         let len = meta.len();
-
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get(&canonical) {
+        let mut entries = lock(&self.entries);
+        if let Some(entry) = entries.get(canonical) {
             if entry.modified == modified && entry.len == len {
                 return Ok(Arc::clone(&entry.audio));
             }
             tracing::info!(path = %canonical.display(), "prompt changed on disk; reloading");
         }
-        let audio = match read_and_decode(&canonical, len) {
-            Ok(audio) => audio,
+        let audio = match read_and_decode(canonical, len) {
+            Ok(audio) => SharedAudio::new(audio),
             Err(e) => {
                 // A broken replacement must not keep serving the old audio silently.
-                entries.remove(&canonical);
+                entries.remove(canonical);
                 return Err(e);
             }
         };
         entries.insert(
-            canonical,
+            canonical.to_path_buf(),
             Entry {
                 modified,
                 len,
@@ -557,9 +587,38 @@ impl PromptCache {
         Ok(audio)
     }
 
+    /// Re-checks every cached file: reloads changed ones, forgets broken or deleted ones.
+    pub fn revalidate(&self) {
+        let paths: Vec<PathBuf> = lock(&self.entries).keys().cloned().collect();
+        for p in paths {
+            if let Err(e) = self.load(&p) {
+                tracing::warn!(error = %e, "cached prompt dropped");
+                lock(&self.entries).remove(&p);
+            }
+        }
+    }
+
+    /// Starts the thread that keeps [`lookup`](Self::lookup) answers fresh. It holds only
+    /// a weak reference and ends with the cache.
+    pub fn watch(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let started = std::thread::Builder::new()
+            .name("voxgate-prompts".into())
+            .spawn(move || loop {
+                std::thread::sleep(WATCH_EVERY);
+                match weak.upgrade() {
+                    Some(cache) => cache.revalidate(),
+                    None => return,
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no prompt watcher: changed prompt files need a restart");
+        }
+    }
+
     /// Number of prompts currently cached.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.entries).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -568,16 +627,15 @@ impl PromptCache {
 
     /// Drops every cached prompt.
     pub fn clear(&self) {
-        self.lock().clear();
+        lock(&self.entries).clear();
+        lock(&self.aliases).clear();
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
-        // A panic while holding the lock cannot leave the map half-updated (inserts and
-        // removes are single calls), so a poisoned lock is still safe to use.
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the map half-updated (inserts and removes
+    // are single calls), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

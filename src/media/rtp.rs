@@ -24,7 +24,7 @@ use super::dtmf::{self, DtmfDigit, DtmfError, DtmfPacket, DtmfReceiver, EventPay
 use super::g711;
 use super::jitter::{Entry, Insert, JitterBuffer, Released};
 use super::packet::{self, PacketError, RtpHeader};
-use super::playback::{MarkEvent, PlaybackQueue};
+use super::playback::{Audio, MarkEvent, PlaybackQueue, Taken};
 use super::rtcp::{self, ReportBlock, RtcpError, RtcpPacket, SdesChunk, SenderInfo};
 use super::seq::{SeqTracker, SeqUpdate};
 
@@ -35,6 +35,11 @@ pub const DEFAULT_RTCP_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_SEND_LATENESS: Duration = Duration::from_millis(200);
 /// Slots of audio between consecutive DTMF events, so receivers see distinct presses.
 const DTMF_GAP_SLOTS: u32 = 2;
+/// Relayed frames (bridge) waiting to be sent at most: 60 ms. Older ones are dropped, so a
+/// far leg that bursts cannot add latency that stays.
+pub const MAX_RELAY_FRAMES: usize = 3;
+/// Spare sample buffers kept for reuse (see [`RtpSession::recycle`]).
+const POOL_MAX: usize = 16;
 /// Sequential packets a new SSRC must send before it replaces the current stream, so a
 /// stray late packet from an old stream does not reset everything (RFC 3550 probation).
 const SSRC_PROBATION: usize = 2;
@@ -97,6 +102,35 @@ pub struct Transmit {
     /// the frame, silence for idle slots, and silence for telephone-event packets (whose
     /// tone we don't synthesise). `None` for RTCP.
     pub audio: Option<Vec<i16>>,
+}
+
+/// Caller-owned buffers that [`RtpSession::poll_transmit_into`] writes a datagram into; reused
+/// from packet to packet so steady-state sending allocates nothing.
+#[derive(Debug, Clone)]
+pub struct TxBuf {
+    /// The datagram (cleared and rewritten on every call).
+    pub data: Vec<u8>,
+    /// For RTP: this slot's linear audio as sent (see [`Transmit::audio`]).
+    pub audio: [i16; FRAME_SAMPLES],
+}
+
+impl Default for TxBuf {
+    fn default() -> Self {
+        TxBuf {
+            data: Vec::with_capacity(packet::HEADER_LEN + 2 * FRAME_SAMPLES),
+            audio: [0; FRAME_SAMPLES],
+        }
+    }
+}
+
+/// What [`RtpSession::poll_transmit_into`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxMeta {
+    pub dest: SocketAddr,
+    pub rtcp: bool,
+    /// For RTP: the send slot (20 ms since the session's start) whose audio is in
+    /// [`TxBuf::audio`]. `None` for RTCP.
+    pub slot: Option<u64>,
 }
 
 /// What the session reports to the call.
@@ -229,6 +263,11 @@ pub struct RtpSession {
     last_audio_slot: Option<u64>,
     last_sent_slot: Option<u64>,
     playback: PlaybackQueue,
+    /// Frames relayed from the other leg of a bridge: (payload, its codec).
+    relay: VecDeque<([u8; FRAME_SAMPLES], Codec)>,
+    relay_dropped: u64,
+    /// Sample buffers handed back by the consumer of `Audio` events, for reuse.
+    pool: Vec<Vec<i16>>,
     dtmf_queue: VecDeque<(char, u32)>,
     dtmf_tx: Option<DtmfTx>,
     dtmf_gap: u32,
@@ -289,6 +328,9 @@ impl RtpSession {
             last_audio_slot: None,
             last_sent_slot: None,
             playback: PlaybackQueue::new(),
+            relay: VecDeque::with_capacity(MAX_RELAY_FRAMES + 1),
+            relay_dropped: 0,
+            pool: Vec::new(),
             dtmf_queue: VecDeque::new(),
             dtmf_tx: None,
             dtmf_gap: 0,
@@ -350,7 +392,7 @@ impl RtpSession {
             }
             return Err(RtpError::UnknownPayloadType(h.payload_type));
         };
-        let mut samples = Vec::with_capacity(pkt.payload.len());
+        let mut samples = self.spare_buffer();
         g711::decode(codec, pkt.payload, &mut samples);
         self.stats.packets_received += 1;
         self.stats.bytes_received += pkt.payload.len() as u64;
@@ -465,10 +507,27 @@ impl RtpSession {
     }
 
     /// The next datagram due at `now`, RTCP first. Call until `None`: a late driver gets
-    /// every due packet back to back.
+    /// every due packet back to back. Allocates the datagram; the media workers use
+    /// [`poll_transmit_into`](Self::poll_transmit_into).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if let Some(t) = self.poll_rtcp(now) {
-            return Some(t);
+        let mut buf = TxBuf::default();
+        let meta = self.poll_transmit_into(now, &mut buf)?;
+        Some(Transmit {
+            dest: meta.dest,
+            payload: buf.data,
+            rtcp: meta.rtcp,
+            audio: meta.slot.map(|_| buf.audio.to_vec()),
+        })
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) into caller-owned buffers: no allocation.
+    pub fn poll_transmit_into(&mut self, now: Instant, out: &mut TxBuf) -> Option<TxMeta> {
+        if let Some(dest) = self.poll_rtcp(now, &mut out.data) {
+            return Some(TxMeta {
+                dest,
+                rtcp: true,
+                slot: None,
+            });
         }
         if !self.wants_to_send() {
             self.resync = true;
@@ -500,12 +559,16 @@ impl RtpSession {
             }
             let slot = self.next_slot;
             self.next_slot += 1;
-            if let Some(t) = self.produce(slot) {
+            if let Some(dest) = self.produce(slot, out) {
                 self.last_sent_slot = Some(slot);
                 if !self.wants_to_send() {
                     self.resync = true;
                 }
-                return Some(t);
+                return Some(TxMeta {
+                    dest,
+                    rtcp: false,
+                    slot: Some(slot),
+                });
             }
         }
     }
@@ -516,9 +579,60 @@ impl RtpSession {
 
     // ---- commands -----------------------------------------------------------------------
 
-    /// Appends audio (8 kHz linear) to the outgoing queue.
+    /// Appends audio (8 kHz linear) to the outgoing queue (copied; bounded, see
+    /// [`MAX_OWNED_SAMPLES`](super::playback::MAX_OWNED_SAMPLES)).
     pub fn queue_audio(&mut self, samples: &[i16]) {
         self.playback.push_audio(samples);
+    }
+
+    /// Appends shared audio (a prompt, TTS) to the outgoing queue without copying it.
+    pub fn queue_shared(&mut self, audio: Audio) {
+        self.playback.push_shared(audio);
+    }
+
+    /// Relays one 20 ms payload from the other leg of a bridge. It goes out in the next
+    /// slot the playback queue leaves free: unchanged when `codec` is this leg's codec,
+    /// transcoded otherwise. At most [`MAX_RELAY_FRAMES`] wait; older ones are dropped.
+    /// Payloads of another length are decoded and queued as audio.
+    pub fn queue_relay(&mut self, codec: Codec, payload: &[u8]) {
+        if payload.len() != FRAME_SAMPLES {
+            let mut pcm = self.spare_buffer();
+            g711::decode(codec, payload, &mut pcm);
+            self.playback.push_audio(&pcm);
+            self.recycle(pcm);
+            return;
+        }
+        if self.relay.len() >= MAX_RELAY_FRAMES {
+            self.relay.pop_front();
+            self.relay_dropped += 1;
+        }
+        let mut frame = [0u8; FRAME_SAMPLES];
+        frame.copy_from_slice(payload);
+        self.relay.push_back((frame, codec));
+    }
+
+    /// Relayed frames dropped because more than [`MAX_RELAY_FRAMES`] were waiting.
+    pub fn relay_dropped(&self) -> u64 {
+        self.relay_dropped
+    }
+
+    /// Drops relayed frames not yet sent (the bridge ended).
+    pub fn clear_relay(&mut self) {
+        self.relay.clear();
+    }
+
+    /// Hands back the sample buffer of an `Audio` event so the next one reuses it.
+    pub fn recycle(&mut self, mut samples: Vec<i16>) {
+        if self.pool.len() < POOL_MAX && samples.capacity() >= FRAME_SAMPLES {
+            samples.clear();
+            self.pool.push(samples);
+        }
+    }
+
+    fn spare_buffer(&mut self) -> Vec<i16> {
+        self.pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(FRAME_SAMPLES))
     }
 
     /// Places a mark after the audio queued so far; reported as `MarkPlayed` once it has
@@ -626,6 +740,21 @@ impl RtpSession {
 
     pub fn is_on_hold(&self) -> bool {
         self.hold
+    }
+
+    /// The payload type sent for the codec.
+    pub fn payload_type(&self) -> u8 {
+        self.payload_type
+    }
+
+    /// The send slot due at `now` (the latest slot whose time has come).
+    pub fn send_slot_at(&self, now: Instant) -> u64 {
+        self.slot_at(now)
+    }
+
+    /// When send slot `slot` is due.
+    pub fn send_slot_instant(&self, slot: u64) -> Instant {
+        self.slot_due(slot)
     }
 
     // ---- receive internals --------------------------------------------------------------
@@ -813,8 +942,10 @@ impl RtpSession {
             },
             Released::Gap { timestamp, samples } => {
                 self.stats.concealed_frames += 1;
+                let mut silence = self.spare_buffer();
+                silence.resize(samples, 0);
                 RtpEvent::Audio {
-                    samples: vec![0; samples],
+                    samples: silence,
                     rtp_ts: timestamp,
                     lost: true,
                 }
@@ -845,6 +976,7 @@ impl RtpSession {
             && !self.hold
             && (self.send_silence
                 || !self.playback.is_empty()
+                || !self.relay.is_empty()
                 || self.dtmf_tx.is_some()
                 || !self.dtmf_queue.is_empty())
     }
@@ -872,8 +1004,8 @@ impl RtpSession {
         self.ts_base.wrapping_add(ticks as u32)
     }
 
-    /// Fills one slot: a DTMF packet, an audio frame, silence, or nothing.
-    fn produce(&mut self, slot: u64) -> Option<Transmit> {
+    /// Fills one slot into `out`: a DTMF packet, an audio frame, silence, or nothing.
+    fn produce(&mut self, slot: u64, out: &mut TxBuf) -> Option<SocketAddr> {
         let dest = self.send_addr?;
         let ts = self.slot_timestamp(slot);
         if self.dtmf_tx.is_none() && self.dtmf_gap == 0 {
@@ -900,36 +1032,50 @@ impl RtpSession {
                 }
             }
             if let Some(p) = packet {
-                let mut t = self.build_rtp(dest, pt, p.marker, event_ts, &p.payload);
-                t.audio = Some(vec![0; FRAME_SAMPLES]);
-                return Some(t);
+                self.write_rtp(pt, p.marker, event_ts, &p.payload, &mut out.data);
+                out.audio.fill(0);
+                return Some(dest);
             }
         }
         self.dtmf_gap = self.dtmf_gap.saturating_sub(1);
-        let mut frame = [0i16; FRAME_SAMPLES];
-        let has_audio = self.playback.next_frame(&mut frame);
+        let mut encoded = [0u8; FRAME_SAMPLES];
+        let mut taken = self.playback.take(self.codec, &mut out.audio, &mut encoded);
         self.drain_marks();
-        if !has_audio && !self.send_silence {
-            return None;
+        if taken == Taken::Nothing {
+            if let Some((payload, codec)) = self.relay.pop_front() {
+                g711::decode_into(codec, &payload, &mut out.audio);
+                if codec == self.codec {
+                    encoded = payload;
+                    taken = Taken::Encoded;
+                } else {
+                    taken = Taken::Pcm;
+                }
+            }
+        }
+        match taken {
+            Taken::Nothing if !self.send_silence => return None,
+            Taken::Nothing => {
+                out.audio.fill(0);
+                encoded.fill(g711::silence_byte(self.codec));
+            }
+            Taken::Pcm => g711::encode_into(self.codec, &out.audio, &mut encoded),
+            Taken::Encoded => {}
         }
         // A new talk-spurt (first packet, after DTMF, hold, idle or skipped slots).
         let marker = self.last_audio_slot.is_none_or(|last| last + 1 != slot);
         self.last_audio_slot = Some(slot);
-        let mut payload = Vec::with_capacity(FRAME_SAMPLES);
-        g711::encode(self.codec, &frame, &mut payload);
-        let mut t = self.build_rtp(dest, self.payload_type, marker, ts, &payload);
-        t.audio = Some(frame.to_vec());
-        Some(t)
+        self.write_rtp(self.payload_type, marker, ts, &encoded, &mut out.data);
+        Some(dest)
     }
 
-    fn build_rtp(
+    fn write_rtp(
         &mut self,
-        dest: SocketAddr,
         payload_type: u8,
         marker: bool,
         timestamp: u32,
         payload: &[u8],
-    ) -> Transmit {
+        out: &mut Vec<u8>,
+    ) {
         let header = RtpHeader {
             marker,
             payload_type,
@@ -941,14 +1087,8 @@ impl RtpSession {
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += payload.len() as u64;
         self.sent_since_report = true;
-        let mut buf = Vec::with_capacity(packet::HEADER_LEN + payload.len());
-        packet::write(&header, payload, &mut buf);
-        Transmit {
-            dest,
-            payload: buf,
-            rtcp: false,
-            audio: None,
-        }
+        out.clear();
+        packet::write(&header, payload, out);
     }
 
     // ---- RTCP internals -----------------------------------------------------------------
@@ -960,7 +1100,7 @@ impl RtpSession {
         })
     }
 
-    fn poll_rtcp(&mut self, now: Instant) -> Option<Transmit> {
+    fn poll_rtcp(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<SocketAddr> {
         let due = now >= self.rtcp_due;
         if !due && !self.bye_pending {
             return None;
@@ -976,12 +1116,9 @@ impl RtpSession {
             return None;
         };
         let payload = self.build_rtcp(now);
-        Some(Transmit {
-            dest,
-            payload,
-            rtcp: true,
-            audio: None,
-        })
+        out.clear();
+        out.extend_from_slice(&payload);
+        Some(dest)
     }
 
     fn build_rtcp(&mut self, now: Instant) -> Vec<u8> {

@@ -11,6 +11,8 @@ use crate::call::executor::RequestContext;
 use crate::call::inbox::Inbox;
 use crate::call::state::Input;
 use crate::flow::{FlowAction, FlowEvent, SpeechOutcome, StepFailure, StepRequest};
+use crate::media::core::MediaCommand;
+use crate::media::playback::Audio;
 use chrono::Utc;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -43,6 +45,15 @@ pub(super) fn offload_not_available() -> FlowEvent {
     }
 }
 
+/// Runs a disk read from the call task: on the multi-threaded runtime the worker thread is
+/// handed off first, so other tasks are not held up.
+fn load_blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl Call {
     /// Carries out what the flow asked for, in order, until the call ends.
     pub(super) fn pump_flow(&mut self, now: Instant) {
@@ -61,29 +72,29 @@ impl Call {
             FlowAction::Play { id, file } => self.play(id, &file),
             FlowAction::Say { id, text } => self.say(id, text),
             FlowAction::StopPlayback => {
-                if let Some(rtp) = self.rtp.as_mut() {
-                    rtp.clear_audio();
+                if self.media_started {
+                    self.media_cmd(MediaCommand::ClearAudio);
                 }
             }
             FlowAction::PlayAudio { samples } => {
-                if let Some(rtp) = self.rtp.as_mut() {
-                    rtp.queue_audio(&samples);
+                if self.media_started {
+                    self.media_cmd(MediaCommand::PlayPcm(samples));
                 }
             }
-            FlowAction::QueueMark { id } => match self.rtp.as_mut() {
-                Some(rtp) => rtp.queue_mark(id),
-                None => self.flow_event(FlowEvent::PlaybackFinished {
-                    id,
-                    interrupted: true,
-                }),
-            },
+            FlowAction::QueueMark { id } => {
+                if !(self.media_started && self.media_cmd(MediaCommand::Mark(id))) {
+                    self.flow_event(FlowEvent::PlaybackFinished {
+                        id,
+                        interrupted: true,
+                    });
+                }
+            }
             FlowAction::SendDtmf { digits } => {
-                if let Some(rtp) = self.rtp.as_mut() {
-                    for d in digits.chars() {
-                        if let Err(e) = rtp.send_dtmf(d, 100) {
-                            warn!(digit = %d, error = %e, "cannot send DTMF");
-                        }
-                    }
+                if self.media_started {
+                    self.media_cmd(MediaCommand::SendDtmf {
+                        digits,
+                        duration_ms: 100,
+                    });
                 }
             }
             // Recording.
@@ -142,8 +153,14 @@ impl Call {
 
     fn play(&mut self, id: u64, file: &str) {
         let path = self.flow_def.resolve_prompt(file);
-        match self.shared.prompts.get(&path) {
-            Ok(samples) => self.queue_audio(id, &samples),
+        // Cached prompts are a memory lookup; a first play loads the file with the worker
+        // thread handed off (block_in_place), keeping the order of playback actions.
+        let prompt = match self.shared.prompts.lookup(&path) {
+            Some(p) => Ok(p),
+            None => load_blocking(|| self.shared.prompts.get_shared(&path)),
+        };
+        match prompt {
+            Ok(audio) => self.queue_audio(id, Audio::Shared(audio)),
             Err(e) => {
                 warn!(error = %e, "prompt could not be played");
                 self.flow_event(FlowEvent::PlaybackFailed {

@@ -6,6 +6,7 @@ use crate::call::state::Input;
 use crate::call::transfer::TransferInput;
 use crate::flow::FlowEvent;
 use crate::media::codec::Codec;
+use crate::media::core::MediaCommand;
 use crate::sip::dtmf_info::parse_info_dtmf;
 use crate::sip::sdp::{self, LocalMedia, Negotiated, SessionDescription};
 use crate::sip::sipfrag::SipFrag;
@@ -220,12 +221,14 @@ impl Call {
             Reoffer::Accept(n) => {
                 let hold = holds(&n);
                 info!(remote = ?n.remote, direction = %n.direction, codec = n.codec.name(), hold, "re-INVITE accepted");
-                if let Some(rtp) = self.rtp.as_mut() {
-                    if let Some(addr) = n.remote {
-                        rtp.set_remote(addr);
-                    }
-                    rtp.set_codec(n.codec, n.payload_type, n.telephone_event_pt);
-                    rtp.set_hold(hold);
+                if self.media_started {
+                    self.media_cmd(MediaCommand::UpdateCaller {
+                        remote: n.remote,
+                        codec: n.codec,
+                        payload_type: n.payload_type,
+                        telephone_event_pt: n.telephone_event_pt,
+                        hold,
+                    });
                 }
                 self.local_sdp = n.answer.clone();
                 self.negotiated = Some(n);

@@ -11,6 +11,7 @@ use crate::call::state::{Command, EndReason, Input};
 use crate::flow::FlowEvent;
 use chrono::Utc;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -119,14 +120,15 @@ impl Call {
         }
         self.cancel_outstanding();
         let rtp = self
-            .rtp
+            .media
             .as_ref()
-            .map(|r| {
-                let s = r.stats();
+            .filter(|_| self.media_started)
+            .map(|m| {
+                let s = m.stats();
                 RtpCounts {
-                    sent: s.packets_sent,
-                    received: s.packets_received,
-                    lost: s.packets_lost,
+                    sent: s.packets_sent.load(Ordering::Relaxed),
+                    received: s.packets_received.load(Ordering::Relaxed),
+                    lost: s.packets_lost.load(Ordering::Relaxed),
                 }
             })
             .unwrap_or_default();
@@ -155,7 +157,10 @@ impl Call {
             dtmf_digits: self.dtmf_count,
         });
         self.cdr_written = self.shared.cdrs.append_or_log("CDR", &record);
-        self.rtp = None;
+        // Dropping the handle detaches the call from its media worker (sockets closed at
+        // the next tick, after the recording feed has ended).
+        self.media = None;
+        self.tap = None;
         self.end_far();
     }
 

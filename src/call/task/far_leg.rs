@@ -1,24 +1,24 @@
 //! The far leg: the B2BUA leg of a forward in bridge mode (in the call code, "bridge" means
-//! only this). Its INVITE to the trunk, its SIP events, its media, and relaying its audio and
-//! DTMF to the caller (the caller's side of the relay is in `media`).
+//! only this). Its INVITE to the trunk and its SIP events. Its media runs in the call's
+//! media core next to the caller's, which relays audio and DTMF between the two legs.
 
 use super::caller_leg::holds;
 use super::Call;
 use crate::call::state::{EndReason, Input};
 use crate::call::transfer::TransferInput;
 use crate::media::codec::Codec;
-use crate::media::rtp::{RtpEvent, RtpSession};
+use crate::media::core::MediaCommand;
 use crate::phone::E164;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
 use crate::sip::{CallLeg, LegEnd, LegEvent, OutgoingInvite};
 use std::net::IpAddr;
-use std::time::Instant;
 use tracing::{info, warn, Instrument};
 
 /// The B2BUA leg towards the trunk.
 pub(super) struct FarLeg {
     pub leg: CallLeg,
-    pub rtp: Option<RtpSession>,
+    /// Its RTP session runs on the media core (started by its first SDP).
+    pub media: bool,
     pub local: LocalMedia,
     pub answered: bool,
     pub ended: bool,
@@ -136,21 +136,31 @@ impl Call {
         };
         let req = bridge_invite(&params, &shared.validated.codecs, &local);
         info!(target = %req.target, "bridging: INVITE to the trunk");
+        let attached = self
+            .media
+            .as_ref()
+            .map(|m| m.attach_far(sock, rtcp).is_ok());
+        if attached != Some(true) {
+            warn!("the media worker cannot take the bridged leg");
+            self.transfer_input(TransferInput::BridgeFailed(0));
+            return;
+        }
         match sip.invite(req) {
             Ok((leg, events)) => {
                 self.far = Some(FarLeg {
                     leg,
-                    rtp: None,
+                    media: false,
                     local,
                     answered: false,
                     ended: false,
                 });
                 self.far_events = Some(events);
-                self.far_sock = Some(sock);
-                self.far_rtcp = Some(rtcp);
             }
             Err(e) => {
                 warn!(error = %e, "could not send the INVITE to the trunk");
+                if let Some(m) = self.media.as_ref() {
+                    m.detach_far().ok();
+                }
                 self.transfer_input(TransferInput::BridgeFailed(0));
             }
         }
@@ -169,10 +179,12 @@ impl Call {
     /// Forgets the far leg, unless the caller is connected to it.
     pub(super) fn drop_far(&mut self) {
         if !self.bridged {
-            self.far = None;
+            if self.far.take().is_some() {
+                if let Some(m) = self.media.as_ref() {
+                    m.detach_far().ok();
+                }
+            }
             self.far_events = None;
-            self.far_sock = None;
-            self.far_rtcp = None;
         }
     }
 
@@ -227,18 +239,13 @@ impl Call {
             });
         match parsed {
             Ok(n) => {
-                if let Some(rtp) = far.rtp.as_mut() {
-                    if let Some(addr) = n.remote {
-                        rtp.set_remote(addr);
-                    }
-                    rtp.set_codec(n.codec, n.payload_type, n.telephone_event_pt);
-                    return;
+                if !far.media {
+                    info!(codec = n.codec.name(), remote = ?n.remote, "far leg media");
                 }
-                info!(codec = n.codec.name(), remote = ?n.remote, "far leg media");
-                far.rtp = Some(RtpSession::new(
-                    super::media::rtp_config(&self.shared, &n),
-                    Instant::now(),
-                ));
+                far.media = true;
+                let config = Box::new(super::media::rtp_config(&self.shared, &n));
+                // Starts the far leg's session, or updates its address and codec.
+                self.media_cmd(MediaCommand::FarMedia { config });
             }
             Err(why) => warn!(%why, "far leg SDP unusable"),
         }
@@ -291,18 +298,14 @@ impl Call {
                     &self.shared.validated.codecs,
                     &mut far.local,
                 );
-                let body = match &answer {
-                    Some(n) => {
-                        if let Some(rtp) = far.rtp.as_mut() {
-                            if let Some(a) = n.remote {
-                                rtp.set_remote(a);
-                            }
-                            rtp.set_hold(holds(n));
-                        }
-                        Some(n.answer.clone())
-                    }
-                    None => None,
-                };
+                let started = far.media;
+                let body = answer.as_ref().map(|n| n.answer.clone());
+                if let (Some(n), true) = (&answer, started) {
+                    self.media_cmd(MediaCommand::UpdateFar {
+                        remote: n.remote,
+                        hold: holds(n),
+                    });
+                }
                 tokio::spawn(async move {
                     match body {
                         Some(b) => reply
@@ -323,8 +326,11 @@ impl Call {
                 body,
             } => {
                 if let Ok(d) = crate::sip::dtmf_info::parse_info_dtmf(&content_type, &body) {
-                    if let Some(rtp) = self.rtp.as_mut() {
-                        rtp.send_dtmf(d.digit, d.duration_ms.unwrap_or(100)).ok();
+                    if self.media_started {
+                        self.media_cmd(MediaCommand::SendDtmf {
+                            digits: d.digit.to_string(),
+                            duration_ms: d.duration_ms.unwrap_or(100),
+                        });
                     }
                 }
                 tokio::spawn(async move { reply.respond(200, vec![], None).await.ok() });
@@ -333,46 +339,6 @@ impl Call {
                 tokio::spawn(async move { reply.respond(200, vec![], None).await.ok() });
             }
             LegEvent::Confirmed { .. } => {}
-        }
-    }
-
-    /// Relays the far leg's audio to the caller (early media and the bridged call).
-    pub(super) fn pump_far(&mut self, now: Instant) {
-        let Some(far) = self.far.as_mut() else { return };
-        let Some(rtp) = far.rtp.as_mut() else { return };
-        if let Some(sock) = self.far_sock.as_ref() {
-            while let Some(t) = rtp.poll_transmit(now) {
-                let s = if t.rtcp {
-                    self.far_rtcp.as_ref().unwrap_or(sock)
-                } else {
-                    sock
-                };
-                s.try_send_to(&t.payload, t.dest).ok();
-            }
-        }
-        while let Some(ev) = rtp.poll_event() {
-            match ev {
-                RtpEvent::Audio {
-                    samples,
-                    lost: false,
-                    ..
-                } => {
-                    if let Some(caller) = self.rtp.as_mut() {
-                        caller.queue_audio(&samples);
-                    }
-                }
-                RtpEvent::Dtmf(d) => {
-                    if let Some(caller) = self.rtp.as_mut() {
-                        caller.send_dtmf(d.digit, d.duration_ms.max(40)).ok();
-                    }
-                }
-                RtpEvent::Inactive { .. } if self.bridged => {
-                    warn!("no RTP from the far leg: ending the bridged call");
-                    self.input(Input::Hangup(EndReason::RtpTimeout));
-                    return;
-                }
-                _ => {}
-            }
         }
     }
 }

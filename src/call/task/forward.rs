@@ -7,6 +7,7 @@ use crate::call::inbox::Inbox;
 use crate::call::transfer::{Transfer, TransferInput, TransferOutput, TransferTimers};
 use crate::config::TransferMode;
 use crate::flow::FlowEvent;
+use crate::media::core::MediaCommand;
 use crate::phone::{parse_e164, DestinationPolicy, ParseOptions, PhoneError, PolicyError, E164};
 use std::time::{Duration, Instant};
 use tracing::{info, warn, Instrument};
@@ -323,9 +324,8 @@ impl Call {
             Effect::StopRecording => self.stop_recording(now, false),
             Effect::Connected => {
                 self.bridged = true;
-                if let Some(rtp) = self.rtp.as_mut() {
-                    rtp.clear_audio();
-                }
+                self.media_cmd(MediaCommand::ClearAudio);
+                self.media_cmd(MediaCommand::Bridge(true));
             }
             Effect::DropFar => self.drop_far(),
             Effect::State(state) => self.set_summary(|s| s.state = state.into()),

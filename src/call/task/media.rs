@@ -1,18 +1,23 @@
-//! The caller's media: sending what the RTP session has due (and feeding the recorder with
-//! the pair of frames for each slot), and fanning out what it received: caller audio to the
-//! bot, the far leg and the recorder; DTMF and playback marks to the flow.
-//!
-//! This is the per-packet path; it is kept exactly as it was before the split (the media
-//! plane is being replaced by media workers separately).
+//! The call's end of the media plane. The caller's (and far leg's) RTP, playback, the
+//! recording feed and the bridge relay run in the call's `MediaCore` on a media worker;
+//! this task only sends it commands and hears its events (DTMF, playback marks,
+//! inactivity), so it is never woken per packet. An external bot gets the caller's audio
+//! through a tap (a bounded channel of 20 ms frames), read here in batches.
 
 use super::Call;
 use crate::call::shared::Shared;
 use crate::call::state::{EndReason, Input};
 use crate::flow::FlowEvent;
-use crate::media::rtp::{RtpConfig, RtpEvent};
+use crate::media::core::{AudioFrame, Leg, MediaCommand, MediaEvent};
+use crate::media::playback::Audio;
+use crate::media::rtp::RtpConfig;
 use crate::sip::sdp::Negotiated;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tracing::{debug, info, warn};
+
+/// Caller audio an external bot may have waiting before frames are dropped: 1 s.
+pub(super) const BOT_TAP_FRAMES: usize = 50;
 
 /// RTP settings for one leg, from what SDP negotiated and the `[rtp]` config.
 pub(super) fn rtp_config(shared: &Shared, n: &Negotiated) -> RtpConfig {
@@ -20,101 +25,173 @@ pub(super) fn rtp_config(shared: &Shared, n: &Negotiated) -> RtpConfig {
     cfg.remote = n.remote;
     cfg.inactivity_timeout = Duration::from_secs(shared.config.rtp.inactivity_timeout_s);
     cfg.jitter_depth = Duration::from_millis(shared.config.rtp.jitter_ms);
+    cfg.wall_clock_at_start = Some(std::time::SystemTime::now());
     cfg.seed = rand::random();
     cfg
 }
 
+/// What a media event means to the flow (and whether it ends the call).
+pub(super) fn flow_event(ev: &MediaEvent, bridged: bool) -> MediaOutcome {
+    match ev {
+        MediaEvent::Dtmf { digit, duration_ms } => MediaOutcome::Flow(FlowEvent::Dtmf {
+            digit: *digit,
+            duration_ms: *duration_ms,
+        }),
+        MediaEvent::MarkPlayed(id) => MediaOutcome::Flow(FlowEvent::PlaybackFinished {
+            id: *id,
+            interrupted: false,
+        }),
+        MediaEvent::MarkCleared(id) => MediaOutcome::Flow(FlowEvent::PlaybackFinished {
+            id: *id,
+            interrupted: true,
+        }),
+        MediaEvent::Inactive {
+            leg: Leg::Caller, ..
+        } => MediaOutcome::Hangup,
+        MediaEvent::Inactive { leg: Leg::Far, .. } if bridged => MediaOutcome::Hangup,
+        _ => MediaOutcome::Nothing,
+    }
+}
+
+/// See [`flow_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum MediaOutcome {
+    Flow(FlowEvent),
+    Hangup,
+    Nothing,
+}
+
 impl Call {
-    /// Drains the RTP session: packets to send, audio for the recorder, DTMF and marks for the flow.
-    pub(super) fn pump_rtp(&mut self, now: Instant) {
-        let Some(rtp) = self.rtp.as_mut() else {
-            return;
+    /// Sends a command to the media core; false (logged) when it could not be queued.
+    pub(super) fn media_cmd(&mut self, cmd: MediaCommand) -> bool {
+        let Some(media) = self.media.as_ref() else {
+            return false;
         };
-        while let Some(t) = rtp.poll_transmit(now) {
-            let sock = if t.rtcp {
-                &self.rtcp_sock
-            } else {
-                &self.rtp_sock
-            };
-            if let Err(e) = sock.try_send_to(&t.payload, t.dest) {
-                debug!(dest = %t.dest, error = %e, "RTP send failed");
+        match media.send(cmd) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "media command dropped");
+                false
             }
-            if let (Some(rec), Some(sent)) = (self.recordings.active_mut(), t.audio.as_deref()) {
-                let left = self.caller_frames.pop(self.rec_slot);
-                rec.push(now, left.as_deref(), Some(sent));
-            }
-            if t.audio.is_some() {
-                self.rec_slot += 1;
-            }
-        }
-        let mut flow_events = Vec::new();
-        while let Some(ev) = rtp.poll_event() {
-            match ev {
-                RtpEvent::Audio {
-                    samples, rtp_ts, ..
-                } => {
-                    if !self.flow_closed {
-                        self.flow.caller_audio(&samples);
-                    }
-                    if let Some(far_rtp) = self.far.as_mut().and_then(|f| f.rtp.as_mut()) {
-                        if self.bridged {
-                            far_rtp.queue_audio(&samples);
-                        }
-                    }
-                    if self.recordings.is_recording() {
-                        self.caller_frames.push(rtp_ts, samples, self.rec_slot);
-                    }
-                }
-                RtpEvent::Dtmf(d) => {
-                    info!(digit = %d.digit, via = "rfc4733", duration_ms = d.duration_ms, "DTMF received");
-                    if self.bridged {
-                        if let Some(far_rtp) = self.far.as_mut().and_then(|f| f.rtp.as_mut()) {
-                            far_rtp.send_dtmf(d.digit, d.duration_ms.max(40)).ok();
-                        }
-                    }
-                    flow_events.push(FlowEvent::Dtmf {
-                        digit: d.digit,
-                        duration_ms: d.duration_ms,
-                    });
-                }
-                RtpEvent::MarkPlayed(id) => flow_events.push(FlowEvent::PlaybackFinished {
-                    id,
-                    interrupted: false,
-                }),
-                RtpEvent::MarkCleared(id) => flow_events.push(FlowEvent::PlaybackFinished {
-                    id,
-                    interrupted: true,
-                }),
-                RtpEvent::RemoteAddrChanged(addr) => {
-                    info!(%addr, "RTP peer address latched");
-                }
-                RtpEvent::Inactive { since } => {
-                    warn!(
-                        silent_s = since.as_secs(),
-                        "no RTP from the caller: ending the call"
-                    );
-                    flow_events.clear();
-                    self.input(Input::Hangup(EndReason::RtpTimeout));
-                    return;
-                }
-            }
-        }
-        for ev in flow_events {
-            self.flow_event(ev);
         }
     }
 
-    /// Queues audio for the caller followed by the mark `id`, or reports that it cannot play.
-    pub(super) fn queue_audio(&mut self, id: u64, samples: &[i16]) {
-        match self.rtp.as_mut() {
-            Some(rtp) => {
-                rtp.queue_audio(samples);
-                rtp.queue_mark(id);
+    /// What the media core reported.
+    pub(super) fn on_media_event(&mut self, ev: MediaEvent) {
+        match &ev {
+            MediaEvent::Dtmf { digit, duration_ms } => {
+                info!(digit = %digit, via = "rfc4733", duration_ms, "DTMF received");
             }
-            None => self.flow_event(FlowEvent::PlaybackFailed {
+            MediaEvent::Latched { leg, addr } => info!(?leg, %addr, "RTP peer address latched"),
+            MediaEvent::Inactive { leg, since } => warn!(
+                ?leg,
+                silent_s = since.as_secs(),
+                "no RTP received on the leg"
+            ),
+            MediaEvent::RecordingFed {
+                id,
+                slots,
+                overflow_frames,
+            } => debug!(recording = %id, slots, overflow_frames, "recording fed"),
+            MediaEvent::MarkPlayed(_) | MediaEvent::MarkCleared(_) => {}
+        }
+        match flow_event(&ev, self.bridged) {
+            MediaOutcome::Flow(e) => self.flow_event(e),
+            MediaOutcome::Hangup => {
+                warn!("no RTP: ending the call");
+                self.input(Input::Hangup(EndReason::RtpTimeout));
+            }
+            MediaOutcome::Nothing => {}
+        }
+    }
+
+    /// Caller audio from the tap, for an external bot.
+    pub(super) fn on_caller_audio(&mut self, frames: &mut Vec<AudioFrame>, n: usize) {
+        if n == 0 {
+            // The tap was closed by the media side (the call is over).
+            self.tap = None;
+        }
+        if !self.flow_closed {
+            for f in frames.iter() {
+                self.flow.caller_audio(&f.samples);
+            }
+        }
+        frames.clear();
+    }
+
+    /// Queues shared audio for the caller followed by the mark `id`, or reports that it
+    /// cannot play.
+    pub(super) fn queue_audio(&mut self, id: u64, audio: Audio) {
+        if !self.media_started {
+            self.flow_event(FlowEvent::PlaybackFailed {
                 id,
                 reason: "no media session".into(),
-            }),
+            });
+            return;
         }
+        if !(self.media_cmd(MediaCommand::Play(audio)) && self.media_cmd(MediaCommand::Mark(id))) {
+            self.flow_event(FlowEvent::PlaybackFailed {
+                id,
+                reason: "media worker busy".into(),
+            });
+        }
+    }
+
+    /// Queues linear audio (TTS) shared, not copied.
+    pub(super) fn queue_pcm(&mut self, id: u64, samples: Arc<[i16]>) {
+        self.queue_audio(id, Audio::Pcm(samples));
+    }
+
+    /// Starts the caller's RTP session on the media core and, for an external bot, the
+    /// caller-audio tap.
+    pub(super) fn start_caller_media(&mut self, n: &Negotiated) {
+        let config = Box::new(rtp_config(&self.shared, n));
+        let hold = !n.direction.sends();
+        self.media_started = self.media_cmd(MediaCommand::StartCaller { config, hold });
+        if self.flow.is_external() && self.tap.is_none() {
+            if let Some(media) = self.media.as_mut() {
+                match media.open_tap(BOT_TAP_FRAMES) {
+                    Ok(t) => self.tap = Some(t),
+                    Err(e) => warn!(error = %e, "no caller-audio tap for the bot"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_events_map_to_flow_events_and_hangups() {
+        assert_eq!(
+            flow_event(
+                &MediaEvent::Dtmf {
+                    digit: '5',
+                    duration_ms: 120
+                },
+                false
+            ),
+            MediaOutcome::Flow(FlowEvent::Dtmf {
+                digit: '5',
+                duration_ms: 120
+            })
+        );
+        assert_eq!(
+            flow_event(&MediaEvent::MarkCleared(3), false),
+            MediaOutcome::Flow(FlowEvent::PlaybackFinished {
+                id: 3,
+                interrupted: true
+            })
+        );
+        let quiet = |leg| MediaEvent::Inactive {
+            leg,
+            since: Duration::from_secs(30),
+        };
+        assert_eq!(flow_event(&quiet(Leg::Caller), false), MediaOutcome::Hangup);
+        // A silent far leg matters only once the caller is connected to it.
+        assert_eq!(flow_event(&quiet(Leg::Far), false), MediaOutcome::Nothing);
+        assert_eq!(flow_event(&quiet(Leg::Far), true), MediaOutcome::Hangup);
     }
 }

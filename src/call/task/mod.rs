@@ -6,7 +6,8 @@
 //! * [`setup`]: admission, SDP offer/answer, when to ring and answer, media start.
 //! * [`caller_leg`]: requests inside the caller's dialog (ACK, INFO, re-INVITE/UPDATE,
 //!   NOTIFY, BYE/CANCEL).
-//! * [`media`]: the caller's RTP session: sending, receiving, fan-out of caller audio.
+//! * [`media`]: the call's end of the media plane: commands to its media core (on a media
+//!   worker), the core's events, the caller-audio tap for an external bot.
 //! * [`actions`]: the one dispatch over `FlowAction`, delegating to the jobs below; the
 //!   plug-in point for step executors.
 //! * [`recording`]: start/stop and the recorder's events.
@@ -34,9 +35,9 @@ use super::shared::Shared;
 use super::state::{CallState, Command, Input, Phase};
 use crate::flow::driver::FlowDriver;
 use crate::flow::{FlowDefinition, FlowEvent};
-use crate::media::recorder::align::CallerAligner;
-use crate::media::recorder::{ActiveRecording, RecorderEvent};
-use crate::media::rtp::RtpSession;
+use crate::media::core::MediaEvent;
+use crate::media::plane::{MediaHandle, Tap};
+use crate::media::recorder::{RecorderEvent, RecordingId};
 use crate::sip::sdp::{LocalMedia, Negotiated};
 use crate::sip::{CallLeg, IncomingCall, InviteInfo, LegEvent};
 use chrono::Utc;
@@ -46,7 +47,6 @@ use forward::Forward;
 use recording::Recordings;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -74,18 +74,17 @@ struct Call {
     control: mpsc::UnboundedReceiver<Control>,
     state: CallState,
 
-    // The caller's media.
-    rtp_sock: UdpSocket,
-    rtcp_sock: UdpSocket,
+    // The call's media: its core runs on a media worker; `None` once the call is over.
+    media: Option<MediaHandle>,
+    media_events: mpsc::Receiver<MediaEvent>,
+    /// The caller's RTP session has been started (answer sent with an agreed SDP).
+    media_started: bool,
+    /// Caller audio for an external bot (a tap on the media core).
+    tap: Option<Tap>,
     local: LocalMedia,
     /// Our SDP: the answer to their offer, or our offer when the INVITE had none.
     local_sdp: String,
     negotiated: Option<Negotiated>,
-    rtp: Option<RtpSession>,
-    /// Caller audio released by the jitter buffer, waiting for the next recording slot.
-    caller_frames: CallerAligner,
-    /// Recording slots so far: one per audio frame sent to the caller.
-    rec_slot: u64,
 
     // The flow (embedded engine or external bot).
     flow: FlowDriver,
@@ -100,16 +99,14 @@ struct Call {
     outstanding: Outstanding,
 
     // Recording.
-    rec_tx: mpsc::UnboundedSender<RecorderEvent>,
-    rec_rx: mpsc::UnboundedReceiver<RecorderEvent>,
-    recordings: Recordings<ActiveRecording>,
+    rec_tx: mpsc::Sender<RecorderEvent>,
+    rec_rx: mpsc::Receiver<RecorderEvent>,
+    recordings: Recordings<RecordingId>,
 
     // Forward and the bridged far leg.
     forward: Forward,
     far: Option<FarLeg>,
     far_events: Option<mpsc::UnboundedReceiver<LegEvent>>,
-    far_sock: Option<UdpSocket>,
-    far_rtcp: Option<UdpSocket>,
     /// The caller is connected to the far leg; the bot is gone.
     bridged: bool,
 
@@ -124,10 +121,7 @@ struct Call {
 
 impl Call {
     async fn run(&mut self) {
-        let mut rtp_buf = vec![0u8; 2048];
-        let mut rtcp_buf = vec![0u8; 2048];
-        let mut far_buf = vec![0u8; 2048];
-        let mut far_rtcp_buf = vec![0u8; 2048];
+        let mut frames = Vec::with_capacity(8);
         loop {
             let now = Instant::now();
             self.drive(now);
@@ -140,38 +134,12 @@ impl Call {
                     Some(ev) => self.on_leg_event(ev).await,
                     None => self.input(Input::DialogFailed("SIP stack dropped the dialog".into())),
                 },
-                r = self.rtp_sock.recv_from(&mut rtp_buf) => {
-                    if let Ok((n, from)) = r {
-                        if let Some(rtp) = self.rtp.as_mut() {
-                            rtp.handle_datagram(&rtp_buf[..n], from, Instant::now());
-                        }
-                    }
-                }
-                r = self.rtcp_sock.recv_from(&mut rtcp_buf) => {
-                    if let Ok((n, from)) = r {
-                        if let Some(rtp) = self.rtp.as_mut() {
-                            rtp.handle_rtcp(&rtcp_buf[..n], from, Instant::now());
-                        }
-                    }
-                }
+                Some(ev) = self.media_events.recv() => self.on_media_event(ev),
+                n = recv_tap(&mut self.tap, &mut frames) => self.on_caller_audio(&mut frames, n),
                 ev = recv_leg(&mut self.far_events) => match ev {
                     Some(ev) => self.on_far_event(ev),
                     None => self.far_events = None,
                 },
-                r = recv_udp(&self.far_sock, &mut far_buf) => {
-                    if let (Ok((n, from)), Some(far)) = (r, self.far.as_mut()) {
-                        if let Some(rtp) = far.rtp.as_mut() {
-                            rtp.handle_datagram(&far_buf[..n], from, Instant::now());
-                        }
-                    }
-                }
-                r = recv_udp(&self.far_rtcp, &mut far_rtcp_buf) => {
-                    if let (Ok((n, from)), Some(far)) = (r, self.far.as_mut()) {
-                        if let Some(rtp) = far.rtp.as_mut() {
-                            rtp.handle_rtcp(&far_rtcp_buf[..n], from, Instant::now());
-                        }
-                    }
-                }
                 Some(c) = self.control.recv() => self.on_control(c),
                 Some(m) = self.inbox_rx.recv() => self.on_inbox(m),
                 Some(e) = self.rec_rx.recv() => self.on_recorder_event(e),
@@ -196,12 +164,7 @@ impl Call {
                     .filter(|_| self.state.phase() == Phase::Offered),
                 self.closing.as_ref().map(|c| c.deadline()),
                 self.forward.leave_at(),
-                self.rtp.as_ref().and_then(|r| r.poll_timeout()),
                 self.forward.poll_timeout(),
-                self.far
-                    .as_ref()
-                    .and_then(|f| f.rtp.as_ref())
-                    .and_then(|r| r.poll_timeout()),
                 flow,
             ],
         )
@@ -227,16 +190,8 @@ impl Call {
                 }
             }
         }
-        if let Some(rtp) = self.rtp.as_mut() {
-            rtp.handle_timeout(now);
-        }
-        if let Some(rtp) = self.far.as_mut().and_then(|f| f.rtp.as_mut()) {
-            rtp.handle_timeout(now);
-        }
         let out = self.forward.handle_timeout(now);
         self.transfer_outputs(out, now);
-        self.pump_rtp(now);
-        self.pump_far(now);
         if self.flow_started && !self.flow_closed {
             self.flow.handle_timeout(now);
         }
@@ -309,7 +264,7 @@ impl Call {
 
     fn on_inbox(&mut self, msg: Inbox) {
         match inbox::route(msg, &mut self.outstanding) {
-            Delivery::Audio { id, samples } => self.queue_audio(id, &samples),
+            Delivery::Audio { id, samples } => self.queue_pcm(id, samples),
             Delivery::Flow(ev) => {
                 if let FlowEvent::PlaybackFailed { reason, .. } = &ev {
                     warn!(%reason, "say failed");
@@ -344,12 +299,14 @@ async fn recv_leg(rx: &mut Option<mpsc::UnboundedReceiver<LegEvent>>) -> Option<
     }
 }
 
-async fn recv_udp(
-    sock: &Option<UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, std::net::SocketAddr)> {
-    match sock {
-        Some(s) => s.recv_from(buf).await,
+/// Caller audio from the tap, as many frames as are waiting (at most 8); pending forever
+/// without a tap.
+async fn recv_tap(
+    tap: &mut Option<Tap>,
+    frames: &mut Vec<crate::media::core::AudioFrame>,
+) -> usize {
+    match tap {
+        Some(t) => t.frames.recv_many(frames, 8).await,
         None => std::future::pending().await,
     }
 }

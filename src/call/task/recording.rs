@@ -6,7 +6,8 @@
 
 use super::Call;
 use crate::flow::FlowEvent;
-use crate::media::recorder::{ActiveRecording, RecorderEvent, RecordingId, RecordingMeta};
+use crate::media::core::MediaCommand;
+use crate::media::recorder::{RecorderEvent, RecordingId, RecordingMeta};
 use std::collections::BTreeSet;
 use std::time::Instant;
 use tracing::{info, warn};
@@ -16,9 +17,9 @@ pub(super) trait Handle {
     fn id(&self) -> &RecordingId;
 }
 
-impl Handle for ActiveRecording {
+impl Handle for RecordingId {
     fn id(&self) -> &RecordingId {
-        ActiveRecording::id(self)
+        self
     }
 }
 
@@ -57,9 +58,6 @@ pub(super) enum Stop<H> {
 impl<H: Handle> Recordings<H> {
     pub fn is_recording(&self) -> bool {
         self.active.is_some()
-    }
-    pub fn active_mut(&mut self) -> Option<&mut H> {
-        self.active.as_mut()
     }
     pub fn ids(&self) -> &[String] {
         &self.ids
@@ -144,7 +142,7 @@ pub(super) fn flow_event(e: RecorderEvent) -> FlowEvent {
 }
 
 impl Call {
-    pub(super) fn start_recording(&mut self, now: Instant) {
+    pub(super) fn start_recording(&mut self, _now: Instant) {
         if let Err(refusal) = self.recordings.check_start() {
             let id = self.recordings.active_id().map(|i| i.to_string());
             warn!(recording = ?id, "start recording ignored: already recording");
@@ -156,12 +154,15 @@ impl Call {
             from: self.info.from_user.clone(),
             to: self.info.to_user.clone(),
         };
-        match self.shared.recorder.start(meta, now, self.rec_tx.clone()) {
-            Ok(rec) => {
-                let id = rec.id().to_string();
-                self.caller_frames.reset();
-                self.set_summary(|s| s.recording_id = Some(id));
-                self.recordings.started(rec);
+        match self.shared.recorder.start(meta, self.rec_tx.clone()) {
+            Ok(spec) => {
+                let id = spec.id.clone();
+                // The media core starts the feed on its next tick; the writer creates the
+                // files meanwhile (Started or Failed comes back on rec_tx).
+                self.media_cmd(MediaCommand::StartRecording(spec));
+                let shown = id.to_string();
+                self.set_summary(|s| s.recording_id = Some(shown));
+                self.recordings.started(id);
             }
             Err(e) => {
                 // The recorder already sent Failed on rec_tx; the call goes on.
@@ -170,12 +171,17 @@ impl Call {
         }
     }
 
-    pub(super) fn stop_recording(&mut self, now: Instant, requested: bool) {
+    pub(super) fn stop_recording(&mut self, _now: Instant, requested: bool) {
         match self.recordings.stop(requested) {
-            Stop::Now(rec) => {
-                info!(recording = %rec.id(), "recording stopped");
-                rec.stop(now);
+            Stop::Now(id) => {
+                info!(recording = %id, "recording stopped");
+                // The media core ends the feed at its next tick (the file's length is the
+                // wall time to then) and hands the end to the writer.
+                self.media_cmd(MediaCommand::StopRecording);
                 self.set_summary(|s| s.recording_id = None);
+                if self.rec_tx.try_send(RecorderEvent::Stopped { id }).is_err() {
+                    warn!("recorder events full: `recording stopped` not reported");
+                }
             }
             Stop::Refused(ev) => {
                 warn!("stop recording ignored: not recording");
@@ -186,7 +192,11 @@ impl Call {
     }
 
     pub(super) fn on_recorder_event(&mut self, e: RecorderEvent) {
-        self.recordings.on_event(&e);
+        if self.recordings.on_event(&e) {
+            // The writer failed the active recording: stop feeding it.
+            self.media_cmd(MediaCommand::StopRecording);
+            self.set_summary(|s| s.recording_id = None);
+        }
         match &e {
             RecorderEvent::Failed { id, reason } => {
                 warn!(recording = %id, %reason, "recording failed; the call goes on");

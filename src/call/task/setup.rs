@@ -13,7 +13,6 @@ use crate::flow::driver::FlowDriver;
 use crate::flow::websocket::WsBridge;
 use crate::flow::{FlowEvent, FlowMachine, SessionInfo};
 use crate::media::codec::Codec;
-use crate::media::recorder::align::CallerAligner;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
 use crate::sip::{IncomingCall, InviteInfo};
 use chrono::Utc;
@@ -21,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+
+/// Recorder events a call may have waiting (a recording sends at most three).
+const REC_EVENTS: usize = 32;
 
 /// Why an INVITE is refused, before anything is answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +131,16 @@ impl Call {
             }
         };
         let port = rtp_sock.local_addr().map(|a| a.port()).unwrap_or(0);
+        let (media, media_events) = match shared.media.attach(rtp_sock, rtcp_sock) {
+            Ok(m) => m,
+            Err(e) => {
+                refuse(Refusal {
+                    code: 503,
+                    why: e.to_string(),
+                });
+                return None;
+            }
+        };
         let local = LocalMedia {
             addr: shared.advertised_ip,
             port,
@@ -162,7 +174,7 @@ impl Call {
             );
         }
         let (inbox_tx, inbox_rx) = inbox::inbox();
-        let (rec_tx, rec_rx) = mpsc::unbounded_channel();
+        let (rec_tx, rec_rx) = mpsc::channel(REC_EVENTS);
         Some(Call {
             shared,
             leg,
@@ -170,14 +182,13 @@ impl Call {
             events,
             control,
             state: CallState::new(now),
-            rtp_sock,
-            rtcp_sock,
+            media: Some(media),
+            media_events,
+            media_started: false,
+            tap: None,
             local,
             local_sdp,
             negotiated,
-            rtp: None,
-            caller_frames: CallerAligner::new(3),
-            rec_slot: 0,
             flow,
             flow_def: def,
             flow_started: plan.flow_started,
@@ -192,8 +203,6 @@ impl Call {
             forward: Forward::default(),
             far: None,
             far_events: None,
-            far_sock: None,
-            far_rtcp: None,
             bridged: false,
             started_wall,
             answered_wall: None,
@@ -223,10 +232,7 @@ impl Call {
 
     /// Starts the caller's RTP session and, on first media, the flow.
     pub(super) fn start_media(&mut self, n: &Negotiated, now: Instant) {
-        let mut rtp =
-            crate::media::rtp::RtpSession::new(super::media::rtp_config(&self.shared, n), now);
-        rtp.set_hold(!n.direction.sends());
-        self.rtp = Some(rtp);
+        self.start_caller_media(n);
         if !self.flow_started {
             self.flow_started = true;
             let ev = FlowEvent::Started(session_info(&self.info, n.codec.name()));

@@ -1,17 +1,19 @@
 //! Call recording: 8 kHz 16-bit WAV, caller on the left, bot / far leg on the right
 //! (CONTRACT §6), written so the media path never waits on the disk.
 //!
-//! * [`clock`]: IO-free aligner that keeps the file's length equal to wall time.
-//! * [`handle`]: [`Recorder`] (per-process) and [`ActiveRecording`] (per recording), the
-//!   non-blocking API the call's media task uses.
-//! * `writer`: the per-recording thread that owns the file.
+//! * [`feed`]: [`RecordingFeed`], run by the call's media core on the media worker: pairs
+//!   the caller's and the sent frames slot by slot on the send clock (so the file's length
+//!   is wall time) and hands ~1 s blocks to the writer.
+//! * [`align`]: places the caller's frames by RTP timestamp.
+//! * [`handle`]: [`Recorder`], the per-process service the call task starts recordings with.
+//! * [`writer`]: the two threads (writer, finalizer) that do all of recording's disk IO.
 //! * [`store`], [`sidecar`], [`id`]: the files on disk and their metadata.
 //! * [`recovery`], [`retention`]: start-up repair of crashed recordings and old-file cleanup.
 //!
 //! See docs/recording.md for the file format and life cycle.
 
 pub mod align;
-pub mod clock;
+pub mod feed;
 pub mod handle;
 pub mod id;
 pub mod recovery;
@@ -19,15 +21,13 @@ pub mod retention;
 pub mod sidecar;
 pub mod store;
 pub mod wavfix;
-mod writer;
+pub mod writer;
 
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
-pub use clock::{Aligned, ChannelMode, RecordingClock};
-pub use handle::{ActiveRecording, Recorder, RecorderConfig};
+pub use feed::{ChannelMode, FeedSpec, FeedSummary, PendingJob, RecordingFeed};
+pub use handle::{Recorder, RecorderConfig};
 pub use id::RecordingId;
 pub use recovery::{recover_dir, RecoveryReport};
 pub use retention::sweep_retention;
@@ -56,8 +56,9 @@ pub mod metric {
 
 /// What happened to a recording (the call passes it on to its flow; media knows no flow).
 ///
-/// Every `Recorder::start` produces exactly one `Started` or `Failed`. After `Started` come
-/// `Stopped` (when the call stops it) and then `Ready` or `Failed` from the writer.
+/// Every `Recorder::start` produces exactly one `Started` or `Failed` (from the writer, once
+/// the files exist). The call reports `Stopped` itself when it stops a recording; `Ready`
+/// or `Failed` follow from the writer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecorderEvent {
     Started {
@@ -80,23 +81,13 @@ pub enum RecorderEvent {
     },
 }
 
-/// Why a recording could not start or a directory could not be processed.
+/// Why a recording could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
-    #[error("cannot create recordings directory {}: {source}", dir.display())]
-    CreateDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot create recording file {}: {source}", path.display())]
-    CreateFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write WAV header to {}: {source}", path.display())]
-    WavHeader { path: PathBuf, source: hound::Error },
+    #[error("the recording writer is not running")]
+    NoWriter,
+    #[error("the recording writer is overloaded (queue full)")]
+    Busy,
     #[error("cannot write recording metadata: {0}")]
     Sidecar(#[from] store::StoreError),
-    #[error("cannot start recording writer thread: {0}")]
-    Spawn(std::io::Error),
 }

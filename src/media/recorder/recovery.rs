@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::Utc;
 
-use super::clock::ChannelMode;
+use super::feed::ChannelMode;
 use super::id::RecordingId;
 use super::sidecar::{rfc3339, RecordingMeta, RecordingStatus, Sidecar};
 use super::store::{self, RecordingPaths};

@@ -5,7 +5,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::clock::ChannelMode;
+use super::feed::ChannelMode;
 use crate::media::codec::SAMPLE_RATE;
 
 /// Where a recording is in its life.

@@ -177,7 +177,7 @@ pub fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::recorder::clock::ChannelMode;
+    use crate::media::recorder::feed::ChannelMode;
     use crate::media::recorder::sidecar::RecordingMeta;
     use chrono::Utc;
 

@@ -1,7 +1,6 @@
 //! End-to-end recorder tests against a temp dir: real files, fabricated Instants.
 
 use std::fs;
-use std::io::BufWriter;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ fn meta() -> RecordingMeta {
     }
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<RecorderEvent>) -> Vec<RecorderEvent> {
+fn drain(rx: &mut mpsc::Receiver<RecorderEvent>) -> Vec<RecorderEvent> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         out.push(e);
@@ -39,32 +38,45 @@ fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
     (spec, samples)
 }
 
+/// Waits (bounded) until the writer has created the recording's files.
+async fn started(rx: &mut mpsc::Receiver<RecorderEvent>) -> RecorderEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("writer answers")
+        .expect("event")
+}
+
 #[tokio::test]
 async fn stereo_recording_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let recorder = Recorder::new(RecorderConfig::new(dir.path()));
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(8);
     let t0 = Instant::now();
-    let mut rec = recorder.start(meta(), t0, tx).unwrap();
-    let id = rec.id().clone();
+    let spec = recorder.start(meta(), tx).unwrap();
+    let id = spec.id.clone();
+    assert_eq!(
+        started(&mut rx).await,
+        RecorderEvent::Started { id: id.clone() }
+    );
     let paths = RecordingPaths::new(dir.path(), &id);
     assert!(paths.part.exists());
     let s = store::read_sidecar(dir.path(), &id).unwrap().unwrap();
     assert_eq!(s.status, RecordingStatus::Recording);
 
-    // 50 ticks (1 s): caller = k, bot = -k; ticks 20..30 lost (silence expected); the bot
-    // is silent on odd ticks.
+    // 50 slots (1 s) from send slot 7: caller = k, bot = -k; nothing sent in slots 20..30
+    // (hold: caller only); the bot is silent on odd slots.
+    let mut feed = RecordingFeed::new(spec, 7, t0, t0, Utc::now());
     for k in 0..50u64 {
-        if (20..30).contains(&k) {
-            continue;
+        let now = t0 + ms(k * 20 + 2);
+        feed.caller_frame(160 * k as u32, &[k as i16; FRAME_SAMPLES], now);
+        if !(20..30).contains(&k) {
+            let right = if k % 2 == 0 { -(k as i16) } else { 0 };
+            feed.sent(7 + k, &[right; FRAME_SAMPLES]);
         }
-        let left = vec![k as i16; FRAME_SAMPLES];
-        let right = vec![-(k as i16); FRAME_SAMPLES];
-        let right = (k % 2 == 0).then_some(&right[..]);
-        rec.push(t0 + ms(k * 20 + 2), Some(&left), right);
+        feed.advance(now);
     }
-    let overflow = rec.overflow_frames();
-    rec.stop(t0 + ms(1_500));
+    let (summary, pending) = feed.stop(t0 + ms(1_500));
+    assert!(pending.is_none());
     recorder.finalized().await;
     assert_eq!(recorder.pending(), 0);
 
@@ -77,12 +89,14 @@ async fn stereo_recording_round_trip() {
     assert_eq!(samples.len(), 75 * FRAME_SAMPLES * 2, "1.5 s of wall time");
     let slot = |k: usize| &samples[k * 320..(k + 1) * 320];
     assert!(
-        slot(3).chunks(2).all(|p| p == [3, 0]),
-        "odd tick: bot silent"
+        slot(5).chunks(2).all(|p| p == [5, 0]),
+        "odd slot: bot silent"
     );
     assert!(slot(4).chunks(2).all(|p| p == [4, -4]));
-    assert!(slot(25).iter().all(|&s| s == 0), "lost ticks are silence");
-    assert!(slot(31).chunks(2).all(|p| p == [31, 0]));
+    assert!(
+        slot(25).chunks(2).all(|p| p == [25, 0]),
+        "hold: caller only"
+    );
     assert!(slot(70).iter().all(|&s| s == 0), "padded to stop");
 
     let s = store::read_sidecar(dir.path(), &id).unwrap().unwrap();
@@ -96,21 +110,17 @@ async fn stereo_recording_round_trip() {
     let started = s.started_at_utc().unwrap();
     let ended = sidecar::parse_rfc3339(s.ended_at.as_deref().unwrap()).unwrap();
     assert_eq!((ended - started).num_milliseconds(), 1_500);
+    assert_eq!(summary.slots, 75);
 
-    let events = drain(&mut rx);
     assert_eq!(
-        events,
-        vec![
-            RecorderEvent::Started { id: id.clone() },
-            RecorderEvent::Stopped { id: id.clone() },
-            RecorderEvent::Ready {
-                id,
-                duration_ms: 1_500,
-                sha256: sha,
-                bytes,
-                overflow_frames: overflow,
-            },
-        ]
+        drain(&mut rx),
+        vec![RecorderEvent::Ready {
+            id,
+            duration_ms: 1_500,
+            sha256: sha,
+            bytes,
+            overflow_frames: 0,
+        }]
     );
 }
 
@@ -120,41 +130,25 @@ async fn mixed_recording_is_mono_sum() {
     let mut cfg = RecorderConfig::new(dir.path());
     cfg.channels = ChannelMode::Mixed;
     let recorder = Recorder::new(cfg);
-    let (tx, _rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(8);
     let t0 = Instant::now();
-    let mut rec = recorder.start(meta(), t0, tx).unwrap();
-    let id = rec.id().clone();
-    rec.push(t0, Some(&[100; FRAME_SAMPLES]), Some(&[23; FRAME_SAMPLES]));
-    rec.push(
-        t0 + ms(20),
-        Some(&[i16::MAX; FRAME_SAMPLES]),
-        Some(&[5; 160]),
-    );
-    rec.stop(t0 + ms(40));
+    let spec = recorder.start(meta(), tx).unwrap();
+    let id = spec.id.clone();
+    started(&mut rx).await;
+    let mut feed = RecordingFeed::new(spec, 0, t0, t0, Utc::now());
+    feed.caller_frame(0, &[100; FRAME_SAMPLES], t0);
+    for k in 0..5 {
+        feed.sent(k, &[-30; FRAME_SAMPLES]);
+    }
+    let _ = feed.stop(t0 + ms(100));
     recorder.finalized().await;
     let (spec, samples) = read_wav(&RecordingPaths::new(dir.path(), &id).wav);
     assert_eq!(spec.channels, 1);
-    assert_eq!(samples.len(), 320);
-    assert_eq!(samples[0], 123);
-    assert_eq!(samples[200], i16::MAX);
+    assert_eq!(samples.len(), 5 * FRAME_SAMPLES);
+    assert_eq!(samples[0], 70, "caller + bot in one channel");
+    assert_eq!(samples[3 * FRAME_SAMPLES], -30);
     let s = store::read_sidecar(dir.path(), &id).unwrap().unwrap();
     assert_eq!((s.channels, s.channel_mode), (1, ChannelMode::Mixed));
-}
-
-#[tokio::test]
-async fn dropping_a_recording_still_finalizes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let recorder = Recorder::new(RecorderConfig::new(dir.path()));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let rec = recorder.start(meta(), Instant::now(), tx).unwrap();
-    let id = rec.id().clone();
-    drop(rec);
-    recorder.finalized().await;
-    assert!(RecordingPaths::new(dir.path(), &id).wav.exists());
-    assert!(matches!(
-        drain(&mut rx).last(),
-        Some(RecorderEvent::Ready { .. })
-    ));
 }
 
 #[tokio::test]
@@ -164,15 +158,24 @@ async fn unwritable_dir_fails_with_event_and_call_goes_on() {
     let not_a_dir = dir.path().join("blocked");
     fs::write(&not_a_dir, b"x").unwrap();
     let recorder = Recorder::new(RecorderConfig::new(not_a_dir.join("sub")));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let err = recorder.start(meta(), Instant::now(), tx).err().unwrap();
-    assert!(matches!(err, RecorderError::CreateDir { .. }), "{err}");
-    assert!(err.to_string().contains("blocked"), "{err}");
-    match drain(&mut rx).as_slice() {
-        [RecorderEvent::Failed { reason, .. }] => assert!(reason.contains("cannot create")),
-        other => panic!("unexpected events {other:?}"),
+    let (tx, mut rx) = mpsc::channel(8);
+    let spec = recorder.start(meta(), tx).unwrap();
+    match started(&mut rx).await {
+        RecorderEvent::Failed { id, reason } => {
+            assert_eq!(id, spec.id);
+            assert!(reason.contains("cannot create"), "{reason}");
+            assert!(reason.contains("blocked"), "{reason}");
+        }
+        other => panic!("unexpected event {other:?}"),
     }
+    // Blocks and the end of a recording that never started are ignored.
+    let t0 = Instant::now();
+    let mut feed = RecordingFeed::new(spec, 0, t0, t0, Utc::now());
+    feed.sent(0, &[1; FRAME_SAMPLES]);
+    let _ = feed.stop(t0 + ms(20));
+    recorder.finalized().await;
     assert_eq!(recorder.pending(), 0);
+    assert!(drain(&mut rx).is_empty());
 }
 
 #[tokio::test]
@@ -180,72 +183,35 @@ async fn write_failure_mid_recording_marks_failed() {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("recs");
     let recorder = Recorder::new(RecorderConfig::new(&dir));
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(8);
     let t0 = Instant::now();
-    let mut rec = recorder.start(meta(), t0, tx).unwrap();
-    rec.push(t0, Some(&[1; FRAME_SAMPLES]), None);
+    let spec = recorder.start(meta(), tx).unwrap();
+    started(&mut rx).await;
+    let mut feed = RecordingFeed::new(spec, 0, t0, t0, Utc::now());
+    feed.sent(0, &[1; FRAME_SAMPLES]);
     // The directory vanishes under the writer: finalize cannot rename.
     fs::remove_dir_all(&dir).unwrap();
-    rec.stop(t0 + ms(20));
+    let _ = feed.stop(t0 + ms(20));
     recorder.finalized().await;
-    let events = drain(&mut rx);
-    assert!(matches!(events[1], RecorderEvent::Stopped { .. }));
-    match &events[2] {
-        RecorderEvent::Failed { reason, .. } => assert!(reason.contains("rename"), "{reason}"),
+    match drain(&mut rx).as_slice() {
+        [RecorderEvent::Failed { reason, .. }] => assert!(reason.contains("rename"), "{reason}"),
         other => panic!("expected Failed, got {other:?}"),
     }
 }
 
-#[test]
-fn overflow_is_counted_and_keeps_the_timeline() {
-    let (frames_tx, mut frames_rx) = mpsc::channel(2);
-    let (events_tx, _events) = mpsc::unbounded_channel();
-    let t0 = Instant::now();
-    let (mut rec, mut stop_rx) =
-        ActiveRecording::detached(t0, ChannelMode::Stereo, frames_tx, events_tx);
-    let f = [7i16; FRAME_SAMPLES];
-    for k in 0..10 {
-        rec.push(t0 + ms(k * 20), Some(&f), None);
-    }
-    assert_eq!(rec.overflow_frames(), 8);
-    let mut slots = 0;
-    while let Ok(a) = frames_rx.try_recv() {
-        slots += a.slots();
-    }
-    assert_eq!(slots, 2);
-    rec.push(t0 + ms(200), Some(&f), None);
-    let a = frames_rx.try_recv().unwrap();
-    assert_eq!(a.silence_slots, 8, "lost frames come back as silence");
-    assert!(a.frame.is_some());
-    rec.stop(t0 + ms(220));
-    let info = stop_rx.try_recv().unwrap();
-    assert_eq!(info.overflow_frames, 8);
-    assert_eq!(info.trailing_slots, 0);
-}
-
-/// Writes a `.part` the way a live recording does (header flushed), then "crashes": the
-/// writer is leaked so hound never finalizes, and half-written data follows the last flush.
+/// Writes a `.part` the way the writer does while recording (header sizes refreshed after
+/// each block), then "crashes": half a block follows the last refresh.
 fn crashed_part(dir: &Path, id: &RecordingId, flushed_slots: usize) {
+    use std::io::Write;
     let paths = RecordingPaths::new(dir, id);
-    let file = fs::File::create(&paths.part).unwrap();
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::new(BufWriter::new(file), spec).unwrap();
-    let (tx, mut rx) = mpsc::channel(flushed_slots);
+    let mut file = fs::File::create(&paths.part).unwrap();
+    let data_len = (flushed_slots * 320 * 2) as u64;
+    file.write_all(&writer::wav_header(2, data_len)).unwrap();
     for k in 0..flushed_slots {
-        tx.try_send(Aligned {
-            silence_slots: 0,
-            frame: Some(vec![k as i16; 320]),
-        })
-        .unwrap();
+        for _ in 0..320 {
+            file.write_all(&(k as i16).to_le_bytes()).unwrap();
+        }
     }
-    drop(tx);
-    writer::write_loop(&mut wav, &mut rx, 320, Duration::ZERO).unwrap();
-    std::mem::forget(wav); // kill -9: no finalize, no Drop
 }
 
 #[test]

@@ -1,37 +1,91 @@
-//! The writer thread: the only place recording touches the disk while a call runs. It drains
-//! the bounded frame queue into hound, refreshes the WAV header about once a second (so a
-//! kill -9 loses at most that much), and on stop pads, finalizes, renames, hashes and writes
-//! the final sidecar. Any error marks the recording failed; the call never notices beyond
-//! the `Failed` event.
+//! The recording writer: two threads for every recording of the process, the only places
+//! recording touches the disk.
+//!
+//! * The **writer** takes jobs from one bounded queue: `Create` (open `<id>.wav.part`, write
+//!   the header and the `recording` sidecar), `Block` (about 1 s of audio from a media
+//!   worker, written with one `write` and followed by a header refresh, so a kill -9 loses
+//!   at most the block not yet handed over) and `Finish` (pad or trim to the length the
+//!   media side measured, final header).
+//! * The **finalizer** does what is slow and happens once per recording: fsync, rename to
+//!   `.wav`, directory sync, SHA-256, the final sidecar and the `Ready` event. A long fsync
+//!   therefore never holds up other recordings' blocks.
+//!
+//! Any error marks that recording failed (sidecar and `Failed` event); the call goes on.
+//! Neither thread ever runs on a tokio worker or a media worker.
 
-use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use hound::WavWriter;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc::Sender;
+use tokio::sync::watch;
 
-use super::clock::Aligned;
+use super::feed::{ChannelMode, BLOCK_SLOTS};
 use super::id::RecordingId;
 use super::sidecar::{rfc3339, RecordingStatus, Sidecar};
 use super::store::{self, RecordingPaths};
 use super::{metric, RecorderEvent};
-use crate::media::codec::FRAME_MS;
+use crate::media::codec::{FRAME_MS, SAMPLE_RATE};
 
-/// What the call side knows only at stop time.
-#[derive(Debug, Clone)]
-pub(crate) struct StopInfo {
-    pub ended_at: DateTime<Utc>,
-    pub trailing_slots: u64,
-    pub overflow_frames: u64,
-    pub dropped_frames: u64,
+/// Where a recording's events go (the call's channel; bounded: a recording sends at most
+/// three).
+pub type EventTx = Sender<RecorderEvent>;
+
+/// Size of the standard PCM WAV header we write.
+pub const HEADER_LEN: u64 = 44;
+/// Samples in a pooled block: one second of stereo.
+const BLOCK_SAMPLES: usize = BLOCK_SLOTS * 2 * crate::media::codec::FRAME_SAMPLES;
+/// Spare blocks kept for reuse (2 MiB).
+const POOL_MAX: usize = 64;
+
+static POOL: Mutex<Vec<Box<[i16]>>> = Mutex::new(Vec::new());
+
+/// A block buffer for `mode` (reused from the pool when one is free).
+pub fn take_block(_mode: ChannelMode) -> Box<[i16]> {
+    let spare = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    spare.unwrap_or_else(|| vec![0i16; BLOCK_SAMPLES].into_boxed_slice())
 }
 
-/// Keeps the recorder's count of unfinished writers; decremented when the thread ends however
-/// it ends, so `Recorder::finalized` cannot hang on a writer that panicked.
-pub(crate) struct ActiveGuard(pub std::sync::Arc<watch::Sender<usize>>);
+/// Hands a block buffer back for reuse.
+pub fn give_block(block: Box<[i16]>) {
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < POOL_MAX && block.len() == BLOCK_SAMPLES {
+        pool.push(block);
+    }
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+pub enum Job {
+    Create {
+        id: RecordingId,
+        sidecar: Box<Sidecar>,
+        mode: ChannelMode,
+        events: EventTx,
+    },
+    Block {
+        id: RecordingId,
+        first_slot: u64,
+        slots: usize,
+        samples: Box<[i16]>,
+    },
+    Finish {
+        id: RecordingId,
+        started_at: DateTime<Utc>,
+        ended_at: DateTime<Utc>,
+        slots: u64,
+        overflow_frames: u64,
+    },
+}
+
+/// Keeps the recorder's count of unfinished recordings; decremented however a recording
+/// ends, so `Recorder::finalized` cannot hang on one that failed.
+pub(crate) struct ActiveGuard(pub Arc<watch::Sender<usize>>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -39,226 +93,311 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Everything the thread owns.
-pub(crate) struct WriterJob {
-    pub dir: PathBuf,
-    pub id: RecordingId,
-    pub sidecar: Sidecar,
-    pub wav: WavWriter<BufWriter<File>>,
-    /// A second handle on the `.part` file, for fsync after hound is done with it.
-    pub file: File,
-    pub samples_per_slot: usize,
-    pub frames: mpsc::Receiver<Aligned>,
-    pub stop: oneshot::Receiver<StopInfo>,
-    pub events: mpsc::UnboundedSender<RecorderEvent>,
-    pub flush_every: Duration,
-    pub guard: ActiveGuard,
+struct Open {
+    file: File,
+    mode: ChannelMode,
+    slots: u64,
+    sidecar: Sidecar,
+    events: EventTx,
+    _guard: ActiveGuard,
 }
 
-/// Appends slots as they arrive until every sender is gone. Returns the slots written, or
-/// the first write error.
-pub(crate) fn write_loop<W: Write + Seek>(
-    wav: &mut WavWriter<W>,
-    frames: &mut mpsc::Receiver<Aligned>,
-    samples_per_slot: usize,
-    flush_every: Duration,
-) -> Result<u64, hound::Error> {
-    let mut slots = 0u64;
-    let mut last_flush = Instant::now();
-    while let Some(aligned) = frames.blocking_recv() {
-        write_silence(wav, aligned.silence_slots, samples_per_slot)?;
-        if let Some(frame) = &aligned.frame {
-            for &s in frame {
-                wav.write_sample(s)?;
+struct Finalize {
+    id: RecordingId,
+    open: Open,
+}
+
+/// Starts the writer and finalizer threads; returns the writer's queue.
+pub(crate) fn spawn(
+    dir: PathBuf,
+    queue_blocks: usize,
+    active: Arc<watch::Sender<usize>>,
+) -> io::Result<SyncSender<Job>> {
+    let (tx, rx) = sync_channel(queue_blocks.max(1));
+    let (fin_tx, fin_rx) = sync_channel::<Finalize>(1024);
+    let fin_dir = dir.clone();
+    std::thread::Builder::new()
+        .name("voxgate-rec-final".into())
+        .spawn(move || {
+            while let Ok(f) = fin_rx.recv() {
+                finalize(&fin_dir, f);
             }
-        }
-        slots += aligned.slots();
-        if last_flush.elapsed() >= flush_every {
-            // hound's flush rewrites the RIFF/data sizes: the file is valid up to here.
-            wav.flush()?;
-            last_flush = Instant::now();
+        })?;
+    std::thread::Builder::new()
+        .name("voxgate-rec-write".into())
+        .spawn(move || Writer::new(dir, active, fin_tx).run(rx))?;
+    Ok(tx)
+}
+
+struct Writer {
+    dir: PathBuf,
+    open: HashMap<RecordingId, Open>,
+    active: Arc<watch::Sender<usize>>,
+    finalizer: SyncSender<Finalize>,
+    bytes: Vec<u8>,
+}
+
+impl Writer {
+    fn new(
+        dir: PathBuf,
+        active: Arc<watch::Sender<usize>>,
+        finalizer: SyncSender<Finalize>,
+    ) -> Self {
+        Writer {
+            dir,
+            open: HashMap::new(),
+            active,
+            finalizer,
+            bytes: Vec::with_capacity(BLOCK_SAMPLES * 2),
         }
     }
-    Ok(slots)
+
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            match job {
+                Job::Create {
+                    id,
+                    sidecar,
+                    mode,
+                    events,
+                } => self.create(id, *sidecar, mode, events),
+                Job::Block {
+                    id,
+                    first_slot,
+                    slots,
+                    samples,
+                } => {
+                    self.block(&id, first_slot, slots, &samples);
+                    give_block(samples);
+                }
+                Job::Finish {
+                    id,
+                    started_at,
+                    ended_at,
+                    slots,
+                    overflow_frames,
+                } => self.finish(id, started_at, ended_at, slots, overflow_frames),
+            }
+        }
+    }
+
+    fn create(&mut self, id: RecordingId, sidecar: Sidecar, mode: ChannelMode, events: EventTx) {
+        let guard = ActiveGuard(self.active.clone());
+        match create_files(&self.dir, &id, &sidecar, mode) {
+            Ok(file) => {
+                tracing::info!(recording = %id, call_id = %sidecar.call_id, "recording file created");
+                let _ = events.try_send(RecorderEvent::Started { id: id.clone() });
+                self.open.insert(
+                    id,
+                    Open {
+                        file,
+                        mode,
+                        slots: 0,
+                        sidecar,
+                        events,
+                        _guard: guard,
+                    },
+                );
+            }
+            Err(reason) => {
+                tracing::error!(recording = %id, %reason, "recording could not start");
+                metrics::counter!(metric::ERRORS).increment(1);
+                let mut failed = sidecar;
+                failed.mark_failed(&reason, Utc::now());
+                if self.dir.is_dir() {
+                    if let Err(e) = store::write_sidecar(&self.dir, &id, &failed) {
+                        tracing::warn!(recording = %id, error = %e, "could not record failure");
+                    }
+                }
+                let _ = events.try_send(RecorderEvent::Failed { id, reason });
+            }
+        }
+    }
+
+    fn block(&mut self, id: &RecordingId, first_slot: u64, slots: usize, samples: &[i16]) {
+        let Some(open) = self.open.get_mut(id) else {
+            return;
+        };
+        let per_slot = open.mode.samples_per_slot();
+        let result = (|| {
+            if first_slot > open.slots {
+                // Blocks lost to a full queue: their time is silence.
+                write_silence(&mut open.file, first_slot - open.slots, per_slot)?;
+                open.slots = first_slot;
+            }
+            let skip = usize::try_from(open.slots - first_slot).unwrap_or(usize::MAX);
+            if skip < slots {
+                let audio = &samples[skip * per_slot..slots * per_slot];
+                self.bytes.clear();
+                for s in audio {
+                    self.bytes.extend_from_slice(&s.to_le_bytes());
+                }
+                open.file.write_all(&self.bytes)?;
+                open.slots += (slots - skip) as u64;
+            }
+            write_sizes(&open.file, open.slots * per_slot as u64 * 2)
+        })();
+        if let Err(e) = result {
+            if let Some(open) = self.open.remove(id) {
+                fail(&self.dir, id, open, format!("write error: {e}"));
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        id: RecordingId,
+        started_at: DateTime<Utc>,
+        ended_at: DateTime<Utc>,
+        slots: u64,
+        overflow_frames: u64,
+    ) {
+        let Some(mut open) = self.open.remove(&id) else {
+            return;
+        };
+        let per_slot = open.mode.samples_per_slot();
+        let result = (|| {
+            if open.slots < slots {
+                write_silence(&mut open.file, slots - open.slots, per_slot)?;
+            } else if open.slots > slots {
+                open.file
+                    .set_len(HEADER_LEN + slots * per_slot as u64 * 2)?;
+            }
+            open.slots = slots;
+            write_sizes(&open.file, slots * per_slot as u64 * 2)
+        })();
+        if let Err(e) = result {
+            fail(&self.dir, &id, open, format!("write error: {e}"));
+            return;
+        }
+        open.sidecar.started_at = rfc3339(started_at);
+        open.sidecar.ended_at = Some(rfc3339(ended_at));
+        open.sidecar.duration_ms = slots * FRAME_MS;
+        open.sidecar.overflow_frames = overflow_frames;
+        open.sidecar.dropped_frames = 0;
+        if let Err(e) = self.finalizer.try_send(Finalize { id, open }) {
+            // The finalizer is far behind (or gone): finalize here rather than lose it.
+            let f = match e {
+                std::sync::mpsc::TrySendError::Full(f)
+                | std::sync::mpsc::TrySendError::Disconnected(f) => f,
+            };
+            finalize(&self.dir, f);
+        }
+    }
 }
 
-pub(crate) fn write_silence<W: Write + Seek>(
-    wav: &mut WavWriter<W>,
-    slots: u64,
-    samples_per_slot: usize,
-) -> Result<(), hound::Error> {
-    for _ in 0..slots * samples_per_slot as u64 {
-        wav.write_sample(0i16)?;
+fn create_files(
+    dir: &Path,
+    id: &RecordingId,
+    sidecar: &Sidecar,
+    mode: ChannelMode,
+) -> Result<File, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create recordings directory {}: {e}", dir.display()))?;
+    let paths = RecordingPaths::new(dir, id);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&paths.part)
+        .map_err(|e| format!("cannot create recording file {}: {e}", paths.part.display()))?;
+    let cleanup = || {
+        let _ = std::fs::remove_file(&paths.part);
+    };
+    if let Err(e) = file.write_all(&wav_header(mode.channels(), 0)) {
+        cleanup();
+        return Err(format!(
+            "cannot write WAV header to {}: {e}",
+            paths.part.display()
+        ));
+    }
+    if let Err(e) = store::write_sidecar(dir, id, sidecar) {
+        cleanup();
+        return Err(format!("cannot write recording metadata: {e}"));
+    }
+    Ok(file)
+}
+
+/// A canonical 44-byte PCM WAV header for 8 kHz 16-bit audio with `data_len` bytes.
+pub fn wav_header(channels: u16, data_len: u64) -> [u8; 44] {
+    let data_len = u32::try_from(data_len).unwrap_or(u32::MAX - 36);
+    let block_align = channels * 2;
+    let byte_rate = SAMPLE_RATE * u32::from(block_align);
+    let mut h = [0u8; 44];
+    h[0..4].copy_from_slice(b"RIFF");
+    h[4..8].copy_from_slice(&(36 + data_len).to_le_bytes());
+    h[8..12].copy_from_slice(b"WAVE");
+    h[12..16].copy_from_slice(b"fmt ");
+    h[16..20].copy_from_slice(&16u32.to_le_bytes());
+    h[20..22].copy_from_slice(&1u16.to_le_bytes());
+    h[22..24].copy_from_slice(&channels.to_le_bytes());
+    h[24..28].copy_from_slice(&SAMPLE_RATE.to_le_bytes());
+    h[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+    h[32..34].copy_from_slice(&block_align.to_le_bytes());
+    h[34..36].copy_from_slice(&16u16.to_le_bytes());
+    h[36..40].copy_from_slice(b"data");
+    h[40..44].copy_from_slice(&data_len.to_le_bytes());
+    h
+}
+
+/// Refreshes the RIFF and data sizes in place: the file is valid up to here.
+fn write_sizes(file: &File, data_len: u64) -> io::Result<()> {
+    let data_len = u32::try_from(data_len).unwrap_or(u32::MAX - 36);
+    file.write_all_at(&(36 + data_len).to_le_bytes(), 4)?;
+    file.write_all_at(&data_len.to_le_bytes(), 40)
+}
+
+fn write_silence(file: &mut File, slots: u64, per_slot: usize) -> io::Result<()> {
+    static ZEROS: [u8; 8192] = [0; 8192];
+    let mut left = slots * per_slot as u64 * 2;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        file.write_all(&ZEROS[..n])?;
+        left -= n as u64;
     }
     Ok(())
 }
 
-/// The thread body.
-pub(crate) fn run(job: WriterJob) {
-    let WriterJob {
-        dir,
-        id,
-        mut sidecar,
-        mut wav,
-        file,
-        samples_per_slot,
-        mut frames,
-        stop,
-        events,
-        flush_every,
-        guard,
-    } = job;
-    let _guard = guard;
-    let fail = |sidecar: &mut Sidecar, reason: String| {
-        tracing::error!(recording = %id, %reason, "recording failed");
-        metrics::counter!(metric::ERRORS).increment(1);
-        sidecar.mark_failed(&reason, Utc::now());
-        if let Err(e) = store::write_sidecar(&dir, &id, sidecar) {
-            tracing::warn!(recording = %id, error = %e, "could not record failure in sidecar");
-        }
-        let _ = events.send(RecorderEvent::Failed {
-            id: id.clone(),
-            reason,
-        });
-    };
-
-    let mut slots = match write_loop(&mut wav, &mut frames, samples_per_slot, flush_every) {
-        Ok(n) => n,
-        Err(e) => {
-            // Closing the queue tells `push` to stop sending; the call carries on.
-            drop(frames);
-            fail(&mut sidecar, format!("write error: {e}"));
-            return;
-        }
-    };
-    drop(frames);
-    let info = stop.blocking_recv().unwrap_or_else(|_| StopInfo {
-        ended_at: Utc::now(),
-        trailing_slots: 0,
-        overflow_frames: 0,
-        dropped_frames: 0,
-    });
-    sidecar.ended_at = Some(rfc3339(info.ended_at));
-    sidecar.overflow_frames = info.overflow_frames;
-    sidecar.dropped_frames = info.dropped_frames;
-
-    if let Err(e) = write_silence(&mut wav, info.trailing_slots, samples_per_slot) {
-        fail(&mut sidecar, format!("write error: {e}"));
-        return;
+fn fail(dir: &Path, id: &RecordingId, mut open: Open, reason: String) {
+    tracing::error!(recording = %id, %reason, "recording failed");
+    metrics::counter!(metric::ERRORS).increment(1);
+    open.sidecar.mark_failed(&reason, Utc::now());
+    if let Err(e) = store::write_sidecar(dir, id, &open.sidecar) {
+        tracing::warn!(recording = %id, error = %e, "could not record failure in sidecar");
     }
-    slots += info.trailing_slots;
-    sidecar.duration_ms = slots * FRAME_MS;
-    if let Err(e) = wav.finalize() {
-        fail(&mut sidecar, format!("cannot finalize WAV header: {e}"));
-        return;
-    }
-    if let Err(e) = file.sync_all() {
-        fail(&mut sidecar, format!("cannot sync audio file: {e}"));
-        return;
-    }
-    drop(file);
-    let paths = RecordingPaths::new(&dir, &id);
-    if let Err(e) = std::fs::rename(&paths.part, &paths.wav) {
-        fail(&mut sidecar, format!("cannot rename finished audio: {e}"));
-        return;
-    }
-    store::sync_dir(&dir);
-    let (sha256, bytes) = match store::sha256_file(&paths.wav) {
-        Ok(v) => v,
-        Err(e) => {
-            fail(&mut sidecar, format!("cannot hash finished audio: {e}"));
-            return;
-        }
-    };
-    sidecar.sha256 = Some(sha256.clone());
-    sidecar.bytes = bytes;
-    sidecar.status = RecordingStatus::Complete;
-    if let Err(e) = store::write_sidecar(&dir, &id, &sidecar) {
-        fail(&mut sidecar, format!("cannot write sidecar: {e}"));
-        return;
-    }
-    metrics::counter!(metric::COMPLETED).increment(1);
-    tracing::info!(recording = %id, duration_ms = sidecar.duration_ms, bytes, "recording ready");
-    let _ = events.send(RecorderEvent::Ready {
-        id,
-        duration_ms: sidecar.duration_ms,
-        sha256,
-        bytes,
-        overflow_frames: sidecar.overflow_frames,
+    let _ = open.events.try_send(RecorderEvent::Failed {
+        id: id.clone(),
+        reason,
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{self, Cursor, SeekFrom};
-
-    fn spec() -> hound::WavSpec {
-        hound::WavSpec {
-            channels: 2,
-            sample_rate: 8000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        }
+/// fsync, rename, hash, final sidecar, `Ready`.
+fn finalize(dir: &Path, f: Finalize) {
+    let Finalize { id, mut open } = f;
+    if let Err(e) = open.file.sync_all() {
+        return fail(dir, &id, open, format!("cannot sync audio file: {e}"));
     }
-
-    /// A sink that accepts `budget` bytes and then fails like a full disk.
-    struct FullDisk {
-        inner: Cursor<Vec<u8>>,
-        budget: usize,
+    let paths = RecordingPaths::new(dir, &id);
+    if let Err(e) = std::fs::rename(&paths.part, &paths.wav) {
+        return fail(dir, &id, open, format!("cannot rename finished audio: {e}"));
     }
-
-    impl Write for FullDisk {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.inner.get_ref().len() + buf.len() > self.budget {
-                return Err(io::Error::other("No space left on device"));
-            }
-            self.inner.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+    store::sync_dir(dir);
+    let (sha256, bytes) = match store::sha256_file(&paths.wav) {
+        Ok(v) => v,
+        Err(e) => return fail(dir, &id, open, format!("cannot hash finished audio: {e}")),
+    };
+    open.sidecar.sha256 = Some(sha256.clone());
+    open.sidecar.bytes = bytes;
+    open.sidecar.status = RecordingStatus::Complete;
+    if let Err(e) = store::write_sidecar(dir, &id, &open.sidecar) {
+        return fail(dir, &id, open, format!("cannot write sidecar: {e}"));
     }
-
-    impl Seek for FullDisk {
-        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-            self.inner.seek(pos)
-        }
-    }
-
-    #[test]
-    fn write_loop_reports_disk_full() {
-        let sink = FullDisk {
-            inner: Cursor::new(Vec::new()),
-            budget: 2_000,
-        };
-        let mut wav = WavWriter::new(sink, spec()).unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        for _ in 0..10 {
-            tx.try_send(Aligned {
-                silence_slots: 0,
-                frame: Some(vec![1; 320]),
-            })
-            .unwrap();
-        }
-        drop(tx);
-        let err = write_loop(&mut wav, &mut rx, 320, Duration::ZERO).unwrap_err();
-        assert!(err.to_string().contains("No space"), "{err}");
-        std::mem::forget(wav); // its Drop would try to finalize into the full sink
-    }
-
-    #[test]
-    fn write_loop_expands_silence() {
-        let mut wav = WavWriter::new(Cursor::new(Vec::new()), spec()).unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        tx.try_send(Aligned {
-            silence_slots: 2,
-            frame: Some(vec![5; 320]),
-        })
-        .unwrap();
-        drop(tx);
-        let slots = write_loop(&mut wav, &mut rx, 320, Duration::ZERO).unwrap();
-        assert_eq!(slots, 3);
-        assert_eq!(wav.duration(), 480);
-    }
+    metrics::counter!(metric::COMPLETED).increment(1);
+    tracing::info!(recording = %id, duration_ms = open.sidecar.duration_ms, bytes, "recording ready");
+    let _ = open.events.try_send(RecorderEvent::Ready {
+        id,
+        duration_ms: open.sidecar.duration_ms,
+        sha256,
+        bytes,
+        overflow_frames: open.sidecar.overflow_frames,
+    });
 }
