@@ -62,4 +62,9 @@ cargo clippy --all-targets -- -D warnings
 echo "==> cargo test (release)"
 cargo test --release --all-targets -- --test-threads="${VOXGATE_TEST_THREADS:-4}"
 
+echo "==> load benchmark smoke (a few calls; figures are not checked here)"
+bench_out=$(mktemp -d)
+bash scripts/bench-load --smoke -B -o "$bench_out"
+rm -rf "$bench_out"
+
 echo "==> all checks passed"

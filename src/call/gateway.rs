@@ -37,6 +37,17 @@ pub enum StartError {
     Media(std::io::Error),
 }
 
+/// How often freed heap memory is returned to the kernel.
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Returns free heap pages to the kernel (glibc `malloc_trim`).
+fn trim_heap() {
+    // SAFETY: malloc_trim takes a size and no pointers; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub struct Gateway {
     shared: Arc<Shared>,
     sip: Arc<SipServer>,
@@ -82,7 +93,7 @@ impl Gateway {
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
             media: MediaPlane::start(config.media.workers).map_err(StartError::Media)?,
-            cdrs: JsonLines::new(config.data_dir.join("cdrs.jsonl")),
+            cdrs: Arc::new(JsonLines::new(config.data_dir.join("cdrs.jsonl"))),
             events: Arc::new(JsonLines::new(config.data_dir.join("events.jsonl"))),
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(
@@ -139,6 +150,15 @@ impl Gateway {
                 }
             });
         }
+        // Hand memory freed by ended calls back to the kernel, so RSS after a burst of
+        // calls returns to where it was (glibc keeps freed pages in its arenas otherwise).
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEAP_TRIM_EVERY);
+            loop {
+                every.tick().await;
+                let _ = tokio::task::spawn_blocking(trim_heap).await;
+            }
+        });
         if let Some(days) = config.recordings.retention_days {
             let dir = rec_dir.clone();
             tokio::spawn(async move {
@@ -214,6 +234,14 @@ impl Gateway {
                 pending = self.shared.recorder.pending(),
                 "some recordings were still finalizing at exit"
             );
+        }
+        for lines in [&self.shared.cdrs, &self.shared.events] {
+            if tokio::time::timeout(Duration::from_secs(5), lines.flushed())
+                .await
+                .is_err()
+            {
+                warn!(file = %lines.path().display(), "JSON lines still queued at exit");
+            }
         }
         self.sip.shutdown();
     }

@@ -29,7 +29,7 @@ pub struct Shared {
     pub ports: PortAllocator,
     /// The media workers every call's RTP runs on.
     pub media: MediaPlane,
-    pub cdrs: JsonLines,
+    pub cdrs: Arc<JsonLines>,
     pub events: Arc<JsonLines>,
     /// The address written into SDP (external_ip when behind NAT).
     pub advertised_ip: IpAddr,

@@ -156,7 +156,10 @@ impl Call {
             rtp,
             dtmf_digits: self.dtmf_count,
         });
-        self.cdr_written = self.shared.cdrs.append_or_log("CDR", &record);
+        // The writer thread commits it (grouped fsync); the BYE waits for that, so the
+        // CDR is still on disk before the caller hears the call end.
+        self.cdr_on_disk = Some(self.shared.cdrs.append_async(record));
+        self.cdr_written = true;
         // Dropping the handle detaches the call from its media worker (sockets closed at
         // the next tick, after the recording feed has ended).
         self.media = None;

@@ -117,6 +117,8 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// Answers once the CDR is on disk (the BYE waits for it).
+    cdr_on_disk: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
 impl Call {
@@ -223,8 +225,12 @@ impl Call {
             }
             Command::SendBye => {
                 let leg = self.leg.clone();
+                let cdr = self.cdr_on_disk.take();
                 tokio::spawn(
                     async move {
+                        if let Some(cdr) = cdr {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), cdr).await;
+                        }
                         match leg.bye().await {
                             Ok(()) => info!("BYE sent and answered"),
                             Err(e) => warn!(error = %e, "BYE failed"),

@@ -209,6 +209,7 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
+            cdr_on_disk: None,
         })
     }
 

@@ -102,7 +102,7 @@ impl Recorder {
         match writer.try_send(job) {
             Ok(()) => {
                 metrics::counter!(metric::STARTED).increment(1);
-                tracing::info!(recording = %id, call_id = %meta.call_id, "recording started");
+                tracing::debug!(recording = %id, call_id = %meta.call_id, "recording requested");
                 Ok(FeedSpec { id, mode, writer })
             }
             Err(e) => {

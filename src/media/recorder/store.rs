@@ -62,6 +62,17 @@ impl RecordingPaths {
 /// Replaces `<id>.json` atomically (write tmp, fsync, rename), so readers never see half a file
 /// and a crash leaves either the old or the new sidecar.
 pub fn write_sidecar(dir: &Path, id: &RecordingId, sidecar: &Sidecar) -> Result<(), StoreError> {
+    write_sidecar_with(dir, id, sidecar, true)
+}
+
+/// [`write_sidecar`], with the fsync left to the caller when `durable` is false (the
+/// recording writer syncs a whole batch of sidecars at once).
+pub fn write_sidecar_with(
+    dir: &Path,
+    id: &RecordingId,
+    sidecar: &Sidecar,
+    durable: bool,
+) -> Result<(), StoreError> {
     let paths = RecordingPaths::new(dir, id);
     let tmp = paths.sidecar_tmp();
     let body = serde_json::to_vec_pretty(sidecar).map_err(|source| StoreError::Malformed {
@@ -70,7 +81,9 @@ pub fn write_sidecar(dir: &Path, id: &RecordingId, sidecar: &Sidecar) -> Result<
     })?;
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(&body).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
+    if durable {
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
     drop(f);
     fs::rename(&tmp, &paths.sidecar).map_err(io_err(&paths.sidecar))?;
     Ok(())
