@@ -83,11 +83,13 @@ impl Call {
                 info!(digit = %digit, via = "rfc4733", duration_ms, "DTMF received");
             }
             MediaEvent::Latched { leg, addr } => info!(?leg, %addr, "RTP peer address latched"),
-            MediaEvent::Inactive { leg, since } => warn!(
-                ?leg,
-                silent_s = since.as_secs(),
-                "no RTP received on the leg"
-            ),
+            MediaEvent::Inactive { leg, since } => {
+                info!(
+                    ?leg,
+                    silent_s = since.as_secs(),
+                    "no RTP received on the leg"
+                )
+            }
             MediaEvent::RecordingFed {
                 id,
                 slots,
@@ -98,7 +100,12 @@ impl Call {
         match flow_event(&ev, self.bridged) {
             MediaOutcome::Flow(e) => self.flow_event(e),
             MediaOutcome::Hangup => {
-                warn!("no RTP: ending the call");
+                match ev {
+                    MediaEvent::Inactive { leg: Leg::Far, .. } => {
+                        warn!("no RTP from the far leg: ending the bridged call")
+                    }
+                    _ => warn!("no RTP from the caller: ending the call"),
+                }
                 self.input(Input::Hangup(EndReason::RtpTimeout));
             }
             MediaOutcome::Nothing => {}

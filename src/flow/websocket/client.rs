@@ -31,9 +31,14 @@ pub enum ConnEvent {
     Closed(u64, String),
 }
 
+/// Frames waiting for the bot's socket at most (about 20 s of caller audio); beyond it
+/// frames are dropped and counted, so a stalled bot cannot grow the gateway's memory.
+const OUT_QUEUE: usize = 1024;
+
 struct Conn {
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: mpsc::Sender<Outgoing>,
     task: JoinHandle<()>,
+    dropped: u64,
 }
 
 /// One call's bot connection: the core plus the task that owns the socket.
@@ -141,8 +146,16 @@ impl WsBridge {
     fn pump(&mut self) {
         loop {
             while let Some(o) = self.core.poll_outgoing() {
-                if let Some(c) = &self.conn {
-                    c.out.send(o).ok();
+                if let Some(c) = &mut self.conn {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = c.out.try_send(o) {
+                        c.dropped += 1;
+                        if c.dropped.is_power_of_two() {
+                            warn!(
+                                dropped = c.dropped,
+                                "bot connection not keeping up: frames dropped"
+                            );
+                        }
+                    }
                 }
             }
             let Some(req) = self.core.poll_request() else {
@@ -167,7 +180,7 @@ impl WsBridge {
     }
 
     fn spawn(&self, generation: u64) -> Conn {
-        let (out, out_rx) = mpsc::unbounded_channel();
+        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let task = tokio::spawn(
             run_conn(
                 generation,
@@ -179,7 +192,11 @@ impl WsBridge {
             )
             .in_current_span(),
         );
-        Conn { out, task }
+        Conn {
+            out,
+            task,
+            dropped: 0,
+        }
     }
 
     fn core_call_id(&self) -> String {
@@ -199,7 +216,7 @@ async fn run_conn(
     settings: ClientSettings,
     call_id: String,
     connect_timeout: Duration,
-    mut out_rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut out_rx: mpsc::Receiver<Outgoing>,
     events: mpsc::UnboundedSender<ConnEvent>,
 ) {
     let closed = |why: String| ConnEvent::Closed(generation, why);
