@@ -225,6 +225,25 @@ impl Expr {
         &self.source
     }
 
+    /// Every variable path the expression reads (for load-time checks).
+    pub fn var_paths(&self) -> Vec<&VarPath> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<&'a VarPath>) {
+            match node {
+                Node::Lit(_) => {}
+                Node::Var(p) => out.push(p),
+                Node::Neg(a) | Node::Not(a) => walk(a, out),
+                Node::And(a, b) | Node::Or(a, b) | Node::Bin(_, a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                Node::Call(_, args) => args.iter().for_each(|a| walk(a, out)),
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.node, &mut out);
+        out
+    }
+
     /// Evaluates against the session variables; missing variables read as `null`.
     pub fn eval(&self, vars: &Map<String, Value>) -> Result<Value, ExprError> {
         eval(&self.node, vars)

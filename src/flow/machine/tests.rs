@@ -101,6 +101,25 @@ impl Harness {
         panic!("timeouts did not settle");
     }
 
+    /// Answers the request `id` with a result.
+    pub fn done(&mut self, id: u64, result: Value) -> Vec<A> {
+        self.ev(E::RequestDone {
+            id,
+            result: Ok(result),
+        })
+    }
+
+    /// Answers the request `id` with a failure.
+    pub fn fail(&mut self, id: u64, code: &str, message: &str) -> Vec<A> {
+        self.ev(E::RequestDone {
+            id,
+            result: Err(crate::flow::StepFailure {
+                code: code.into(),
+                message: message.into(),
+            }),
+        })
+    }
+
     pub fn var(&self, path: &str) -> Value {
         crate::flow::expr::VarPath::parse(path)
             .unwrap()
@@ -110,20 +129,25 @@ impl Harness {
     }
 }
 
-fn play(id: u64, file: &str) -> A {
+pub(super) fn play(id: u64, file: &str) -> A {
     A::Play {
         id,
         file: file.into(),
     }
 }
 
-fn close() -> A {
+pub(super) fn close() -> A {
     A::Close {
         cleared_session: true,
     }
 }
 
-fn say(id: u64, text: &str) -> A {
+/// The default error prompt said before an unhandled error closes the conversation.
+pub(super) fn sorry(id: u64) -> A {
+    say(id, crate::flow::load::DEFAULT_ERROR_TEXT)
+}
+
+pub(super) fn say(id: u64, text: &str) -> A {
     A::Say {
         id,
         text: text.into(),
@@ -246,7 +270,16 @@ fn barge_in_also_stops_a_prompt_playing_during_collect() {
          - collect: {variable: c}\n    - close: {scope: context}",
     );
     assert_eq!(h.start(), vec![play(1, "menu.wav")]);
-    assert_eq!(h.dtmf("7"), vec![A::StopPlayback, close()]);
+    assert_eq!(
+        h.dtmf("7"),
+        vec![
+            A::StopPlayback,
+            A::Close {
+                cleared_session: false
+            }
+        ],
+        "scope context keeps the variables, and says so"
+    );
     assert_eq!(h.var("c"), json!("7"), "scope context keeps variables");
     assert_eq!(h.var("call.from"), Value::Null);
 }
@@ -326,7 +359,13 @@ fn runtime_errors_go_to_on_error_or_close() {
     );
 
     let mut h = Harness::flow("variables: {n: 1}", dialogs);
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(
+        h.start(),
+        vec![sorry(1)],
+        "the caller hears something first"
+    );
+    assert!(!h.m.is_finished());
+    assert_eq!(h.finished(1), vec![close()]);
     assert!(h.m.is_finished());
     assert!(matches!(
         h.m.summary().end,
@@ -354,7 +393,8 @@ fn goto_and_goto_variable() {
     let mut h = Harness::flow("variables: {next: ghost}\non_error: fallback", plain);
     assert_eq!(h.start(), vec![say(1, "f")]);
     let mut h = Harness::flow("variables: {next: ghost}", plain);
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
+    assert_eq!(h.finished(1), vec![close()]);
 
     let mut h = Harness::flow("", "  main:\n    - goto: b\n  b:\n    - message: {text: b}");
     assert_eq!(h.start(), vec![say(1, "b")]);
@@ -379,7 +419,7 @@ fn set_into_a_non_object_is_a_step_error() {
         "variables: {s: x}",
         "  main:\n    - set: [{name: s.y, expr: 1}]\n  e:\n    - message: {text: e}",
     );
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert!(matches!(&h.m.step_log()[0].outcome, StepOutcome::Failed(m) if m.contains("`s`")));
 }
 
@@ -435,7 +475,11 @@ fn pause_bot_ignores_input_until_resumed() {
     );
     assert!(h.start().is_empty());
     assert!(h.m.is_paused());
-    assert_eq!(h.m.poll_timeout(), None, "no inactivity while paused");
+    assert_eq!(
+        h.m.poll_timeout(),
+        Some(h.now + Duration::from_millis(crate::flow::load::DEFAULT_PAUSE_MAX_MS)),
+        "no inactivity while paused; only pause_bot's max_ms"
+    );
     assert!(h.dtmf("1").is_empty());
     assert!(h.advance(60_000).is_empty());
     assert!(h.ev(E::Resumed).is_empty());
@@ -458,8 +502,11 @@ fn operator_pause_freezes_collect_timers() {
     assert!(h.ev(E::Paused).is_empty());
     assert!(h.advance(10_000).is_empty());
     h.ev(E::Resumed);
-    assert!(h.advance(999).is_empty(), "timer restarted on resume");
-    assert_eq!(h.advance(1), vec![say(1, "t")]);
+    assert!(
+        h.advance(499).is_empty(),
+        "the timer stood still while paused"
+    );
+    assert_eq!(h.advance(1), vec![say(1, "t")], "and kept the 500 ms left");
 }
 
 #[test]
@@ -501,7 +548,7 @@ fn track_event_and_recording_steps() {
     h.ev(E::RecordingStarted { id: "r1".into() });
     assert_eq!(h.var("recording"), json!({"id": "r1", "active": true}));
     h.ev(E::RecordingFailed {
-        id: None,
+        id: Some("r1".into()),
         reason: "disk full".into(),
     });
     assert_eq!(h.var("recording.error"), json!("disk full"));
@@ -548,7 +595,11 @@ fn forward_failure_sets_reason_and_goes_to_on_failure() {
         detail: "486 Busy Here".into(),
     });
     assert_eq!(out, vec![say(1, "busy: 486 Busy Here")]);
-    assert_eq!(h.m.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+    assert_eq!(
+        h.m.poll_timeout(),
+        None,
+        "no inactivity while the bot talks (the failure dialog's message)"
+    );
     assert!(matches!(
         &h.m.summary().failures[0].outcome,
         StepOutcome::Failed(m) if m == "forward failed: busy (486 Busy Here)"
@@ -574,7 +625,7 @@ fn forward_failure_without_on_failure_continues() {
 #[test]
 fn forward_to_an_empty_target_is_a_step_error() {
     let mut h = Harness::flow("", "  main:\n    - forward: {to: missing}");
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert!(matches!(
         &h.m.step_log()[0].outcome,
         StepOutcome::Failed(m) if m.contains("not a phone number")
@@ -667,13 +718,14 @@ fn loops_without_waiting_are_bounded() {
         "  main:\n    - set: [{name: n, expr: 'n + 1'}]\n    - goto: main",
     );
     // `null + 1` fails, on_error jumps back: an error loop; and a plain goto loop below.
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
+    assert_eq!(h.finished(1), vec![close()]);
     assert!(matches!(
         h.m.summary().end,
         Some(FlowEnd::Closed(CloseReason::Error(ref m))) if m.contains("loops")
     ));
     let mut h = Harness::flow("", "  main:\n    - goto: b\n  b:\n    - goto: main");
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert_eq!(h.m.summary().steps_ok, MAX_STEPS_WITHOUT_WAIT);
 }
 
@@ -742,7 +794,7 @@ fn file_placeholders_cannot_escape_the_prompt_dir() {
         "variables: {lang: '../../etc'}",
         "  main:\n    - message: {file: '{lang}/greeting.wav'}",
     );
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert!(matches!(
         &h.m.step_log()[0].outcome,
         StepOutcome::Failed(m) if m.contains("not allowed in a file name")
