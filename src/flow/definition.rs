@@ -87,7 +87,8 @@ pub(crate) enum Step {
     },
     GetTime {
         variable: VarPath,
-        offset_minutes: i32,
+        /// `timezone` / `timezone_offset` / `offset_minutes`; None: `offset` equals `utc`.
+        zone: Option<super::clock::Zone>,
     },
     TrackEvent {
         name: Template,

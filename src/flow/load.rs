@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use serde_yaml::{Mapping, Value as Yaml};
 use thiserror::Error;
 
-use super::clock::{check_offset_minutes, parse_timezone_offset};
+use super::clock::Zone;
 use super::collect::CollectRules;
 use super::definition::{Clear, Content, Dialog, DialogId, FlowDefinition, Step, StepKind};
 use super::expr::{Expr, VarPath};
@@ -456,7 +456,10 @@ struct EmptySpec {}
 struct GetTimeSpec {
     variable: String,
     offset_minutes: Option<i32>,
-    timezone_offset: Option<String>,
+    /// Hours (`2`, `-5.5`) or text (`"+02:00"`, `"-0530"`, `"Z"`).
+    timezone_offset: Option<Yaml>,
+    /// An IANA name (`Europe/Brussels`), daylight saving included.
+    timezone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -646,22 +649,45 @@ impl Ctx<'_> {
             }
             StepKind::GetTime => {
                 let s: GetTimeSpec = spec(body)?;
-                let offset_minutes = match (s.offset_minutes, s.timezone_offset) {
-                    (Some(_), Some(_)) => {
-                        return Err("give `offset_minutes` or `timezone_offset`, not both".into())
-                    }
-                    (Some(m), None) => {
-                        check_offset_minutes(m).map_err(|e| format!("`offset_minutes`: {e}"))?;
-                        m
-                    }
-                    (None, Some(tz)) => {
-                        parse_timezone_offset(&tz).map_err(|e| format!("`timezone_offset`: {e}"))?
-                    }
-                    (None, None) => 0,
+                let given = [
+                    s.offset_minutes.is_some(),
+                    s.timezone_offset.is_some(),
+                    s.timezone.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() > 1 {
+                    return Err(
+                        "give one of `timezone`, `timezone_offset` and `offset_minutes`, not both"
+                            .into(),
+                    );
+                }
+                let zone = if let Some(m) = s.offset_minutes {
+                    Some(Zone::minutes(m).map_err(|e| format!("`offset_minutes`: {e}"))?)
+                } else if let Some(tz) = s.timezone_offset {
+                    let parsed = match &tz {
+                        Yaml::Number(n) => match n.as_f64() {
+                            Some(h) => Zone::hours(h),
+                            None => Err(format!("`{n}` is not a number of hours")),
+                        },
+                        Yaml::String(t) => Zone::parse(t).and_then(|z| match z {
+                            Zone::Iana(_) => {
+                                Err(format!("`{t}` is a time zone name: use `timezone`"))
+                            }
+                            fixed => Ok(fixed),
+                        }),
+                        other => Err(format!(
+                            "expected hours or \"+02:00\", found {}",
+                            describe(other)
+                        )),
+                    };
+                    Some(parsed.map_err(|e| format!("`timezone_offset`: {e}"))?)
+                } else if let Some(name) = s.timezone {
+                    Some(Zone::parse(&name).map_err(|e| format!("`timezone`: {e}"))?)
+                } else {
+                    None
                 };
                 Step::GetTime {
                     variable: target("variable", &s.variable)?,
-                    offset_minutes,
+                    zone,
                 }
             }
             StepKind::TrackEvent => {
@@ -800,7 +826,7 @@ fn expr(field: &str, src: &str) -> StepResult<Expr> {
 /// Refuses expressions that read `secrets.*`: secrets only exist as `{secrets.NAME}`
 /// placeholders in `api` fields, filled by the executor.
 fn checked(e: Expr) -> StepResult<Expr> {
-    if e.var_paths().iter().any(|p| p.root() == SECRETS_ROOT) {
+    if e.roots().contains(&SECRETS_ROOT) {
         return Err(format!(
             "`{e}` reads `{SECRETS_ROOT}`: secrets can only be written as `{{{SECRETS_ROOT}.NAME}}` \
              placeholders in `api` url, headers, query, body and auth"
@@ -940,6 +966,8 @@ mod tests {
     - pause_bot
     - get_time: {variable: now, timezone_offset: "+02:00"}
     - get_time: {variable: now2, offset_minutes: -300}
+    - get_time: {variable: now3, timezone_offset: -5.5}
+    - get_time: {variable: now4, timezone: Europe/Brussels}
     - track_event: {name: "menu_{pin}", properties: {pin: pin, n: 1}}
     - start_recording
     - stop_recording: {}
@@ -967,7 +995,7 @@ mod tests {
         assert_eq!(def.prompts_dir(), Path::new("flows/."));
         let main = def.dialog(def.dialog_id("main").unwrap());
         let kinds: Vec<&str> = main.steps.iter().map(|s| s.kind().name()).collect();
-        assert_eq!(kinds.len(), 34);
+        assert_eq!(kinds.len(), 36);
         for kind in StepKind::ALL {
             assert!(
                 kinds.contains(&kind.name()) || kind == StepKind::Hangup,
@@ -1173,6 +1201,22 @@ mod tests {
             ("    - delay: {ms: 4000000}", "more than the maximum"),
             (
                 "    - get_time: {variable: t, offset_minutes: 1, timezone_offset: Z}",
+                "not both",
+            ),
+            (
+                "    - get_time: {variable: t, timezone: Europe/Nowhere}",
+                "not an IANA time zone",
+            ),
+            (
+                "    - get_time: {variable: t, timezone_offset: Europe/Brussels}",
+                "use `timezone`",
+            ),
+            (
+                "    - get_time: {variable: t, timezone_offset: 20}",
+                "out of range",
+            ),
+            (
+                "    - get_time: {variable: t, timezone: UTC, timezone_offset: 1}",
                 "not both",
             ),
             (

@@ -329,6 +329,7 @@ impl FlowMachine {
             tracing::trace!(?event, "flow finished; event ignored");
             return;
         }
+        let _clock = super::expr::ClockGuard::set(wall);
         self.on_event(event, now);
         self.note_hold_sent(now);
         self.sync_idle(now);
@@ -443,6 +444,7 @@ impl FlowMachine {
             return;
         }
         self.clock = (now, self.wall_at(now));
+        let _clock = super::expr::ClockGuard::set(self.clock.1);
         if self.paused {
             if self.pause_timer.is_some_and(|(at, _)| at <= now) {
                 tracing::info!(flow = %self.def.name(), "pause_bot max_ms reached; resuming");
@@ -898,11 +900,8 @@ impl FlowMachine {
                 }
                 Ok(Next::Continue)
             }
-            Step::GetTime {
-                variable,
-                offset_minutes,
-            } => {
-                let value = time_fields(self.wall_at(now), *offset_minutes);
+            Step::GetTime { variable, zone } => {
+                let value = time_fields(self.wall_at(now), zone.as_ref());
                 self.session
                     .set(variable, value)
                     .map_err(|e| e.to_string())?;

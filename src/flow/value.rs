@@ -130,6 +130,15 @@ fn compile(yaml: &Yaml, mode: Mode, field: &str, depth: usize) -> Result<ValueTp
 }
 
 fn compile_str(text: &str, mode: Mode, field: &str) -> Result<ValueTpl, String> {
+    if mode == Mode::Expr {
+        if is_phone(text.trim()) {
+            return Ok(ValueTpl::Lit(Value::String(text.trim().to_string())));
+        }
+        // Object literals (`{'name': 'Ann'}`) start like a placeholder: try the expression first.
+        if let Ok(e) = Expr::parse(text) {
+            return Ok(ValueTpl::Expr(e));
+        }
+    }
     // `{expr}` alone keeps the value's type, in either mode.
     if let Some(inner) = single_placeholder(text) {
         let template = Template::parse(text).map_err(|e| format!("`{field}`: {e}"))?;

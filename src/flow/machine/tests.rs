@@ -519,12 +519,20 @@ fn get_time_with_fixed_clock_and_offset() {
     h.start();
     h.advance(60_000);
     // Started at 23:30:05Z; the wall clock advanced with the delay.
-    assert_eq!(h.var("now.utc.ISO"), json!("2024-03-31T23:31:05Z"));
-    assert_eq!(h.var("now.utc.dayOfWeek"), json!(7));
-    assert_eq!(h.var("now.offset.ISO"), json!("2024-04-01T00:31:05+01:00"));
+    assert_eq!(h.var("now.utc.ISO"), json!("2024-03-31T23:31:05.000Z"));
+    assert_eq!(
+        h.var("now.utc.dayOfWeek"),
+        json!(0),
+        "Sunday, as Chatlayer counts"
+    );
+    assert_eq!(h.var("now.offset.ISO"), json!("2024-04-01T00:31:05.000Z"));
+    assert_eq!(
+        h.var("now.offset.ISOOffset"),
+        json!("2024-04-01T00:31:05.000+01:00")
+    );
     assert_eq!(h.var("now.offset.dayOfMonth"), json!(1));
     assert_eq!(h.var("now.offset.month"), json!(4));
-    assert_eq!(h.var("plain.offset"), h.var("plain.utc"));
+    assert_eq!(h.var("plain.offset.ISO"), h.var("plain.utc.ISO"));
 }
 
 #[test]
@@ -799,4 +807,215 @@ fn file_placeholders_cannot_escape_the_prompt_dir() {
         &h.m.step_log()[0].outcome,
         StepOutcome::Failed(m) if m.contains("not allowed in a file name")
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11: the nine behaviours, pause_bot's end, clear_session by name.
+
+#[test]
+fn inactivity_does_not_count_while_the_bot_talks_or_waits_on_a_delay() {
+    let mut h = Harness::flow(
+        "inactivity_s: 5",
+        "  main:\n    - message: {file: long.wav}\n    - delay: 20000\n    - collect: {}",
+    );
+    assert_eq!(h.start(), vec![play(1, "long.wav")]);
+    assert_eq!(
+        h.m.poll_timeout(),
+        None,
+        "no inactivity timer during the prompt"
+    );
+    assert!(
+        h.advance(60_000).is_empty(),
+        "a 60 s prompt plays to the end"
+    );
+    h.finished(1);
+    assert!(h.advance(20_000).is_empty(), "nor during a delay");
+    assert!(h.advance(4_999).is_empty());
+    assert_eq!(h.advance(1), vec![close()]);
+    // A wait:false prompt during a collect: the clock starts when the prompt ends.
+    let mut h = Harness::flow(
+        "inactivity_s: 5",
+        "  main:\n    - message: {file: menu.wav, wait: false}\n    - collect: {}",
+    );
+    h.start();
+    assert!(h.advance(30_000).is_empty());
+    h.finished(1);
+    assert!(h.advance(4_999).is_empty());
+    assert_eq!(h.advance(1), vec![close()]);
+}
+
+#[test]
+fn a_key_during_a_barge_in_prompt_keeps_the_normal_prompt_queued_behind_it() {
+    let mut h = Harness::flow(
+        "",
+        "  main:\n    - message: {file: intro.wav, barge_in: true, wait: false}\n    - message: \
+         {file: legal.wav, wait: false}\n    - collect: {variable: c}\n    - message: {text: \
+         '{c}'}",
+    );
+    assert_eq!(
+        h.start(),
+        vec![play(1, "intro.wav")],
+        "legal.wav waits its turn"
+    );
+    assert_eq!(
+        h.dtmf("4"),
+        vec![A::StopPlayback, play(2, "legal.wav"), say(3, "4")],
+        "the key stops the intro only; the legal prompt still plays, then the answer"
+    );
+}
+
+#[test]
+fn a_refused_second_start_recording_leaves_the_recording_active() {
+    let mut h = Harness::flow("", "  main:\n    - collect: {}");
+    h.start();
+    h.ev(E::RecordingStarted { id: "r1".into() });
+    h.ev(E::RecordingFailed {
+        id: None,
+        reason: "already recording (r1); start ignored".into(),
+    });
+    assert_eq!(h.var("recording.active"), json!(true));
+    assert_eq!(h.var("recording.id"), json!("r1"));
+    h.ev(E::RecordingFailed {
+        id: Some("r1".into()),
+        reason: "disk full".into(),
+    });
+    assert_eq!(h.var("recording.active"), json!(false));
+}
+
+#[test]
+fn close_scope_context_reports_that_the_variables_were_kept() {
+    for (scope, cleared) in [("context", false), ("variables", true), ("all", true)] {
+        let mut h = Harness::flow(
+            "variables: {v: 1}",
+            &format!("  main:\n    - close: {{scope: {scope}}}"),
+        );
+        assert_eq!(
+            h.start(),
+            vec![A::Close {
+                cleared_session: cleared
+            }],
+            "{scope}"
+        );
+    }
+}
+
+#[test]
+fn goto_variable_to_an_unknown_dialog_without_on_error_says_something_then_closes() {
+    let mut h = Harness::flow(
+        "variables: {next: ghost}",
+        "  main:\n    - goto_variable: next",
+    );
+    assert!(!h.m.def.warnings().is_empty(), "warned at load");
+    assert_eq!(h.start(), vec![sorry(1)]);
+    assert!(h.dtmf("1").is_empty(), "keys do nothing while closing");
+    assert_eq!(h.finished(1), vec![close()]);
+    // A prompt that never reports back does not keep the call open.
+    let mut h = Harness::flow(
+        "variables: {next: ghost}",
+        "  main:\n    - goto_variable: next",
+    );
+    h.start();
+    assert!(h.advance(14_999).is_empty());
+    assert_eq!(h.advance(1), vec![close()]);
+    // `error_prompt: false`: straight to the close.
+    let mut h = Harness::flow(
+        "variables: {next: ghost}\nerror_prompt: false",
+        "  main:\n    - goto_variable: next",
+    );
+    assert_eq!(h.start(), vec![close()]);
+}
+
+#[test]
+fn a_pause_freezes_a_delay_like_a_collect() {
+    let mut h = Harness::flow(
+        "inactivity_s: 0",
+        "  main:\n    - delay: 1500\n    - message: {text: done}",
+    );
+    h.start();
+    h.advance(500);
+    h.ev(E::Paused);
+    assert!(h.advance(10_000).is_empty());
+    h.ev(E::Resumed);
+    assert!(h.advance(999).is_empty(), "1000 ms were left");
+    assert_eq!(h.advance(1), vec![say(1, "done")]);
+}
+
+#[test]
+fn pause_bot_plays_hold_audio_and_ends_at_max_ms() {
+    let mut h = Harness::flow(
+        "inactivity_s: 5",
+        "  main:\n    - pause_bot: {max_ms: 10000, on_timeout: nobody, hold: hold.wav}\n    - \
+         message: {text: resumed}\n  nobody:\n    - message: {text: 'nobody came'}",
+    );
+    assert_eq!(h.start(), vec![play(1, "hold.wav")]);
+    assert!(h.m.is_paused());
+    h.advance(2_000);
+    assert_eq!(h.finished(1), vec![play(2, "hold.wav")], "looped");
+    assert!(h.dtmf("1").is_empty(), "keys ignored while paused");
+    assert!(h.advance(7_999).is_empty());
+    assert_eq!(
+        h.advance(1),
+        vec![A::StopPlayback, say(3, "nobody came")],
+        "the hold stops and the flow goes to on_timeout"
+    );
+    assert!(!h.m.is_paused());
+    // An operator's resume before max_ms goes on with the next step.
+    let mut h = Harness::flow(
+        "",
+        "  main:\n    - pause_bot: {max_ms: 10000, on_timeout: nobody, hold: hold.wav}\n    - \
+         message: {text: resumed}\n  nobody:\n    - message: {text: 'nobody came'}",
+    );
+    h.start();
+    h.advance(3_000);
+    assert_eq!(h.ev(E::Resumed), vec![A::StopPlayback, say(2, "resumed")]);
+    assert!(h.advance(20_000).is_empty(), "the max_ms timer is gone");
+}
+
+#[test]
+fn clear_session_by_name() {
+    let mut h = Harness::flow(
+        "variables: {a: 1, b: {c: 2, d: 3}, keep: 4}",
+        "  main:\n    - clear_session: {variables: [a, b.c, nothing]}\n    - collect: {}",
+    );
+    h.start();
+    assert_eq!(h.var("a"), Value::Null);
+    assert_eq!(h.var("b"), json!({"d": 3}));
+    assert_eq!(h.var("keep"), json!(4));
+    assert_eq!(h.var("call.from"), json!("+3211223344"));
+}
+
+#[test]
+fn summary_and_step_log_as_json_for_the_cdr() {
+    let mut h = Harness::flow(
+        "variables: {n: 1}\non_error: e",
+        "  main:\n    - set: [{name: x, expr: 'n / 0'}]\n  e:\n    - close",
+    );
+    h.start();
+    let v = h.m.summary().to_json();
+    assert_eq!(v["flow"], json!("test"));
+    assert_eq!(v["steps_ok"], json!(1));
+    assert_eq!(v["steps_failed"], json!(1));
+    assert_eq!(
+        v["failures"][0],
+        json!({"dialog": "main", "step": 1, "type": "set", "ok": false,
+               "error": "set `x`: `n / 0`: division by zero"})
+    );
+    assert_eq!(v["end"], json!({"how": "closed", "reason": "close_step"}));
+    let log: Vec<Value> = h.m.step_log().iter().map(StepRecord::to_json).collect();
+    assert_eq!(
+        log[1],
+        json!({"dialog": "e", "step": 1, "type": "close", "ok": true})
+    );
+}
+
+#[test]
+fn expressions_can_read_the_clock() {
+    let mut h = Harness::flow(
+        "",
+        "  main:\n    - set: {name: t, expr: \"DATE(NOW(), '%H:%M', 'Europe/Brussels')\"}\n    \
+         - collect: {}",
+    );
+    h.start();
+    // The harness clock: Sunday 31 March 2024, 23:30:05 UTC = 01:30 CEST on 1 April.
+    assert_eq!(h.var("t"), json!("01:30"));
 }
