@@ -312,7 +312,8 @@ impl Default for FlowConfig {
             websocket_fallback_number: None,
             websocket_reconnect_attempts: 3,
             websocket_replay_buffer: 512,
-            websocket_max_message_bytes: crate::flow::websocket::protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            websocket_max_message_bytes:
+                crate::flow::websocket::protocol::DEFAULT_MAX_MESSAGE_BYTES,
             twilio_auth_token: None,
             twilio_account_sid: None,
             twilio_parameters: Default::default(),
@@ -483,7 +484,9 @@ impl Config {
                     "must be set when a websocket failure policy is \"forward\"".into(),
                 ));
             }
-            self.flow.check_websocket_limits().map_err(|(k, r)| bad(k, r))?;
+            self.flow
+                .check_websocket_limits()
+                .map_err(|(k, r)| bad(k, r))?;
         } else if self.flow.file.as_os_str().is_empty() {
             return Err(bad(
                 "flow.file",

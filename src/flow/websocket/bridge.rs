@@ -4,8 +4,8 @@
 //! moves frames; every decision is made here so tests can drive it with fabricated Instants.
 
 use super::protocol::{
-    decode_native, pcm_from_bytes, pcm_to_bytes, AudioFormat, Command, DecodeError, Dialect,
-    Event, Inbound, Outbox, Outgoing, DEFAULT_MAX_MESSAGE_BYTES,
+    decode_native, pcm_from_bytes, pcm_to_bytes, AudioFormat, Command, DecodeError, Dialect, Event,
+    Inbound, Outbox, Outgoing, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use super::twilio::{self, StreamIds, TwilioIn};
 use super::uplink::CallerStream;
@@ -385,7 +385,13 @@ impl BridgeCore {
     }
 
     /// The bot sent a close frame (the shell has answered it).
-    pub fn on_close_frame(&mut self, generation: u64, code: Option<u16>, reason: &str, now: Instant) {
+    pub fn on_close_frame(
+        &mut self,
+        generation: u64,
+        code: Option<u16>,
+        reason: &str,
+        now: Instant,
+    ) {
         if generation != self.generation || self.ended || self.link == Link::Gone {
             return;
         }
@@ -582,8 +588,7 @@ impl BridgeCore {
     /// `error` (plus, native, the `ack` and failed `result` its id is owed). The call goes on.
     fn refuse(&mut self, id: Option<String>, err: &DecodeError) {
         self.refused += 1;
-        metrics::counter!("voxgate_ws_refused_messages_total", "code" => err.code())
-            .increment(1);
+        metrics::counter!("voxgate_ws_refused_messages_total", "code" => err.code()).increment(1);
         // Twilio reports these as debugger warnings: 31950 (binary), 31951 (invalid message).
         let twilio_warning = match (self.cfg.dialect, err) {
             (Dialect::Native, _) => None,

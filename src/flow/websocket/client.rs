@@ -160,7 +160,9 @@ impl WsBridge {
             ConnEvent::Connected(g) => self.core.on_connected(g, now),
             ConnEvent::Text(g, t) => self.core.on_text(g, &t, now),
             ConnEvent::Binary(g, b) => self.core.on_binary(g, &b),
-            ConnEvent::CloseFrame(g, code, reason) => self.core.on_close_frame(g, code, &reason, now),
+            ConnEvent::CloseFrame(g, code, reason) => {
+                self.core.on_close_frame(g, code, &reason, now)
+            }
             ConnEvent::Oversized(g, size) => self.core.on_oversized(g, size, now),
             ConnEvent::Closed(g, why) => self.core.on_closed(g, &why, now),
         }
@@ -321,6 +323,11 @@ async fn run_conn(
                     // Wait for the bot's close frame; the bot then ends the TCP connection.
                     let drain = async { while let Some(Ok(_)) = stream.next().await {} };
                     tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
+                } else {
+                    // The stream can no longer be parsed (an unread message is in it), so the
+                    // bot's reply cannot be read; give it time to read ours before the socket
+                    // goes (closing with unread data resets the connection).
+                    tokio::time::sleep(CLOSE_GRACE / 2).await;
                 }
                 sink.close().await.ok();
                 return;

@@ -340,7 +340,10 @@ pub enum Outgoing {
     Text(String),
     Binary(Vec<u8>),
     /// Close the socket with this status after what was queued before it.
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 /// Stamps `seq` on every text message the gateway sends and keeps the last `capacity` of them

@@ -313,7 +313,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            decode(r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"m"}}"#, "MZ1").unwrap(),
+            decode(
+                r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"m"}}"#,
+                "MZ1"
+            )
+            .unwrap(),
             TwilioIn::Mark("m".into())
         );
         assert_eq!(
@@ -339,7 +343,10 @@ mod tests {
                 r#"{"event":"media","streamSid":"MZ1","media":{"payload":"***"}}"#,
                 "bad_audio",
             ),
-            (r#"{"event":"mark","streamSid":"MZ1","mark":{}}"#, "bad_fields"),
+            (
+                r#"{"event":"mark","streamSid":"MZ1","mark":{}}"#,
+                "bad_fields",
+            ),
         ];
         for (text, code) in table {
             let e = decode(text, "MZ1").expect_err(text);

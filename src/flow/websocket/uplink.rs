@@ -182,7 +182,10 @@ mod tests {
         s.push(&[7; 160]);
         let f = drain(&mut s);
         assert_eq!(f.len(), 1);
-        assert_eq!((f[0].index, f[0].filled, f[0].timestamp_ms()), (0, false, 0));
+        assert_eq!(
+            (f[0].index, f[0].filled, f[0].timestamp_ms()),
+            (0, false, 0)
+        );
         assert_eq!(f[0].samples, vec![7; 160]);
     }
 

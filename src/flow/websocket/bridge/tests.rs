@@ -485,7 +485,9 @@ fn twilio_dialect_speaks_media_streams() {
     h.bot(&format!(
         r#"{{"event":"media","streamSid":"{sid}","media":{{"payload":"{payload}"}}}}"#
     ));
-    h.bot(&format!(r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"m"}}}}"#));
+    h.bot(&format!(
+        r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"m"}}}}"#
+    ));
     h.bot(&format!(r#"{{"event":"clear","streamSid":"{sid}"}}"#));
     let acts = h.actions();
     assert!(matches!(acts[0], FlowAction::PlayAudio { .. }));
@@ -580,7 +582,9 @@ fn twilio_accepts_a_whole_utterance_and_refuses_only_past_the_limit() {
     h.bot(&format!(
         r#"{{"event":"media","streamSid":"{sid}","media":{{"payload":"{seven_s}"}}}}"#
     ));
-    h.bot(&format!(r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"end"}}}}"#));
+    h.bot(&format!(
+        r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"end"}}}}"#
+    ));
     let acts = h.actions();
     let FlowAction::PlayAudio { samples } = &acts[0] else {
         panic!("{acts:?}")
@@ -676,13 +680,10 @@ fn oversized_message_is_answered_then_the_socket_closes_with_1009() {
 fn twilio_custom_parameters_and_account_sid_come_from_the_config() {
     let mut cfg = twilio_cfg();
     cfg.twilio.account_sid = "AC0123456789abcdef0123456789abcdef".into();
-    cfg.twilio
-        .parameters
-        .insert("tenant".into(), "acme".into());
+    cfg.twilio.parameters.insert("tenant".into(), "acme".into());
     cfg.twilio.parameter_headers = vec!["X-Customer-Id".into(), "X-Absent".into()];
     let mut info = info();
-    info.headers
-        .insert("x-customer-id".into(), "c-42".into());
+    info.headers.insert("x-customer-id".into(), "c-42".into());
     let t0 = Instant::now();
     let mut core = BridgeCore::new(cfg, info, t0);
     core.on_connected(1, t0);
@@ -725,10 +726,7 @@ fn twilio_reconnect_is_a_new_stream_numbered_from_one() {
     assert_eq!(second[0]["event"], "connected");
     assert_eq!(second[1]["sequenceNumber"], "1");
     assert_ne!(second[1]["streamSid"], first[1]["streamSid"]);
-    assert_eq!(
-        second[1]["start"]["callSid"],
-        first[1]["start"]["callSid"]
-    );
+    assert_eq!(second[1]["start"]["callSid"], first[1]["start"]["callSid"]);
     h.core.caller_audio(&[0; 160]);
     let m = h.texts();
     assert_eq!(m[0]["media"]["chunk"], "1");
@@ -761,17 +759,24 @@ fn native_caller_audio_is_continuous_and_large_messages_are_refused_clearly() {
         })
         .collect();
     assert_eq!(bins.len(), 45);
-    assert!(bins.iter().all(|b| b.len() == 320 && b.iter().all(|&x| x == 0)));
+    assert!(bins
+        .iter()
+        .all(|b| b.len() == 320 && b.iter().all(|&x| x == 0)));
     // 3 s of PCM in one binary message is fine (over the old text limit too).
     h.core.on_binary(1, &vec![0u8; 96_000]);
-    assert!(matches!(&h.actions()[0], FlowAction::PlayAudio { samples } if samples.len() == 48_000));
+    assert!(
+        matches!(&h.actions()[0], FlowAction::PlayAudio { samples } if samples.len() == 48_000)
+    );
     // Over the limit: an error naming sizes, no audio.
     h.core.on_binary(1, &vec![0u8; 100_002]);
     assert!(h.actions().is_empty());
     let m = h.texts();
     assert_eq!(m[0]["type"], "error");
     assert_eq!(m[0]["code"], "too_large");
-    let big = format!(r#"{{"type":"say","id":"s","text":"{}"}}"#, "a".repeat(100_000));
+    let big = format!(
+        r#"{{"type":"say","id":"s","text":"{}"}}"#,
+        "a".repeat(100_000)
+    );
     h.bot(&big);
     assert!(h.actions().is_empty());
     assert_eq!(h.types(), vec!["error"]);
