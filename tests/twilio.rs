@@ -488,3 +488,121 @@ fn oversized_messages_are_refused_out_loud() {
     let echo = marks[0].0 - bot.sent("over");
     assert!(echo < Duration::from_secs(2), "mark after {echo:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real consumer from the ecosystem: pipecat (TwilioFrameSerializer, FastAPIWebsocketTransport,
+// a pipeline run by PipelineRunner), installed by scripts/test.sh into target/ecosystem-venv.
+// ---------------------------------------------------------------------------------------------
+
+/// The Python that has pipecat: `VOXGATE_PIPECAT_PYTHON`, else the venv scripts/test.sh makes.
+/// Fails (never skips) when it is missing.
+fn require_pipecat() -> std::path::PathBuf {
+    let python = std::env::var_os("VOXGATE_PIPECAT_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/ecosystem-venv/bin/python"));
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import pipecat.serializers.twilio, fastapi, uvicorn"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "pipecat is required for this test but {} cannot import it. \
+         Run scripts/test.sh (it creates target/ecosystem-venv), or set VOXGATE_PIPECAT_PYTHON.",
+        python.display()
+    );
+    python
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pipecat_twilio_bot_exchanges_audio_with_voxgate() {
+    require_sipp();
+    let python = require_pipecat();
+    let dir = tempfile::tempdir().unwrap();
+    let result = dir.path().join("result.json");
+    let port_file = dir.path().join("port");
+    let log = std::fs::File::create(dir.path().join("bot.log")).unwrap();
+    let _bot = Child(
+        std::process::Command::new(python)
+            .arg(repo_root().join("tests/ecosystem/pipecat_twilio_bot.py"))
+            .arg("--result")
+            .arg(&result)
+            .arg("--port-file")
+            .arg(&port_file)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the pipecat bot"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let port = loop {
+        if let Some(p) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u16>().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pipecat bot did not start:\n{}",
+            std::fs::read_to_string(dir.path().join("bot.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let gw = Gateway::builder()
+        .toml(&format!(
+            "[flow]\nwebsocket_url = \"ws://127.0.0.1:{port}/media\"\nprotocol = \"twilio\"\n\
+             twilio_auth_token = \"{AUTH_TOKEN}\"\n"
+        ))
+        .start();
+    let out = Sipp::uac("caller_echo.xml", gw.sip_addr())
+        .key("customer", "c-9")
+        .arg("-rtp_echo")
+        .timeout_s(40)
+        .run();
+    let bot_log = || std::fs::read_to_string(dir.path().join("bot.log")).unwrap_or_default();
+    assert!(
+        out.code == Some(0),
+        "SIPp failed (no BYE?): {:?}\n{}\n--- bot ---\n{}",
+        out.code,
+        gw.log_tail(40),
+        bot_log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !result.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(&result)
+            .unwrap_or_else(|_| panic!("no result from the bot\n{}", bot_log())),
+    )
+    .unwrap();
+    // pipecat recognised a Twilio stream and took its ids from `start`.
+    assert_eq!(r["transport_type"], "twilio", "{r}");
+    assert!(r["stream_id"].as_str().unwrap_or("").starts_with("MZ"), "{r}");
+    assert!(r["call_id"].as_str().unwrap_or("").starts_with("CA"), "{r}");
+    assert_eq!(r["body"]["X-Customer-Id"], Value::Null, "not configured: {r}");
+    assert_eq!(r["body"]["from"], "sipp", "{r}");
+    // It heard the caller's stream and, in it, its own tone played by voxgate to the caller
+    // and echoed back: audio went both ways through voxgate.
+    let heard = r["tone_ms_heard"].as_u64().unwrap_or(0);
+    assert!(heard >= 400, "{r}");
+    assert!(r["audio_ms_in"].as_u64().unwrap_or(0) >= heard, "{r}");
+    assert_eq!(r["pipeline_done"], true, "{r}");
+    let sig = r["signature"].as_str().unwrap_or("");
+    assert_eq!(
+        sig,
+        twilio_signature(AUTH_TOKEN, &format!("ws://127.0.0.1:{port}/media"))
+    );
+    // The pipeline's end closed the WebSocket, which ended the call (the BYE SIPp got).
+    assert!(gw.log_contains("the bot closed the stream"), "{}", gw.log_tail(30));
+}
