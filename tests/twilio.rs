@@ -588,9 +588,16 @@ fn pipecat_twilio_bot_exchanges_audio_with_voxgate() {
     .unwrap();
     // pipecat recognised a Twilio stream and took its ids from `start`.
     assert_eq!(r["transport_type"], "twilio", "{r}");
-    assert!(r["stream_id"].as_str().unwrap_or("").starts_with("MZ"), "{r}");
+    assert!(
+        r["stream_id"].as_str().unwrap_or("").starts_with("MZ"),
+        "{r}"
+    );
     assert!(r["call_id"].as_str().unwrap_or("").starts_with("CA"), "{r}");
-    assert_eq!(r["body"]["X-Customer-Id"], Value::Null, "not configured: {r}");
+    assert_eq!(
+        r["body"]["X-Customer-Id"],
+        Value::Null,
+        "not configured: {r}"
+    );
     assert_eq!(r["body"]["from"], "sipp", "{r}");
     // It heard the caller's stream and, in it, its own tone played by voxgate to the caller
     // and echoed back: audio went both ways through voxgate.
@@ -604,5 +611,9 @@ fn pipecat_twilio_bot_exchanges_audio_with_voxgate() {
         twilio_signature(AUTH_TOKEN, &format!("ws://127.0.0.1:{port}/media"))
     );
     // The pipeline's end closed the WebSocket, which ended the call (the BYE SIPp got).
-    assert!(gw.log_contains("the bot closed the stream"), "{}", gw.log_tail(30));
+    assert!(
+        gw.log_contains("the bot closed the stream"),
+        "{}",
+        gw.log_tail(30)
+    );
 }

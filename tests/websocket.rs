@@ -355,8 +355,7 @@ async fn serve(tcp: tokio::net::TcpStream, conn: usize, script: Script, seen: Ar
                 let audio: Vec<u8> = (0..56_000)
                     .flat_map(|i| {
                         let t = i as f64 / 8000.0;
-                        (((t * 300.0 * std::f64::consts::TAU).sin() * 8000.0) as i16)
-                            .to_le_bytes()
+                        (((t * 300.0 * std::f64::consts::TAU).sin() * 8000.0) as i16).to_le_bytes()
                     })
                     .collect();
                 tx.send(Message::Binary(audio.into())).await.ok();
@@ -670,7 +669,11 @@ fn native_bot_gets_continuous_audio_through_silence_and_plays_a_whole_utterance(
         .assert_success();
     assert!(bot.wait_for("session.end", Duration::from_secs(10)));
     bot.assert_schema_clean();
-    assert!(bot.of_type("error").is_empty(), "{:#?}", bot.of_type("error"));
+    assert!(
+        bot.of_type("error").is_empty(),
+        "{:#?}",
+        bot.of_type("error")
+    );
     let s = bot.seen.lock().unwrap();
     // The 7 s message (over the old 64 KiB limit) played whole before its mark came back.
     let i = s
@@ -681,7 +684,10 @@ fn native_bot_gets_continuous_audio_through_silence_and_plays_a_whole_utterance(
     assert_eq!(s.texts[i]["name"], "utterance");
     assert_eq!(s.texts[i]["cleared"], false);
     let played = s.arrivals[i] - s.utterance_sent.unwrap();
-    assert!(played >= Duration::from_millis(6900), "mark after {played:?}");
+    assert!(
+        played >= Duration::from_millis(6900),
+        "mark after {played:?}"
+    );
     // Caller audio kept coming at 50 frames a second after the caller fell silent (3 s).
     let bins = &s.binary;
     let t0 = bins[0].1;
