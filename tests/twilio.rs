@@ -271,11 +271,11 @@ async fn serve(tcp: tokio::net::TcpStream, script: Script, seen: Arc<Mutex<Seen>
                     .await
                     .ok();
             }
-            (Script::Oversized, "error") if v["error"]["code"] == "too_large" => {
-                if seen.lock().unwrap().sent.len() == 1 {
-                    // The stream is still up: listen for a second, then go way over.
-                    way_over_at = Some(Instant::now() + Duration::from_secs(1));
-                }
+            (Script::Oversized, "error")
+                if v["error"]["code"] == "too_large" && seen.lock().unwrap().sent.len() == 1 =>
+            {
+                // The stream is still up: listen for a second, then go way over.
+                way_over_at = Some(Instant::now() + Duration::from_secs(1));
             }
             _ => {}
         }
