@@ -50,7 +50,13 @@ impl Call {
             if self.state.is_ended() {
                 break;
             }
-            debug!(?action, "flow action");
+            // Bot audio can be seconds of samples: log its length, not its contents.
+            match &action {
+                FlowAction::PlayAudio { samples } => {
+                    debug!(samples = samples.len(), "flow action PlayAudio")
+                }
+                other => debug!(action = ?other, "flow action"),
+            }
             self.action(action, now);
         }
     }
