@@ -59,6 +59,13 @@ impl Call {
             }
             self.action(action, now);
         }
+        // A `pause_bot` step pauses the bot by itself: show it in `GET /v1/calls`.
+        if let Some(paused) = self.flow.is_paused() {
+            if paused != self.shown_paused {
+                self.shown_paused = paused;
+                self.set_summary(|s| s.paused = paused);
+            }
+        }
     }
 
     fn action(&mut self, action: FlowAction, now: Instant) {
@@ -70,6 +77,8 @@ impl Call {
                 if let Some(rtp) = self.rtp.as_mut() {
                     rtp.clear_audio();
                 }
+                // TTS still being synthesised is cut too: its audio must not play later.
+                self.says_cut.append(&mut self.says_in_flight);
             }
             FlowAction::PlayAudio { samples } => {
                 if let Some(rtp) = self.rtp.as_mut() {
@@ -162,6 +171,7 @@ impl Call {
 
     /// TTS runs off the call task; the audio (or the failure) comes back to the inbox.
     fn say(&mut self, id: u64, text: String) {
+        self.says_in_flight.insert(id);
         let tts = self.shared.tts.clone();
         let inbox = self.inbox_tx.clone();
         tokio::spawn(

@@ -153,6 +153,7 @@ impl Call {
             recording_ids: self.recordings.ids(),
             rtp,
             dtmf_digits: self.dtmf_count,
+            flow: self.flow_started.then(|| self.flow.cdr_json()).flatten(),
         });
         self.cdr_written = self.shared.cdrs.append_or_log("CDR", &record);
         self.rtp = None;
