@@ -18,6 +18,11 @@ command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
+# Scale-out test (tests/scale_out.rs): Kamailio in front, PostgreSQL behind (initdb/pg_ctl
+# under /usr/lib/postgresql/<version>/bin, run as the postgres user via runuser).
+command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${missing[*]}"
@@ -51,6 +56,8 @@ fi
 echo "${sipp_banner# }"
 first_line espeak-ng --version
 first_line sox --version
+first_line kamailio -v
+first_line "$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n1)" --version
 
 # --- checks ---------------------------------------------------------------------------------
 echo "==> cargo fmt --check"
