@@ -119,7 +119,14 @@ impl Postgres {
         pg.pg_ctl_start();
         let out = pg
             .cmd("createdb")
-            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "voxgate"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "voxgate",
+            ])
             .arg("voxgate")
             .env("PGPASSWORD", DB_PASSWORD)
             .output()
@@ -182,7 +189,9 @@ impl Postgres {
     fn query(&self, sql: &str) -> Vec<Vec<String>> {
         let out = Command::new(self.bin.join("psql"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "voxgate", "-d", "voxgate", "-At", "-F", "|", "-c", sql])
+            .args([
+                "-U", "voxgate", "-d", "voxgate", "-At", "-F", "|", "-c", sql,
+            ])
             .env("PGPASSWORD", DB_PASSWORD)
             .output()
             .expect("psql");
@@ -526,7 +535,10 @@ fn two_nodes_behind_kamailio_share_one_store() {
     let nodes = wait_cdrs(&pg, &ids, Duration::from_secs(30));
     for (call_id, port) in &run.answered_by {
         let want = if *port == a.sip_port { "a" } else { "b" };
-        assert_eq!(nodes[call_id], want, "CDR of {call_id} names the wrong node");
+        assert_eq!(
+            nodes[call_id], want,
+            "CDR of {call_id} names the wrong node"
+        );
     }
     // Each INFO (Signal=2) reached the node owning its dialog (a wrong node answers 481).
     let infos = |gw: &Gateway| dtmf_digits_via(&gw.dtmf_logs(), "info").len();
@@ -559,9 +571,7 @@ fn two_nodes_behind_kamailio_share_one_store() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(
-        !b.recordings_dir()
-            .join(format!("{rec_id}.wav"))
-            .exists(),
+        !b.recordings_dir().join(format!("{rec_id}.wav")).exists(),
         "the recording must not be local to b"
     );
     let meta = b.get(&format!("/v1/recordings/{rec_id}")).unwrap().json();
@@ -569,7 +579,11 @@ fn two_nodes_behind_kamailio_share_one_store() {
     let audio = b.get(&format!("/v1/recordings/{rec_id}/audio")).unwrap();
     assert_eq!(audio.status, 200, "{}", audio.text());
     assert_eq!(audio.header("content-type"), Some("audio/wav"));
-    assert_eq!(sha256_hex(&audio.body), rec_sha, "audio via b has a's SHA-256");
+    assert_eq!(
+        sha256_hex(&audio.body),
+        rec_sha,
+        "audio via b has a's SHA-256"
+    );
     assert_eq!(&audio.body[..4], b"RIFF");
     let part = b
         .get_range(&format!("/v1/recordings/{rec_id}/audio"), "bytes=10-109")
@@ -589,7 +603,10 @@ fn two_nodes_behind_kamailio_share_one_store() {
     let stopped = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let r = a.get("/v1/cdrs").unwrap();
-    assert_eq!(r.status, 503, "reads fail clearly while the database is down");
+    assert_eq!(
+        r.status, 503,
+        "reads fail clearly while the database is down"
+    );
     std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
     pg.pg_ctl_start();
     eprintln!("scale: PostgreSQL was down for {:?}", stopped.elapsed());
@@ -651,7 +668,11 @@ fn two_nodes_behind_kamailio_share_one_store() {
     eprintln!("scale: dispatcher took draining node a out {drained:?} after SIGTERM");
     let during = Run::parse(calls(kam.addr(), 20, 10, 500).run());
     during.outcome.assert_success();
-    assert_eq!(during.on(b.sip_port), 20, "no new call reached the draining node");
+    assert_eq!(
+        during.on(b.sip_port),
+        20,
+        "no new call reached the draining node"
+    );
     let long = Run::parse(long.wait());
     long.outcome.assert_success();
     let long_on_a = long.on(a.sip_port);

@@ -163,8 +163,7 @@ fn pick_audio(dir: &FsPath, id: &RecordingId, s: &Sidecar) -> Result<AudioFile, 
 
 /// The shared copy of a finished recording, if there is one.
 async fn shared_audio(st: &ApiState, s: &Sidecar) -> Result<Option<AudioFile>, ApiError> {
-    let (Some(shared), Some(key), Some(sha)) = (st.store.shared(), &s.shared_key, &s.sha256)
-    else {
+    let (Some(shared), Some(key), Some(sha)) = (st.store.shared(), &s.shared_key, &s.sha256) else {
         return Ok(None);
     };
     let len = shared

@@ -188,7 +188,10 @@ async fn read_journal(path: PathBuf) -> Result<String, StoreError> {
     match tokio::fs::read(&path).await {
         Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(StoreError::Io(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(StoreError::Io(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -263,14 +266,20 @@ impl Store for FileStore {
         let text = read_journal(journal_file(&self.data_dir, "transcript")).await?;
         let want = call_id.to_string();
         let (v, _) = newest_first(&text, 1, |v| field_is(v, "call_id", Some(&want)));
-        Ok(v.into_iter().next().and_then(|mut v| v.get_mut("transcript").map(Value::take)))
+        Ok(v.into_iter()
+            .next()
+            .and_then(|mut v| v.get_mut("transcript").map(Value::take)))
     }
 
     async fn recordings(&self, q: &RecordingQuery) -> Result<RecordingPage, StoreError> {
         let dir = self.recordings_dir.clone();
         let all = blocking(move || {
             rec_store::list(&dir)
-                .map(|v| v.into_iter().map(|s| live_view(&dir, s)).collect::<Vec<_>>())
+                .map(|v| {
+                    v.into_iter()
+                        .map(|s| live_view(&dir, s))
+                        .collect::<Vec<_>>()
+                })
                 .map_err(|e| StoreError::Io(e.to_string()))
         })
         .await?;

@@ -137,9 +137,7 @@ pub trait Store: Send + Sync {
 
 /// Opens the store the config asks for, and starts its background work (the spool writer
 /// and shipper, shared-storage uploads). `data_dir` holds the embedded files and the spool.
-pub async fn open(
-    config: &crate::config::Config,
-) -> Result<Arc<dyn Store>, String> {
+pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, String> {
     let node = config.node.name.clone();
     let shared = SharedRecordings::from_config(&config.recordings)
         .map_err(|e| format!("recordings.shared_url: {e}"))?;

@@ -49,7 +49,9 @@ const QUEUE_DEPTH: usize = 65_536;
 /// Checks a `[store] url`: a postgres:// URL tokio-postgres understands.
 pub fn check_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err("must be a postgres:// URL like postgres://user:pass@127.0.0.1:5432/voxgate".into());
+        return Err(
+            "must be a postgres:// URL like postgres://user:pass@127.0.0.1:5432/voxgate".into(),
+        );
     }
     tokio_postgres::Config::from_str(url)
         .map(|_| ())
@@ -129,7 +131,9 @@ impl Submitter {
             Record::Transcript {
                 call_id,
                 transcript,
-            } => serde_json::json!({"call_id": call_id, "node": self.node, "transcript": transcript}),
+            } => {
+                serde_json::json!({"call_id": call_id, "node": self.node, "transcript": transcript})
+            }
             Record::Recording(mut s) => {
                 if s.node.is_empty() {
                     s.node = self.node.clone();
@@ -236,7 +240,11 @@ impl PgStore {
             wake,
         });
         let me: Arc<dyn Store> = store.clone();
-        tokio::spawn(reconcile(me.clone(), o.recordings_dir, store.shared.is_some()));
+        tokio::spawn(reconcile(
+            me.clone(),
+            o.recordings_dir,
+            store.shared.is_some(),
+        ));
         Ok(me)
     }
 }
@@ -619,17 +627,16 @@ async fn ship_forever(db: Db, spool: Arc<Spool>, counters: Arc<Counters>, wake: 
             _ => 0,
         };
         let sp = spool.clone();
-        let chunk = match tokio::task::spawn_blocking(move || sp.read(seq, offset, BATCH_BYTES))
-            .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "spool unreadable");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(_) => return,
-        };
+        let chunk =
+            match tokio::task::spawn_blocking(move || sp.read(seq, offset, BATCH_BYTES)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "spool unreadable");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
         if chunk.is_empty() {
             // Nothing new in this segment. A closed one is finished (a torn last line from a
             // crash is dropped); the open one waits for more.
@@ -658,7 +665,10 @@ async fn ship_forever(db: Db, spool: Arc<Spool>, counters: Arc<Counters>, wake: 
             match Shipper::open(&db).await {
                 Ok(s) => {
                     if outage_logged {
-                        tracing::info!(backlog_bytes = spool.backlog(), "store: database is back; writing the queued records");
+                        tracing::info!(
+                            backlog_bytes = spool.backlog(),
+                            "store: database is back; writing the queued records"
+                        );
                     }
                     shipper = Some(s);
                 }
@@ -810,7 +820,11 @@ impl Store for PgStore {
         let more = items.len() > q.limit;
         items.truncate(q.limit);
         let next = more
-            .then(|| items.last().map(|s| super::encode_cursor(&super::sort_key(s))))
+            .then(|| {
+                items
+                    .last()
+                    .map(|s| super::encode_cursor(&super::sort_key(s)))
+            })
             .flatten();
         Ok((items, next))
     }

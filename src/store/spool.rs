@@ -226,7 +226,10 @@ mod tests {
         // Not everything consumed: kept.
         assert!(!s.consumed(seq, 8).unwrap());
         s.append(b"{\"a\":3}\n").unwrap();
-        assert!(!s.consumed(seq, 16).unwrap(), "a line arrived after the read");
+        assert!(
+            !s.consumed(seq, 16).unwrap(),
+            "a line arrived after the read"
+        );
         assert!(s.consumed(seq, 24).unwrap());
         assert!(s.segments().unwrap().is_empty());
         assert_eq!(s.backlog(), 0);
