@@ -1,6 +1,6 @@
 //! Where the gateway keeps what outlives a call: CDRs, tracked events, transcripts and
-//! recording metadata (and, through [`Store::tables`], the flow's tables). One interface,
-//! two homes:
+//! recording metadata (the schema also holds the flow's tables, `table_rows`, for the table
+//! steps to use). One interface, two homes:
 //!
 //! * [`file::FileStore`], the embedded default: JSON-lines files in `data_dir` and the
 //!   recording sidecars in the recordings dir. A single node needs nothing installed.
