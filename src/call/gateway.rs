@@ -72,7 +72,7 @@ impl Gateway {
             let store = store.clone();
             rec_config.sink = Some(crate::media::recorder::RecordingSink(Arc::new(
                 move |s: &crate::media::recorder::Sidecar| {
-                    store.submit(crate::store::Record::Recording(s.clone()))
+                    store.submit(crate::store::Record::Recording(Box::new(s.clone())))
                 },
             )));
         }

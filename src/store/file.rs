@@ -84,7 +84,7 @@ impl FileStore {
         drop(tx);
         if let Err(v) = sent {
             // No writer thread: append inline rather than lose the record.
-            let ok = append_lines(&path, &[v.clone()]).is_ok();
+            let ok = append_lines(&path, std::slice::from_ref(&v)).is_ok();
             self.writer.written.fetch_add(1, Ordering::SeqCst);
             if !ok {
                 self.writer.failed.fetch_add(1, Ordering::SeqCst);

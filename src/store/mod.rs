@@ -55,7 +55,7 @@ pub enum Record {
     /// A call's transcript, written with its CDR.
     Transcript { call_id: String, transcript: Value },
     /// A recording's metadata, whenever its sidecar changes.
-    Recording(Sidecar),
+    Recording(Box<Sidecar>),
 }
 
 impl Record {
@@ -307,7 +307,7 @@ async fn upload_until_done(
                 if let Ok(Err(e)) = written {
                     tracing::warn!(recording = %id, error = %e, "could not note the shared copy in the sidecar");
                 }
-                submit(Record::Recording(s));
+                submit(Record::Recording(Box::new(s)));
                 return;
             }
             Err(e) => {

@@ -39,7 +39,7 @@ use crate::media::recorder::{RecordingId, RecordingStatus, Sidecar};
 /// The migrations, in order. Never edit one that has shipped: add the next.
 const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
 /// `pg_advisory_lock` key held while migrating ("voxgate" in ASCII, more or less).
-const MIGRATION_LOCK: i64 = 0x766f_7867_6174_65;
+const MIGRATION_LOCK: i64 = 0x0076_6f78_6761_7465;
 /// Records per transaction, and bytes of spool read per batch.
 const BATCH_RECORDS: usize = 500;
 const BATCH_BYTES: usize = 512 * 1024;
@@ -265,7 +265,7 @@ async fn reconcile(store: Arc<dyn Store>, dir: PathBuf, shared: bool) {
             }
         };
         if pending {
-            store.submit(Record::Recording(s));
+            store.submit(Record::Recording(Box::new(s)));
             n += 1;
         }
     }
