@@ -11,6 +11,7 @@ use crate::call::executor::RequestContext;
 use crate::call::inbox::Inbox;
 use crate::call::state::Input;
 use crate::flow::{FlowAction, FlowEvent, SpeechOutcome, StepFailure, StepRequest};
+use crate::store::Record;
 use chrono::Utc;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -130,12 +131,12 @@ impl Call {
             }
             FlowAction::TrackEvent { name, properties } => {
                 metrics::counter!("voxgate_tracked_events_total").increment(1);
-                self.shared.events.append_queued(json!({
+                self.shared.store.submit(Record::Event(json!({
                     "ts": Utc::now().to_rfc3339(),
                     "call_id": self.info.call_id,
                     "name": name,
                     "properties": properties,
-                }));
+                })));
             }
             // Integration steps: an executor in `Shared`, answered through the inbox.
             FlowAction::Request {
