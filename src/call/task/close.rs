@@ -9,6 +9,7 @@ use super::cdr::{self, CallFacts, RtpCounts};
 use super::Call;
 use crate::call::state::{Command, EndReason, Input};
 use crate::flow::FlowEvent;
+use crate::store::Record;
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -98,12 +99,12 @@ impl Call {
             bye_sent = bye,
             "conversation closed"
         );
-        self.shared.events.append_queued(json!({
+        self.shared.store.submit(Record::Event(json!({
             "ts": Utc::now().to_rfc3339(),
             "call_id": self.info.call_id,
             "name": "conversation.closed",
             "properties": c.report(finalized, self.cdr_written, bye),
-        }));
+        })));
     }
 
     /// The call is over: stop recording, tell the flow, write the CDR, end the far leg.
@@ -155,10 +156,10 @@ impl Call {
             recording_ids: self.recordings.ids(),
             rtp,
             dtmf_digits: self.dtmf_count,
+            flow: self.flow_started.then(|| self.flow.cdr_json()).flatten(),
         });
-        // The writer thread commits it (grouped fsync); the BYE waits for that, so the
-        // CDR is still on disk before the caller hears the call end.
-        self.cdr_on_disk = Some(self.shared.cdrs.append_async(record));
+        // Queued (durably, off this task): the store never blocks a call.
+        self.shared.store.submit(Record::Cdr(record));
         self.cdr_written = true;
         // Dropping the handle detaches the call from its media worker (sockets closed at
         // the next tick, after the recording feed has ended).

@@ -197,6 +197,9 @@ impl Call {
             inbox_tx,
             inbox_rx,
             outstanding: Outstanding::default(),
+            says_in_flight: Default::default(),
+            says_cut: Default::default(),
+            shown_paused: false,
             rec_tx,
             rec_rx,
             recordings: Recordings::default(),
@@ -209,7 +212,6 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
-            cdr_on_disk: None,
         })
     }
 

@@ -23,6 +23,27 @@ pub struct RecorderConfig {
     /// The writer's queue, in jobs (a job is about 1 s of one recording's audio); beyond
     /// it blocks are replaced by silence and counted.
     pub queue_blocks: usize,
+    /// The node name written into every sidecar (`[node] name`).
+    pub node: String,
+    /// Told about every sidecar written (start, failure, final), e.g. to copy it to a shared
+    /// store. Called from the writer threads; it must not block.
+    pub sink: Option<RecordingSink>,
+}
+
+/// Receives every sidecar the recorder writes. Cheap to clone.
+#[derive(Clone)]
+pub struct RecordingSink(pub Arc<dyn Fn(&Sidecar) + Send + Sync>);
+
+impl RecordingSink {
+    pub fn notify(&self, sidecar: &Sidecar) {
+        (self.0)(sidecar)
+    }
+}
+
+impl std::fmt::Debug for RecordingSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordingSink")
+    }
 }
 
 impl RecorderConfig {
@@ -32,6 +53,8 @@ impl RecorderConfig {
             dir: dir.into(),
             channels: ChannelMode::Stereo,
             queue_blocks: 2048,
+            node: String::new(),
+            sink: None,
         }
     }
 }
@@ -49,7 +72,12 @@ impl Recorder {
     /// fails to start, with that reason; calls go on.
     pub fn new(config: RecorderConfig) -> Self {
         let active = Arc::new(watch::Sender::new(0));
-        let writer = match writer::spawn(config.dir.clone(), config.queue_blocks, active.clone()) {
+        let writer = match writer::spawn(
+            config.dir.clone(),
+            config.queue_blocks,
+            active.clone(),
+            config.sink.clone(),
+        ) {
             Ok(tx) => Some(tx),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the recording writer threads");
@@ -88,7 +116,8 @@ impl Recorder {
         let started_at = Utc::now();
         let id = RecordingId::generate(started_at);
         let mode = self.config.channels;
-        let sidecar = Sidecar::new_recording(id.as_str(), &meta, started_at, mode);
+        let mut sidecar = Sidecar::new_recording(id.as_str(), &meta, started_at, mode);
+        sidecar.node = self.config.node.clone();
         let Some(writer) = self.writer.clone() else {
             return Err(self.refuse(id, events, RecorderError::NoWriter));
         };

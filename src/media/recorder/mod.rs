@@ -27,7 +27,7 @@ pub mod writer;
 mod tests;
 
 pub use feed::{ChannelMode, FeedSpec, FeedSummary, PendingJob, RecordingFeed};
-pub use handle::{Recorder, RecorderConfig};
+pub use handle::{Recorder, RecorderConfig, RecordingSink};
 pub use id::RecordingId;
 pub use recovery::{recover_dir, RecoveryReport};
 pub use retention::sweep_retention;

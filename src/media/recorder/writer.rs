@@ -27,6 +27,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::watch;
 
 use super::feed::{ChannelMode, BLOCK_SLOTS};
+use super::handle::RecordingSink;
 use super::id::RecordingId;
 use super::sidecar::{rfc3339, RecordingStatus, Sidecar};
 use super::store::{self, RecordingPaths};
@@ -102,7 +103,16 @@ struct Open {
     slots: u64,
     sidecar: Sidecar,
     events: EventTx,
+    sink: Option<RecordingSink>,
     _guard: ActiveGuard,
+}
+
+impl Open {
+    fn notify(&self) {
+        if let Some(sink) = &self.sink {
+            sink.notify(&self.sidecar);
+        }
+    }
 }
 
 struct Finalize {
@@ -115,6 +125,7 @@ pub(crate) fn spawn(
     dir: PathBuf,
     queue_blocks: usize,
     active: Arc<watch::Sender<usize>>,
+    sink: Option<RecordingSink>,
 ) -> io::Result<SyncSender<Job>> {
     let (tx, rx) = sync_channel(queue_blocks.max(1));
     let (fin_tx, fin_rx) = sync_channel::<Finalize>(1024);
@@ -136,7 +147,7 @@ pub(crate) fn spawn(
         })?;
     std::thread::Builder::new()
         .name("voxgate-rec-write".into())
-        .spawn(move || Writer::new(dir, active, fin_tx).run(rx))?;
+        .spawn(move || Writer::new(dir, active, fin_tx, sink).run(rx))?;
     Ok(tx)
 }
 
@@ -145,6 +156,7 @@ struct Writer {
     open: HashMap<RecordingId, Open>,
     active: Arc<watch::Sender<usize>>,
     finalizer: SyncSender<Finalize>,
+    sink: Option<RecordingSink>,
     bytes: Vec<u8>,
 }
 
@@ -153,12 +165,14 @@ impl Writer {
         dir: PathBuf,
         active: Arc<watch::Sender<usize>>,
         finalizer: SyncSender<Finalize>,
+        sink: Option<RecordingSink>,
     ) -> Self {
         Writer {
             dir,
             open: HashMap::new(),
             active,
             finalizer,
+            sink,
             bytes: Vec::with_capacity(BLOCK_SAMPLES * 2),
         }
     }
@@ -198,17 +212,17 @@ impl Writer {
             Ok(file) => {
                 tracing::info!(recording = %id, call_id = %sidecar.call_id, "recording started");
                 let _ = events.try_send(RecorderEvent::Started { id: id.clone() });
-                self.open.insert(
-                    id,
-                    Open {
-                        file,
-                        mode,
-                        slots: 0,
-                        sidecar,
-                        events,
-                        _guard: guard,
-                    },
-                );
+                let open = Open {
+                    file,
+                    mode,
+                    slots: 0,
+                    sidecar,
+                    events,
+                    sink: self.sink.clone(),
+                    _guard: guard,
+                };
+                open.notify();
+                self.open.insert(id, open);
             }
             Err(reason) => {
                 tracing::error!(recording = %id, call_id = %sidecar.call_id, %reason, "recording could not start");
@@ -218,6 +232,9 @@ impl Writer {
                 if self.dir.is_dir() {
                     if let Err(e) = store::write_sidecar(&self.dir, &id, &failed) {
                         tracing::warn!(recording = %id, error = %e, "could not record failure");
+                    }
+                    if let Some(sink) = &self.sink {
+                        sink.notify(&failed);
                     }
                 }
                 let _ = events.try_send(RecorderEvent::Failed { id, reason });
@@ -377,6 +394,7 @@ fn fail(dir: &Path, id: &RecordingId, mut open: Open, reason: String) {
     if let Err(e) = store::write_sidecar(dir, id, &open.sidecar) {
         tracing::warn!(recording = %id, error = %e, "could not record failure in sidecar");
     }
+    open.notify();
     let _ = open.events.try_send(RecorderEvent::Failed {
         id: id.clone(),
         reason,
@@ -435,6 +453,7 @@ fn finalize_batch(dir: &Path, batch: &mut Vec<Finalize>) {
         }
     }
     for (id, open) in written {
+        open.notify();
         metrics::counter!(metric::COMPLETED).increment(1);
         let s = &open.sidecar;
         tracing::info!(recording = %id, call_id = %s.call_id, duration_ms = s.duration_ms, bytes = s.bytes, "recording ready");
