@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Options: `--target HOST:PORT`, `--calls N` (total), `--rate R` (new calls per second),
-//! `--hold-ms MS` (after the 200, before BYE), `--media FILE` (raw μ-law, looped; silence
+//! `--hold-ms MS` (after the 200, before BYE), `--media FILE` (raw μ-law, looped; a 440 Hz tone
 //! if absent), `--json FILE` (results), `--bind IP` (default 127.0.0.1), `--timeout-s S`
 //! (whole run, default hold + calls/rate + 60).
 //! Loopback only: it refuses a target outside 127.0.0.0/8 and ::1.
@@ -188,7 +188,7 @@ fn run(a: &Args) -> Result<(), String> {
     let sip = UdpSocket::bind(SocketAddr::new(a.bind, 0)).map_err(io_err)?;
     sip.set_nonblocking(true).map_err(io_err)?;
     let sip_addr = sip.local_addr().map_err(io_err)?;
-    let ep = Epoll::new().map_err(io_err)?;
+    let mut ep = Epoll::new().map_err(io_err)?;
     ep.add(sip.as_raw_fd(), u64::MAX).map_err(io_err)?;
 
     let start = Instant::now();
@@ -200,11 +200,17 @@ fn run(a: &Args) -> Result<(), String> {
     let mut pacing = Hist::new();
     let mut setup = Vec::new();
     let mut buf = vec![0u8; 4096];
-    let silence = vec![0xFFu8; 160];
+    // Without --media: a 440 Hz tone, so every packet is sound the recording must hold.
+    let tone: Vec<u8> = (0..8000)
+        .map(|i| {
+            let x = (i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 6000.0;
+            ulaw(x as i16)
+        })
+        .collect();
     let media = if a.media.len() >= 160 {
         &a.media
     } else {
-        &silence
+        &tone
     };
     let interval = Duration::from_secs_f64(1.0 / a.rate);
     let mut retrans = 0u64;
@@ -314,8 +320,13 @@ fn run(a: &Args) -> Result<(), String> {
         {
             break;
         }
+        let next_start = if calls.len() < a.calls {
+            start + interval * calls.len() as u32
+        } else {
+            next_tick
+        };
         let wait = next_tick
-            .min(start + interval * calls.len() as u32)
+            .min(next_start)
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(20));
         for token in ep.wait(wait).map_err(io_err)? {

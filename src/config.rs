@@ -106,6 +106,9 @@ pub struct MediaConfig {
     /// Media worker threads (each serves many calls on one 20 ms tick); 0 = one per core.
     /// Never more than the cores.
     pub workers: usize,
+    /// Ask for real-time scheduling (SCHED_FIFO, lowest priority; else nice -10) for the
+    /// media workers, so a busy machine delays their ticks less. Needs CAP_SYS_NICE.
+    pub realtime: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

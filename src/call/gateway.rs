@@ -106,7 +106,8 @@ impl Gateway {
             tts,
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
-            media: MediaPlane::start(config.media.workers).map_err(StartError::Media)?,
+            media: MediaPlane::start(config.media.workers, config.media.realtime)
+                .map_err(StartError::Media)?,
             store: store.clone(),
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(

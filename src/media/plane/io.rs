@@ -335,6 +335,28 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// Gives this thread real-time scheduling (SCHED_FIFO, the lowest real-time priority) so a
+/// busy machine cannot delay its ticks; where that is not allowed, a nice of -10; where that
+/// is not allowed either, nothing. Returns what it got. The media worker sleeps every tick,
+/// so it cannot starve anything.
+pub fn raise_priority() -> &'static str {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler reads one sched_param from the pointer; pid 0 = this thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        return "SCHED_FIFO";
+    }
+    // SAFETY: gettid has no arguments; setpriority takes integers (a tid for this thread).
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -10)
+    };
+    if r == 0 {
+        "nice -10"
+    } else {
+        "default"
+    }
+}
+
 /// Asks the kernel to wake this thread's sleeps within `ns` of their deadline (default
 /// 50 µs), for tick pacing.
 pub fn set_timer_slack(ns: u64) {

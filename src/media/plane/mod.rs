@@ -49,8 +49,9 @@ pub struct MediaPlane {
 }
 
 impl MediaPlane {
-    /// Starts `workers` workers (0: one per core), never more than the cores.
-    pub fn start(workers: usize) -> std::io::Result<Self> {
+    /// Starts `workers` workers (0: one per core), never more than the cores; `realtime`
+    /// asks for real-time scheduling for them (see [`io::raise_priority`]).
+    pub fn start(workers: usize, realtime: bool) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let n = if workers == 0 {
             cores
@@ -67,7 +68,7 @@ impl MediaPlane {
             let (l, p) = (load.clone(), pacing.clone());
             std::thread::Builder::new()
                 .name(format!("voxgate-media-{index}"))
-                .spawn(move || Worker::new(index, rx, l, p, poller).run())?;
+                .spawn(move || Worker::new(index, rx, l, p, poller).run(realtime))?;
             refs.push(WorkerRef { tx, load });
         }
         tracing::info!(workers = n, "media plane started");

@@ -15,7 +15,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::io::{set_timer_slack, Poller, RecvBatch, SendBatch};
+use super::io::{raise_priority, set_timer_slack, Poller, RecvBatch, SendBatch};
 use super::pacing::Pacing;
 use crate::media::core::{Leg, MediaCommand, MediaCore, MediaEvent, MediaStats, Outbox};
 use crate::media::recorder::PendingJob;
@@ -126,8 +126,14 @@ impl Worker {
     }
 
     /// The thread body: ticks until every handle to the worker is gone.
-    pub(crate) fn run(mut self) {
+    pub(crate) fn run(mut self, realtime: bool) {
         set_timer_slack(1_000);
+        let priority = if realtime {
+            raise_priority()
+        } else {
+            "default"
+        };
+        tracing::info!(worker = self.index, priority, "media worker started");
         let mut next = Instant::now();
         loop {
             let now = Instant::now();
