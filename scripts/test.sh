@@ -11,13 +11,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio) -------
+# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio),
+# python3-aiosmtpd (SMTP server for the mail tests) ----------------------------------------
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
+# The integration-step tests (tests/integrations.rs) run a real SMTP server: Debian's aiosmtpd,
+# for Debian's own python3 (/usr/bin/python3, whatever python3 is first on PATH).
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${missing[*]}"
@@ -51,6 +55,7 @@ fi
 echo "${sipp_banner# }"
 first_line espeak-ng --version
 first_line sox --version
+/usr/bin/python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
 
 # --- checks ---------------------------------------------------------------------------------
 echo "==> cargo fmt --check"
