@@ -43,9 +43,12 @@ impl From<TableError> for ApiError {
     }
 }
 
+/// A table name from the path; anything that cannot be a table name is simply not found.
 fn name_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(n)| n)
-        .map_err(|_| ApiError::NotFound("no such table".into()))
+    match path {
+        Ok(Path(n)) if crate::integrations::tables::valid_identifier(&n) => Ok(n),
+        _ => Err(ApiError::NotFound("no such table".into())),
+    }
 }
 
 fn body(json: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
@@ -157,6 +160,9 @@ fn row_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<(Stri
     let Ok(Path((name, id))) = path else {
         return Err(ApiError::NotFound("no such row".into()));
     };
+    if !crate::integrations::tables::valid_identifier(&name) {
+        return Err(ApiError::NotFound("no such table".into()));
+    }
     let id = id
         .parse::<i64>()
         .map_err(|_| ApiError::NotFound(format!("no row {id:?}")))?;

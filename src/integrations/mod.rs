@@ -97,15 +97,18 @@ pub struct RequestContext {
     pub websocket_delivered: bool,
 }
 
-/// Every executor, built once at start-up and shared by all calls.
+/// Every executor, built once at start-up and shared by all calls (cheap to clone).
+#[derive(Clone)]
 pub struct Integrations {
     pub http: Arc<http::HttpExecutor>,
-    pub scripts: script::ScriptPool,
+    pub scripts: Arc<script::ScriptPool>,
     pub events: EventSink,
-    pub mail: Option<mail::Mailer>,
+    pub mail: Option<Arc<mail::Mailer>>,
     pub tables: Arc<tables::TableStore>,
-    pub offload: offload::OffloadNotifier,
+    pub offload: Arc<offload::OffloadNotifier>,
     pub transcripts: Arc<TranscriptStore>,
+    /// Requests in progress, by (call id, request id), so a `CancelRequest` can stop one.
+    inflight: Arc<std::sync::Mutex<std::collections::HashMap<(String, u64), tokio::task::AbortHandle>>>,
 }
 
 impl Integrations {
@@ -158,13 +161,71 @@ impl Integrations {
         let transcripts = Arc::new(TranscriptStore::new(config.data_dir.join("transcripts")));
         Ok(Integrations {
             http,
-            scripts,
+            scripts: Arc::new(scripts),
             events,
-            mail,
+            mail: mail.map(Arc::new),
             tables,
-            offload,
+            offload: Arc::new(offload),
             transcripts,
+            inflight: Default::default(),
         })
+    }
+
+    /// Starts a request off the calling task and returns at once; `done` gets exactly one
+    /// result (within `timeout`), unless [`Integrations::cancel`] stops it first.
+    /// `mail_report` reads the call's live transcript from the store.
+    pub fn start_request(
+        &self,
+        mut ctx: RequestContext,
+        id: u64,
+        request: StepRequest,
+        timeout: Duration,
+        done: impl FnOnce(u64, Result<Value, StepFailure>) + Send + 'static,
+    ) {
+        if matches!(&request, StepRequest::Mail(m) if m.report) && ctx.transcript.is_none() {
+            ctx.transcript = self.transcripts.snapshot(&ctx.call_id);
+        }
+        let key = (ctx.call_id.clone(), id);
+        let me = self.clone();
+        let key2 = key.clone();
+        let task = tokio::spawn(async move {
+            let result = me.run(request, ctx, timeout).await;
+            me.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key2);
+            done(id, result);
+        });
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if !task.is_finished() {
+            inflight.insert(key, task.abort_handle());
+        }
+    }
+
+    /// The flow gave up on a request (or the call ended): stop it. No result follows.
+    pub fn cancel(&self, call_id: &str, id: u64) {
+        let handle = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(call_id.to_string(), id));
+        if let Some(h) = handle {
+            h.abort();
+            tracing::debug!(call_id, id, "step request cancelled");
+        }
+    }
+
+    /// Cancels every request of a call (the call ended).
+    pub fn cancel_call(&self, call_id: &str) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        inflight.retain(|(c, _), h| {
+            if c == call_id {
+                h.abort();
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Runs one step request within `timeout`, answering exactly once.

@@ -105,7 +105,11 @@ impl ScriptPool {
                     let result = if Instant::now() >= deadline {
                         Err(StepError::new("timeout", "the script waited too long for a free script thread"))
                     } else {
-                        run_script(&source, &args, memory_kb, deadline, &cancel, fetch.as_ref())
+                        // A panic in the engine's bindings must not take the thread down.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            run_script(&source, &args, memory_kb, deadline, &cancel, fetch.as_ref())
+                        }))
+                        .unwrap_or_else(|_| Err(StepError::new("script", "the script engine failed (panic); see the log")))
                     };
                     reply.send(result).ok();
                 })?;
@@ -203,20 +207,15 @@ fn run_script(
         let wrapped = format!("(async function () {{ {source}\n}})()");
         let promise: Promise = ctx.eval(wrapped).map_err(|e| js_error(&ctx, e))?;
         // Run the jobs the script queued (promise reactions, awaited fetches) until it settles.
-        loop {
-            match promise.state() {
-                rquickjs::promise::PromiseState::Pending => {}
-                _ => break,
-            }
-            if !rt.is_job_pending() {
-                return Err(StepError::new("script", "the script is waiting for something that never happens (a promise that never settles)"));
-            }
-            if rt.execute_pending_job().is_err() {
-                // The job's exception is the script's; it surfaces through the promise, or
-                // the interrupt flags say why it stopped.
+        while promise.state() == rquickjs::promise::PromiseState::Pending {
+            if !ctx.execute_pending_job() && promise.state() == rquickjs::promise::PromiseState::Pending {
                 if stop.timeout.load(Ordering::Relaxed) || stop.cancelled.load(Ordering::Relaxed) {
                     return Err(StepError::new("script", "interrupted"));
                 }
+                return Err(StepError::new(
+                    "script",
+                    "the script is waiting for something that never happens (a promise that never settles)",
+                ));
             }
         }
         if let Some(Err(e)) = promise.result::<JsValue>() {

@@ -401,6 +401,18 @@ impl TranscriptStore {
         Some(v)
     }
 
+    /// A copy of a live call's transcript.
+    pub fn snapshot(&self, call_id: &str) -> Option<Transcript> {
+        let t = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(call_id)
+            .cloned()?;
+        let copy = t.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(copy)
+    }
+
     /// Live, recently finished, or on disk. Reads a file: call it off the async workers.
     pub fn get_blocking(&self, call_id: &str) -> std::io::Result<Option<Value>> {
         if let Some(v) = self.live(call_id) {
