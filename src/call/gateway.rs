@@ -32,6 +32,8 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("{0}")]
+    Integrations(String),
 }
 
 pub struct Gateway {
@@ -70,6 +72,15 @@ impl Gateway {
         );
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
+        let events = Arc::new(JsonLines::new(config.data_dir.join("events.jsonl")));
+        let integrations = {
+            let events = events.clone();
+            crate::integrations::Integrations::start(
+                &config,
+                Arc::new(move |v| events.append_queued(v)),
+            )
+            .map_err(|e| StartError::Integrations(e.to_string()))?
+        };
         let shared = Arc::new(Shared {
             registry: registry.clone(),
             flow: std::sync::RwLock::new(flow),
@@ -78,14 +89,15 @@ impl Gateway {
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
             cdrs: JsonLines::new(config.data_dir.join("cdrs.jsonl")),
-            events: Arc::new(JsonLines::new(config.data_dir.join("events.jsonl"))),
+            events,
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(
                 config.transfer.allow.clone(),
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            requests: None,
+            requests: Some(Arc::new(integrations.clone())),
+            integrations: Some(integrations.clone()),
             sip: std::sync::OnceLock::new(),
             config: config.clone(),
             validated: validated.clone(),
@@ -106,7 +118,10 @@ impl Gateway {
                 addr: validated.http_listen,
                 reason: e.to_string(),
             })?;
-        let app = crate::api::router(api_state);
+        let app = crate::api::router(api_state).layer(axum::Extension(crate::api::IntegrationsApi {
+            tables: integrations.tables.clone(),
+            transcripts: integrations.transcripts.clone(),
+        }));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!(error = %e, "HTTP server stopped");

@@ -97,6 +97,8 @@ pub struct Transcript {
     /// Entries past [`MAX_ENTRIES`].
     dropped: u64,
     ended: bool,
+    /// Where the forward under way goes (for its outcome's entry).
+    transfer_to: Option<String>,
 }
 
 impl Transcript {
@@ -109,6 +111,7 @@ impl Transcript {
             entries: Vec::new(),
             dropped: 0,
             ended: false,
+            transfer_to: None,
         }
     }
 
@@ -202,6 +205,21 @@ impl Transcript {
         );
     }
 
+    /// A forward or offload to `to` begins.
+    pub fn transfer_started(&mut self, now: Instant, to: &str) {
+        self.transfer_to = Some(to.to_string());
+        self.transfer(now, to, "started");
+    }
+
+    /// The forward under way ended: `completed (refer)`, `failed: busy: ...`.
+    pub fn transfer_outcome(&mut self, now: Instant, to: Option<&str>, outcome: &str) {
+        let to = to
+            .map(str::to_string)
+            .or_else(|| self.transfer_to.take())
+            .unwrap_or_default();
+        self.transfer(now, &to, outcome);
+    }
+
     /// A recording `started`, `stopped`, `ready` or `failed`.
     pub fn recording(&mut self, now: Instant, id: &str, event: &str) {
         self.push(
@@ -280,6 +298,35 @@ impl Transcript {
             .filter(|e| e.kind == Kind::Dtmf)
             .map(|e| e.text.as_str())
             .collect()
+    }
+}
+
+/// What a flow event adds to the transcript: the caller's keys and speech, transfer outcomes,
+/// recordings, the answer. (Bot output is recorded from the actions; step outcomes by the
+/// executor.)
+pub fn record_event(t: &mut Transcript, now: Instant, ev: &crate::flow::FlowEvent) {
+    use crate::flow::{FlowEvent, SpeechOutcome};
+    match ev {
+        FlowEvent::Started(_) => t.answered(now),
+        FlowEvent::Dtmf { digit, .. } => t.dtmf(now, *digit),
+        FlowEvent::Speech { outcome, .. } => match outcome {
+            SpeechOutcome::Heard { text, confidence } => t.speech(now, text, *confidence, true),
+            SpeechOutcome::NoMatch { text, confidence } => t.speech(now, text, *confidence, false),
+            SpeechOutcome::Timeout | SpeechOutcome::Error(_) => {}
+        },
+        FlowEvent::TransferCompleted { to, mode } => {
+            t.transfer_outcome(now, Some(to), &format!("completed ({mode})"))
+        }
+        FlowEvent::TransferFailed { reason, detail } => {
+            t.transfer_outcome(now, None, &format!("failed: {reason}: {detail}"))
+        }
+        FlowEvent::RecordingStarted { id } => t.recording(now, id, "started"),
+        FlowEvent::RecordingStopped { id } => t.recording(now, id, "stopped"),
+        FlowEvent::RecordingReady { id, .. } => t.recording(now, id, "ready"),
+        FlowEvent::RecordingFailed { id, reason } => {
+            t.recording(now, id.as_deref().unwrap_or("-"), &format!("failed: {reason}"))
+        }
+        _ => {}
     }
 }
 
@@ -401,6 +448,19 @@ impl TranscriptStore {
         Some(v)
     }
 
+    /// Runs `f` on a live call's transcript (nothing when the call is not live).
+    pub fn with_live(&self, call_id: &str, f: impl FnOnce(&mut Transcript)) {
+        let t = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(call_id)
+            .cloned();
+        if let Some(t) = t {
+            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
     /// A copy of a live call's transcript.
     pub fn snapshot(&self, call_id: &str) -> Option<Transcript> {
         let t = self
@@ -501,6 +561,29 @@ mod tests {
         assert!(text.contains("Caller pressed 5"), "{text}");
         assert!(text.contains("Bot said: Welcome to voxgate"), "{text}");
         assert!(text.contains("2024-05-01 12:00:03.125 UTC (+3.1 s)"), "{text}");
+    }
+
+    #[test]
+    fn flow_events_become_entries() {
+        use crate::flow::{FlowEvent, SessionInfo, SpeechOutcome};
+        let (start, wall) = t0();
+        let mut t = Transcript::new("c", start, wall);
+        for ev in [
+            FlowEvent::Started(SessionInfo::default()),
+            FlowEvent::Dtmf { digit: '3', duration_ms: 100 },
+            FlowEvent::Speech { id: 1, outcome: SpeechOutcome::Heard { text: "sales".into(), confidence: 0.9 } },
+            FlowEvent::RecordingStarted { id: "rec_a".into() },
+            FlowEvent::Paused,
+        ] {
+            record_event(&mut t, start, &ev);
+        }
+        t.transfer_started(start, "+3225551212");
+        record_event(&mut t, start, &FlowEvent::TransferFailed { reason: "busy".into(), detail: "486".into() });
+        let kinds: Vec<_> = t.entries().iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["call", "dtmf", "speech", "recording", "transfer", "transfer"]);
+        let last = t.entries().last().unwrap();
+        assert_eq!(last.extra["to"], "+3225551212");
+        assert_eq!(last.extra["outcome"], "failed: busy: 486");
     }
 
     #[test]

@@ -58,8 +58,14 @@ impl Call {
     fn action(&mut self, action: FlowAction, now: Instant) {
         match action {
             // Playback and the caller's media.
-            FlowAction::Play { id, file } => self.play(id, &file),
-            FlowAction::Say { id, text } => self.say(id, text),
+            FlowAction::Play { id, file } => {
+                self.transcribe(|t| t.prompt(now, &file));
+                self.play(id, &file)
+            }
+            FlowAction::Say { id, text } => {
+                self.transcribe(|t| t.say(now, &text));
+                self.say(id, text)
+            }
             FlowAction::StopPlayback => {
                 if let Some(rtp) = self.rtp.as_mut() {
                     rtp.clear_audio();
@@ -90,7 +96,10 @@ impl Call {
             FlowAction::StartRecording => self.start_recording(now),
             FlowAction::StopRecording => self.stop_recording(now, true),
             // Forward.
-            FlowAction::Transfer { to } => self.start_transfer(&to, now),
+            FlowAction::Transfer { to } => {
+                self.transcribe(|t| t.transfer_started(now, &to));
+                self.start_transfer(&to, now)
+            }
             FlowAction::Offload { .. } => {
                 warn!("offload requested but not available in this build");
                 self.flow_event(offload_not_available());

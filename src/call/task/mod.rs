@@ -120,6 +120,8 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// What the bot said and the caller did (`GET /v1/calls/{id}/transcript`, mail reports).
+    transcript: Option<crate::integrations::transcript::SharedTranscript>,
 }
 
 impl Call {
@@ -180,6 +182,17 @@ impl Call {
             }
         }
         self.after_end().await;
+        // Written with the CDR, once late recording events are in.
+        if let Some(i) = self.shared.integrations.as_ref() {
+            i.transcripts.finish(&self.info.call_id);
+        }
+    }
+
+    /// Adds to the call's transcript (IO-free; the lock is the API's, held for microseconds).
+    fn transcribe(&self, f: impl FnOnce(&mut crate::integrations::Transcript)) {
+        if let Some(t) = self.transcript.as_ref() {
+            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+        }
     }
 
     /// When the task must wake at the latest: the earliest timer of any part, within 1 s.
@@ -287,6 +300,8 @@ impl Call {
         if let FlowEvent::Dtmf { .. } = ev {
             self.dtmf_count += 1;
         }
+        let now = Instant::now();
+        self.transcribe(|t| crate::integrations::transcript::record_event(t, now, &ev));
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(ev, Instant::now(), Utc::now());
         }
