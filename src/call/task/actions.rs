@@ -35,14 +35,6 @@ pub(super) fn listen_not_configured(id: u64) -> FlowEvent {
     }
 }
 
-/// The answer to an `Offload` while offload is not wired.
-pub(super) fn offload_not_available() -> FlowEvent {
-    FlowEvent::TransferFailed {
-        reason: "not_available".into(),
-        detail: "offload is not available in this build".into(),
-    }
-}
-
 impl Call {
     /// Carries out what the flow asked for, in order, until the call ends.
     pub(super) fn pump_flow(&mut self, now: Instant) {
@@ -100,10 +92,11 @@ impl Call {
                 self.transcribe(|t| t.transfer_started(now, &to));
                 self.start_transfer(&to, now)
             }
-            FlowAction::Offload { .. } => {
-                warn!("offload requested but not available in this build");
-                self.flow_event(offload_not_available());
-            }
+            FlowAction::Offload {
+                to,
+                headers,
+                context,
+            } => self.start_offload(to, headers, context, now),
             // The call's lifecycle (an external bot decides before answer).
             FlowAction::Answer => {
                 info!("bot answers");
@@ -242,10 +235,6 @@ mod tests {
                 id: 4,
                 outcome: SpeechOutcome::Error(_)
             }
-        ));
-        assert!(matches!(
-            offload_not_available(),
-            FlowEvent::TransferFailed { reason, .. } if reason == "not_available"
         ));
     }
 }

@@ -25,6 +25,7 @@ mod close;
 mod far_leg;
 mod forward;
 mod media;
+mod offload;
 mod recording;
 mod setup;
 
@@ -120,6 +121,8 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// An offload waiting for its webhook before the transfer starts.
+    pending_offload: Option<forward::Target>,
     /// What the bot said and the caller did (`GET /v1/calls/{id}/transcript`, mail reports).
     transcript: Option<crate::integrations::transcript::SharedTranscript>,
 }
@@ -333,6 +336,7 @@ impl Call {
             }
             Delivery::Transfer(input) => self.transfer_input(input),
             Delivery::Drop(why) => debug!(why, "inbox message dropped"),
+            Delivery::Offload => self.offload_notified(),
         }
     }
 

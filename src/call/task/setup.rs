@@ -204,6 +204,7 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
+            pending_offload: None,
             transcript,
         })
     }
