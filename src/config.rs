@@ -670,7 +670,10 @@ impl Config {
             }
         }
         if i.max_response_kb == 0 {
-            return Err(bad("integrations.max_response_kb", "must be at least 1".into()));
+            return Err(bad(
+                "integrations.max_response_kb",
+                "must be at least 1".into(),
+            ));
         }
         if !(1..=64).contains(&i.script_threads) {
             return Err(bad(
@@ -709,7 +712,8 @@ impl Config {
         }
         let m = &self.mail;
         if let Some(url) = &m.smtp_url {
-            crate::integrations::mail::SmtpTarget::parse(url).map_err(|r| bad("mail.smtp_url", r))?;
+            crate::integrations::mail::SmtpTarget::parse(url)
+                .map_err(|r| bad("mail.smtp_url", r))?;
         }
         crate::integrations::mail::check_address(&m.from).map_err(|r| bad("mail.from", r))?;
         if m.password.is_some() && m.password_env.is_some() {

@@ -35,7 +35,9 @@ fn api(ext: Ext) -> Result<IntegrationsApi, ApiError> {
 impl From<TableError> for ApiError {
     fn from(e: TableError) -> Self {
         match e {
-            TableError::UnknownTable(_) | TableError::UnknownRow { .. } => ApiError::NotFound(e.to_string()),
+            TableError::UnknownTable(_) | TableError::UnknownRow { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
             TableError::Exists(_) => ApiError::Conflict(e.to_string()),
             e if e.is_client_error() => ApiError::BadRequest(e.to_string()),
             e => ApiError::Internal(e.to_string()),
@@ -60,7 +62,9 @@ fn body(json: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
 pub async fn list_tables(ext: Ext) -> Result<Json<Value>, ApiError> {
     let a = api(ext)?;
     let tables = blocking(move || Ok(a.tables.tables()?)).await?;
-    Ok(Json(json!({"tables": tables.iter().map(|t| t.to_json()).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"tables": tables.iter().map(|t| t.to_json()).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `POST /v1/tables` `{"name": "vip", "columns": ["number", "name"]}`
@@ -80,14 +84,21 @@ pub async fn create_table(
         .and_then(Value::as_array)
         .ok_or_else(|| ApiError::BadRequest("`columns` (list of names) is required".into()))?
         .iter()
-        .map(|c| c.as_str().map(str::to_string).ok_or_else(|| ApiError::BadRequest("column names are strings".into())))
+        .map(|c| {
+            c.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| ApiError::BadRequest("column names are strings".into()))
+        })
         .collect::<Result<_, _>>()?;
     let info = blocking(move || Ok(a.tables.create_table(&name, &columns)?)).await?;
     Ok((StatusCode::CREATED, Json(info.to_json())))
 }
 
 /// `GET /v1/tables/{name}`
-pub async fn get_table(ext: Ext, path: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn get_table(
+    ext: Ext,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let a = api(ext)?;
     let name = name_of(path)?;
     let info = blocking(move || {
@@ -101,7 +112,10 @@ pub async fn get_table(ext: Ext, path: Result<Path<String>, PathRejection>) -> R
 }
 
 /// `DELETE /v1/tables/{name}`
-pub async fn drop_table(ext: Ext, path: Result<Path<String>, PathRejection>) -> Result<StatusCode, ApiError> {
+pub async fn drop_table(
+    ext: Ext,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
     let a = api(ext)?;
     let name = name_of(path)?;
     blocking(move || Ok(a.tables.drop_table(&name)?)).await?;
@@ -127,9 +141,11 @@ pub async fn list_rows(
     )?;
     let offset = match params.get("offset") {
         None => 0,
-        Some(o) => o
-            .parse::<usize>()
-            .map_err(|_| ApiError::BadRequest(format!("`offset` must be a non-negative integer, got {o:?}")))?,
+        Some(o) => o.parse::<usize>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "`offset` must be a non-negative integer, got {o:?}"
+            ))
+        })?,
     };
     let filter = query_filter(&params);
     let (rows, count) = blocking(move || Ok(a.tables.find(&name, &filter, limit, offset)?)).await?;
@@ -156,7 +172,9 @@ pub async fn insert_row(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
-fn row_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<(String, i64), ApiError> {
+fn row_path(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, i64), ApiError> {
     let Ok(Path((name, id))) = path else {
         return Err(ApiError::NotFound("no such row".into()));
     };
@@ -170,10 +188,15 @@ fn row_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<(Stri
 }
 
 /// `GET /v1/tables/{name}/rows/{id}`
-pub async fn get_row(ext: Ext, path: Result<Path<(String, String)>, PathRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn get_row(
+    ext: Ext,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let a = api(ext)?;
     let (name, id) = row_path(path)?;
-    Ok(Json(blocking(move || Ok(a.tables.get_row(&name, id)?)).await?))
+    Ok(Json(
+        blocking(move || Ok(a.tables.get_row(&name, id)?)).await?,
+    ))
 }
 
 /// `PATCH /v1/tables/{name}/rows/{id}` `{"column": "new value"}`
@@ -194,7 +217,10 @@ pub async fn update_row(
 }
 
 /// `DELETE /v1/tables/{name}/rows/{id}`
-pub async fn delete_row(ext: Ext, path: Result<Path<(String, String)>, PathRejection>) -> Result<StatusCode, ApiError> {
+pub async fn delete_row(
+    ext: Ext,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
     let a = api(ext)?;
     let (name, id) = row_path(path)?;
     blocking(move || Ok(a.tables.delete_row(&name, id)?)).await?;
@@ -202,7 +228,10 @@ pub async fn delete_row(ext: Ext, path: Result<Path<(String, String)>, PathRejec
 }
 
 /// `GET /v1/calls/{call_id}/transcript`: live while the call runs, from disk after.
-pub async fn transcript(ext: Ext, path: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn transcript(
+    ext: Ext,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let a = api(ext)?;
     let Ok(Path(call_id)) = path else {
         return Err(ApiError::NotFound("no such call".into()));
@@ -254,21 +283,40 @@ mod tests {
         let transcripts = Arc::new(TranscriptStore::new(tmp.path().join("transcripts")));
         let mut router = super::super::router(state);
         if with {
-            router = router.layer(Extension(IntegrationsApi { tables, transcripts: transcripts.clone() }));
+            router = router.layer(Extension(IntegrationsApi {
+                tables,
+                transcripts: transcripts.clone(),
+            }));
         }
         (router, transcripts, tmp)
     }
 
-    async fn call(app: &axum::Router, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {TOKEN}"));
+    async fn call(
+        app: &axum::Router,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"));
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty)).unwrap();
+        let req = req
+            .body(
+                body.map(|b| Body::from(b.to_string()))
+                    .unwrap_or_else(Body::empty),
+            )
+            .unwrap();
         let resp = app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     #[tokio::test]
@@ -276,17 +324,38 @@ mod tests {
         let (app, _, _tmp) = app(true);
         let (s, v) = call(&app, Method::GET, "/v1/tables", None).await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(v["tables"], json!([{"name": "vip", "columns": ["number", "name"], "rows": 1}]));
-        let (s, v) = call(&app, Method::POST, "/v1/tables/vip/rows", Some(json!({"number": "+3225550002", "name": "Bob"}))).await;
+        assert_eq!(
+            v["tables"],
+            json!([{"name": "vip", "columns": ["number", "name"], "rows": 1}])
+        );
+        let (s, v) = call(
+            &app,
+            Method::POST,
+            "/v1/tables/vip/rows",
+            Some(json!({"number": "+3225550002", "name": "Bob"})),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED);
         assert_eq!(v, json!({"_id": 2, "number": "+3225550002", "name": "Bob"}));
         let (s, v) = call(&app, Method::GET, "/v1/tables/vip/rows?name=Bob", None).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["rows"].as_array().unwrap().len(), 1);
         assert_eq!(v["count"], 1);
-        let (_, v) = call(&app, Method::GET, "/v1/tables/vip/rows?number=%27%20OR%201%3D1%20--", None).await;
+        let (_, v) = call(
+            &app,
+            Method::GET,
+            "/v1/tables/vip/rows?number=%27%20OR%201%3D1%20--",
+            None,
+        )
+        .await;
         assert_eq!(v, json!({"rows": [], "count": 0}));
-        let (s, v) = call(&app, Method::PATCH, "/v1/tables/vip/rows/2", Some(json!({"name": "Robert"}))).await;
+        let (s, v) = call(
+            &app,
+            Method::PATCH,
+            "/v1/tables/vip/rows/2",
+            Some(json!({"name": "Robert"})),
+        )
+        .await;
         assert_eq!((s, v["name"].clone()), (StatusCode::OK, json!("Robert")));
         let (s, _) = call(&app, Method::DELETE, "/v1/tables/vip/rows/2", None).await;
         assert_eq!(s, StatusCode::NO_CONTENT);
@@ -298,18 +367,45 @@ mod tests {
         assert_eq!(s, StatusCode::NOT_FOUND);
         let (s, _) = call(&app, Method::GET, "/v1/tables/..%2F..%2Fetc/rows", None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
-        let (s, _) = call(&app, Method::POST, "/v1/tables", Some(json!({"name": "notes", "columns": ["text"]}))).await;
+        let (s, _) = call(
+            &app,
+            Method::POST,
+            "/v1/tables",
+            Some(json!({"name": "notes", "columns": ["text"]})),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED);
-        let (s, _) = call(&app, Method::POST, "/v1/tables", Some(json!({"name": "notes", "columns": ["text"]}))).await;
+        let (s, _) = call(
+            &app,
+            Method::POST,
+            "/v1/tables",
+            Some(json!({"name": "notes", "columns": ["text"]})),
+        )
+        .await;
         assert_eq!(s, StatusCode::CONFLICT);
-        let (s, _) = call(&app, Method::POST, "/v1/tables", Some(json!({"name": "bad name", "columns": ["text"]}))).await;
+        let (s, _) = call(
+            &app,
+            Method::POST,
+            "/v1/tables",
+            Some(json!({"name": "bad name", "columns": ["text"]})),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         let (s, v) = call(&app, Method::GET, "/v1/tables/notes", None).await;
         assert_eq!((s, v["rows"].clone()), (StatusCode::OK, json!(0)));
         let (s, _) = call(&app, Method::DELETE, "/v1/tables/notes", None).await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         // The token is required.
-        let resp = app.clone().oneshot(Request::builder().uri("/v1/tables").body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/v1/tables")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
 
@@ -325,7 +421,10 @@ mod tests {
         assert_eq!(v["entries"][0]["text"], "7");
         store.finish("c-1");
         let (s, v) = call(&app, Method::GET, "/v1/calls/c-1/transcript", None).await;
-        assert_eq!((s, v["entries"][0]["text"].clone()), (StatusCode::OK, json!("7")));
+        assert_eq!(
+            (s, v["entries"][0]["text"].clone()),
+            (StatusCode::OK, json!("7"))
+        );
         let (s, _) = call(&app, Method::GET, "/v1/calls/unknown/transcript", None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
     }

@@ -28,8 +28,8 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 
 pub use auth::authorized;
-pub use integrations::IntegrationsApi;
 pub use error::ApiError;
+pub use integrations::IntegrationsApi;
 pub use recordings::ListQuery;
 
 /// What the API needs from the call registry.

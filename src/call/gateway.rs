@@ -118,10 +118,11 @@ impl Gateway {
                 addr: validated.http_listen,
                 reason: e.to_string(),
             })?;
-        let app = crate::api::router(api_state).layer(axum::Extension(crate::api::IntegrationsApi {
-            tables: integrations.tables.clone(),
-            transcripts: integrations.transcripts.clone(),
-        }));
+        let app =
+            crate::api::router(api_state).layer(axum::Extension(crate::api::IntegrationsApi {
+                tables: integrations.tables.clone(),
+                transcripts: integrations.transcripts.clone(),
+            }));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!(error = %e, "HTTP server stopped");

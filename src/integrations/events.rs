@@ -46,8 +46,12 @@ impl EventSink {
         let queue = match &cfg.webhook_url {
             None => None,
             Some(url) => {
-                let hook = Webhook::new(url, cfg.secret.clone(), Duration::from_millis(cfg.timeout_ms))
-                    .map_err(InitError::Config)?;
+                let hook = Webhook::new(
+                    url,
+                    cfg.secret.clone(),
+                    Duration::from_millis(cfg.timeout_ms),
+                )
+                .map_err(InitError::Config)?;
                 let (tx, rx) = mpsc::channel(cfg.queue_size);
                 tokio::spawn(deliver_all(hook, rx, cfg.max_attempts));
                 Some(tx)
@@ -154,13 +158,18 @@ async fn deliver_all(hook: Webhook, mut rx: mpsc::Receiver<Outgoing>, max_attemp
         let hook = hook.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match hook.deliver(&out.event, &out.delivery, &out.body, max_attempts).await {
+            match hook
+                .deliver(&out.event, &out.delivery, &out.body, max_attempts)
+                .await
+            {
                 Ok(attempts) => {
-                    metrics::counter!("voxgate_webhook_deliveries_total", "outcome" => "ok").increment(1);
+                    metrics::counter!("voxgate_webhook_deliveries_total", "outcome" => "ok")
+                        .increment(1);
                     tracing::debug!(event = %out.event, delivery = %out.delivery, attempts, "webhook delivered");
                 }
                 Err(e) => {
-                    metrics::counter!("voxgate_webhook_deliveries_total", "outcome" => "failed").increment(1);
+                    metrics::counter!("voxgate_webhook_deliveries_total", "outcome" => "failed")
+                        .increment(1);
                     warn!(event = %out.event, delivery = %out.delivery, url = %hook.url, error = %e.message, "webhook delivery given up");
                 }
             }
@@ -195,16 +204,27 @@ mod tests {
     #[tokio::test]
     async fn webhook_gets_signed_event_after_retries() {
         use axum::{extract::State, http::HeaderMap, routing::post, Router};
+        type Posts = Vec<(HeaderMap, Vec<u8>)>;
         #[derive(Clone, Default)]
-        struct Rx(Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>);
-        async fn hook(State(rx): State<Rx>, headers: HeaderMap, body: axum::body::Bytes) -> axum::http::StatusCode {
+        struct Rx(Arc<Mutex<Posts>>);
+        async fn hook(
+            State(rx): State<Rx>,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
             let mut v = rx.0.lock().unwrap();
             v.push((headers, body.to_vec()));
             // The first attempt fails, the retry succeeds.
-            if v.len() == 1 { axum::http::StatusCode::SERVICE_UNAVAILABLE } else { axum::http::StatusCode::NO_CONTENT }
+            if v.len() == 1 {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                axum::http::StatusCode::NO_CONTENT
+            }
         }
         let rx = Rx::default();
-        let app = Router::new().route("/hook", post(hook)).with_state(rx.clone());
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .with_state(rx.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -218,7 +238,9 @@ mod tests {
         let r = sink.dispatch("call-9", json!({"a": [1, 2]}), false);
         assert_eq!(r["webhook"], "queued");
         for _ in 0..100 {
-            if rx.0.lock().unwrap().len() >= 2 { break; }
+            if rx.0.lock().unwrap().len() >= 2 {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let got = rx.0.lock().unwrap();
@@ -228,9 +250,19 @@ mod tests {
         assert_eq!(v["type"], "CL_DISPATCH_EVENT");
         assert_eq!(v["call_id"], "call-9");
         assert_eq!(v["payload"], json!({"a": [1, 2]}));
-        let ts: i64 = headers["x-voxgate-timestamp"].to_str().unwrap().parse().unwrap();
-        assert_eq!(headers["x-voxgate-signature"].to_str().unwrap(), super::super::webhook::signature("s3cret", ts, body));
-        assert_eq!(headers["x-voxgate-delivery"], got[0].0["x-voxgate-delivery"], "a retry keeps its delivery id");
+        let ts: i64 = headers["x-voxgate-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            headers["x-voxgate-signature"].to_str().unwrap(),
+            super::super::webhook::signature("s3cret", ts, body)
+        );
+        assert_eq!(
+            headers["x-voxgate-delivery"], got[0].0["x-voxgate-delivery"],
+            "a retry keeps its delivery id"
+        );
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 }

@@ -33,7 +33,11 @@ impl HostRule {
         if e.is_empty() {
             return Err("an empty host entry".into());
         }
-        if let Ok(ip) = e.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = e
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return Ok(HostRule::Net(IpNet::from(ip)));
         }
         if e.contains('/') {
@@ -150,7 +154,11 @@ impl HostPolicy {
     }
 
     /// Check 2: which resolved addresses of a listed name may be connected to.
-    pub fn filter_addrs(&self, host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refused> {
+    pub fn filter_addrs(
+        &self,
+        host: &str,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, Refused> {
         if !self.name_listed(host) {
             return Err(Refused::HostNotAllowed(host.to_string()));
         }
@@ -227,7 +235,8 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let host = name.as_str().to_string();
         Box::pin(async move {
             if !policy.name_listed(&host) {
-                return Err(Box::new(Refused::HostNotAllowed(host)) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(Refused::HostNotAllowed(host))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await
@@ -267,11 +276,26 @@ mod tests {
 
     #[test]
     fn parses_entries() {
-        assert_eq!(HostRule::parse("API.example.com").unwrap(), HostRule::Name("api.example.com".into()));
-        assert_eq!(HostRule::parse("*.example.com").unwrap(), HostRule::Suffix(".example.com".into()));
-        assert!(matches!(HostRule::parse("127.0.0.1").unwrap(), HostRule::Net(_)));
-        assert!(matches!(HostRule::parse("[::1]").unwrap(), HostRule::Net(_)));
-        assert!(matches!(HostRule::parse("10.0.0.0/8").unwrap(), HostRule::Net(_)));
+        assert_eq!(
+            HostRule::parse("API.example.com").unwrap(),
+            HostRule::Name("api.example.com".into())
+        );
+        assert_eq!(
+            HostRule::parse("*.example.com").unwrap(),
+            HostRule::Suffix(".example.com".into())
+        );
+        assert!(matches!(
+            HostRule::parse("127.0.0.1").unwrap(),
+            HostRule::Net(_)
+        ));
+        assert!(matches!(
+            HostRule::parse("[::1]").unwrap(),
+            HostRule::Net(_)
+        ));
+        assert!(matches!(
+            HostRule::parse("10.0.0.0/8").unwrap(),
+            HostRule::Net(_)
+        ));
         for bad in ["", "10.0.0.0/99", "http://x", "a b", "x..y", "host:80"] {
             assert!(HostRule::parse(bad).is_err(), "{bad}");
         }
@@ -291,9 +315,14 @@ mod tests {
         assert!(p.check_url(&url("http://2130706434/")).is_err());
         assert!(p.check_url(&url("http://[::ffff:127.0.0.2]/")).is_err());
         assert!(p.check_url(&url("http://[::ffff:127.0.0.1]/")).is_ok());
-        assert_eq!(p.check_url(&url("ftp://api.example.com/")), Err(Refused::Scheme("ftp".into())));
+        assert_eq!(
+            p.check_url(&url("ftp://api.example.com/")),
+            Err(Refused::Scheme("ftp".into()))
+        );
         assert!(p.check_url(&url("file:///etc/passwd")).is_err());
-        assert!(policy(&[]).check_url(&url("https://api.example.com/")).is_err());
+        assert!(policy(&[])
+            .check_url(&url("https://api.example.com/"))
+            .is_err());
     }
 
     #[test]
@@ -301,21 +330,47 @@ mod tests {
         let sa = |s: &str| -> SocketAddr { format!("{s}:0").parse().unwrap() };
         let p = policy(&["evil.example.com", "localhost", "127.0.0.1"]);
         // A listed name pointing at metadata / private space is refused...
-        let e = p.filter_addrs("evil.example.com", vec![sa("169.254.169.254"), sa("10.1.2.3")]);
+        let e = p.filter_addrs(
+            "evil.example.com",
+            vec![sa("169.254.169.254"), sa("10.1.2.3")],
+        );
         assert!(matches!(e, Err(Refused::AddressNotAllowed { .. })), "{e:?}");
         // ...public addresses pass, internal ones are dropped from a mixed answer...
-        let ok = p.filter_addrs("evil.example.com", vec![sa("10.1.2.3"), sa("93.184.216.34")]).unwrap();
+        let ok = p
+            .filter_addrs(
+                "evil.example.com",
+                vec![sa("10.1.2.3"), sa("93.184.216.34")],
+            )
+            .unwrap();
         assert_eq!(ok, vec![sa("93.184.216.34")]);
         // ...and a listed internal address is reachable through a listed name.
-        let ok = p.filter_addrs("localhost", vec![sa("127.0.0.1"), sa("[::1]")]).unwrap();
+        let ok = p
+            .filter_addrs("localhost", vec![sa("127.0.0.1"), sa("[::1]")])
+            .unwrap();
         assert_eq!(ok, vec![sa("127.0.0.1")]);
-        assert!(p.filter_addrs("other.example", vec![sa("93.184.216.34")]).is_err());
+        assert!(p
+            .filter_addrs("other.example", vec![sa("93.184.216.34")])
+            .is_err());
     }
 
     #[test]
     fn public_address_classes() {
-        for internal in ["127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-            "100.64.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "::1", "fe80::1", "fd00::1", "::", "::ffff:10.0.0.1"] {
+        for internal in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::",
+            "::ffff:10.0.0.1",
+        ] {
             assert!(!is_public(internal.parse().unwrap()), "{internal}");
         }
         for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {

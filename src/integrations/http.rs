@@ -148,13 +148,20 @@ impl HttpExecutor {
         if !METHODS.contains(&method_name.as_str()) {
             return Err(StepError::new(
                 "http",
-                format!("method `{}` is not one of {}", req.method, METHODS.join(", ")),
+                format!(
+                    "method `{}` is not one of {}",
+                    req.method,
+                    METHODS.join(", ")
+                ),
             ));
         }
         let method = reqwest::Method::from_bytes(method_name.as_bytes())
             .map_err(|_| StepError::new("http", format!("bad method `{}`", req.method)))?;
         let secret_err = |e: SecretError| StepError::new("secret", e.to_string());
-        let url_text = self.secrets.fill(req.url.trim(), used).map_err(secret_err)?;
+        let url_text = self
+            .secrets
+            .fill(req.url.trim(), used)
+            .map_err(secret_err)?;
         let mut url = reqwest::Url::parse(&url_text)
             .map_err(|e| StepError::new("http", format!("bad URL: {e}")))?;
         if !req.query.is_empty() {
@@ -193,7 +200,10 @@ impl HttpExecutor {
             Some(Value::String(text)) => {
                 let text = self.secrets.fill(text, used).map_err(secret_err)?;
                 if !headers.contains_key(CONTENT_TYPE) {
-                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                    headers.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
                 }
                 builder = builder.body(text);
             }
@@ -244,7 +254,12 @@ impl HttpExecutor {
                 .get("content-type")
                 .and_then(Value::as_str)
                 .map(|ct| {
-                    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                    let mime = ct
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase();
                     mime == "application/json" || mime.ends_with("+json")
                 })
                 .unwrap_or(false);

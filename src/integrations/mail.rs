@@ -44,7 +44,11 @@ impl SmtpTarget {
         let implicit_tls = match parsed.scheme() {
             "smtp" => false,
             "smtps" => true,
-            other => return Err(format!("`{url}`: scheme `{other}` is not smtp:// or smtps://")),
+            other => {
+                return Err(format!(
+                    "`{url}`: scheme `{other}` is not smtp:// or smtps://"
+                ))
+            }
         };
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(format!(
@@ -109,7 +113,8 @@ impl Mailer {
         let from = check_address(&cfg.from)?;
         let mut tls = TlsParameters::builder(target.host.clone());
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("mail.ca_file {}: {e}", path.display()))?;
+            let pem =
+                std::fs::read(path).map_err(|e| format!("mail.ca_file {}: {e}", path.display()))?;
             let cert = Certificate::from_pem(&pem)
                 .map_err(|e| format!("mail.ca_file {}: {e}", path.display()))?;
             tls = tls.add_root_certificate(cert);
@@ -124,10 +129,11 @@ impl Mailer {
                 StartTls::Never => Tls::None,
             }
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(target.host.clone())
-            .port(target.port)
-            .tls(mode)
-            .timeout(Some(Duration::from_millis(cfg.timeout_ms)));
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(target.host.clone())
+                .port(target.port)
+                .tls(mode)
+                .timeout(Some(Duration::from_millis(cfg.timeout_ms)));
         if let Some(user) = &cfg.username {
             let password = match (&cfg.password, &cfg.password_env) {
                 (Some(p), _) => p.expose().to_string(),
@@ -195,7 +201,10 @@ impl Mailer {
         let mut text = String::new();
         text.push_str(body);
         text.push_str("\n\n");
-        text.push_str(&format!("Call {}\nFrom: {}\nTo: {}\n\n", ctx.call_id, ctx.from, ctx.to));
+        text.push_str(&format!(
+            "Call {}\nFrom: {}\nTo: {}\n\n",
+            ctx.call_id, ctx.from, ctx.to
+        ));
         text.push_str("Transcript\n----------\n");
         match &ctx.transcript {
             Some(t) if !t.entries().is_empty() => {
@@ -226,7 +235,10 @@ impl Mailer {
             .map(|t| t.to_json())
             .unwrap_or_else(|| json!({"call_id": ctx.call_id, "entries": []}));
         json["recording_ids"] = json!(ctx.recording_ids);
-        (text, serde_json::to_string_pretty(&json).unwrap_or_default())
+        (
+            text,
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
     }
 
     /// A step: queue the message, wait at most `budget` for the first attempt.
@@ -236,7 +248,11 @@ impl Mailer {
         ctx: &RequestContext,
         budget: Duration,
     ) -> Result<Value, StepError> {
-        let message_id = format!("<{:016x}.{}@voxgate>", rand::random::<u64>(), chrono::Utc::now().timestamp());
+        let message_id = format!(
+            "<{:016x}.{}@voxgate>",
+            rand::random::<u64>(),
+            chrono::Utc::now().timestamp()
+        );
         let message = self.build(&req, ctx, &message_id)?;
         let (first_tx, first_rx) = oneshot::channel();
         self.tx
@@ -248,7 +264,9 @@ impl Mailer {
             })
             .map_err(|_| StepError::new("smtp", "the mail queue is full"))?;
         match tokio::time::timeout(budget, first_rx).await {
-            Ok(Ok(Attempt::Sent)) => Ok(json!({"queued": true, "sent": true, "message_id": message_id})),
+            Ok(Ok(Attempt::Sent)) => {
+                Ok(json!({"queued": true, "sent": true, "message_id": message_id}))
+            }
             Ok(Ok(Attempt::Permanent(e))) => Err(StepError::new("smtp", e)),
             Ok(Ok(Attempt::Transient(e))) => {
                 Ok(json!({"queued": true, "sent": false, "message_id": message_id, "retrying": e}))
@@ -304,12 +322,14 @@ async fn run_queue(
                         true
                     }
                     Attempt::Permanent(e) => {
-                        metrics::counter!("voxgate_mail_total", "outcome" => "refused").increment(1);
+                        metrics::counter!("voxgate_mail_total", "outcome" => "refused")
+                            .increment(1);
                         warn!(message_id = %job.message_id, to = %job.to, error = %e, "mail refused");
                         true
                     }
                     Attempt::Transient(e) if attempt >= max_attempts => {
-                        metrics::counter!("voxgate_mail_total", "outcome" => "given_up").increment(1);
+                        metrics::counter!("voxgate_mail_total", "outcome" => "given_up")
+                            .increment(1);
                         warn!(message_id = %job.message_id, to = %job.to, attempts = attempt, error = %e, "mail given up");
                         true
                     }
@@ -340,9 +360,16 @@ mod tests {
     fn smtp_urls() {
         assert_eq!(
             SmtpTarget::parse("smtp://127.0.0.1:2525").unwrap(),
-            SmtpTarget { host: "127.0.0.1".into(), port: 2525, implicit_tls: false }
+            SmtpTarget {
+                host: "127.0.0.1".into(),
+                port: 2525,
+                implicit_tls: false
+            }
         );
-        assert_eq!(SmtpTarget::parse("smtps://mail.example.com").unwrap().port, 465);
+        assert_eq!(
+            SmtpTarget::parse("smtps://mail.example.com").unwrap().port,
+            465
+        );
         assert_eq!(SmtpTarget::parse("smtp://[::1]:25").unwrap().host, "::1");
         for bad in ["http://x", "smtp://", "smtp://u:p@host:25", "nonsense"] {
             assert!(SmtpTarget::parse(bad).is_err(), "{bad}");
@@ -353,7 +380,11 @@ mod tests {
 
     fn mailer() -> Mailer {
         let (tx, _rx) = mpsc::channel(1);
-        Mailer { tx, from: check_address("voxgate@example.com").unwrap(), link_base: Some("https://gw.example.com/".into()) }
+        Mailer {
+            tx,
+            from: check_address("voxgate@example.com").unwrap(),
+            link_base: Some("https://gw.example.com/".into()),
+        }
     }
 
     #[test]
@@ -380,19 +411,37 @@ mod tests {
         };
         let m = mailer().build(&req, &ctx, "<x@voxgate>").unwrap();
         let raw = String::from_utf8(m.formatted()).unwrap();
-        assert!(raw.contains("Subject: Report call-1 Bcc: evil@example.com"), "{raw}");
+        assert!(
+            raw.contains("Subject: Report call-1 Bcc: evil@example.com"),
+            "{raw}"
+        );
         assert!(!raw.contains("\r\nBcc:"), "no header injection");
         assert!(raw.contains("Bot said: Press 1 for sales"), "{raw}");
         assert!(raw.contains("Keys pressed: 1#"), "{raw}");
-        assert!(raw.contains("https://gw.example.com/v1/recordings/rec_1/audio"), "{raw}");
+        assert!(
+            raw.contains("https://gw.example.com/v1/recordings/rec_1/audio"),
+            "{raw}"
+        );
         assert!(raw.contains("transcript.json"), "{raw}");
-        let plain = MailRequest { report: false, ..req.clone() };
+        let plain = MailRequest {
+            report: false,
+            ..req.clone()
+        };
         let m = mailer().build(&plain, &ctx, "<y@voxgate>").unwrap();
         let raw = String::from_utf8(m.formatted()).unwrap();
         assert!(!raw.contains("Keys pressed"));
-        let bad = MailRequest { to: vec!["nope".into()], ..plain.clone() };
-        assert_eq!(mailer().build(&bad, &ctx, "<z@voxgate>").unwrap_err().code, "smtp");
-        let none = MailRequest { to: vec![], ..plain };
+        let bad = MailRequest {
+            to: vec!["nope".into()],
+            ..plain.clone()
+        };
+        assert_eq!(
+            mailer().build(&bad, &ctx, "<z@voxgate>").unwrap_err().code,
+            "smtp"
+        );
+        let none = MailRequest {
+            to: vec![],
+            ..plain
+        };
         assert!(mailer().build(&none, &ctx, "<z@voxgate>").is_err());
     }
 }

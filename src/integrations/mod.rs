@@ -108,17 +108,15 @@ pub struct Integrations {
     pub offload: Arc<offload::OffloadNotifier>,
     pub transcripts: Arc<TranscriptStore>,
     /// Requests in progress, by (call id, request id), so a `CancelRequest` can stop one.
-    inflight: Arc<std::sync::Mutex<std::collections::HashMap<(String, u64), tokio::task::AbortHandle>>>,
+    inflight:
+        Arc<std::sync::Mutex<std::collections::HashMap<(String, u64), tokio::task::AbortHandle>>>,
 }
 
 impl Integrations {
     /// Builds the executors from the config. `log_event` appends one record to the events
     /// journal served by `/v1/events` (the caller owns that file). Must run inside a tokio
     /// runtime (queues start their tasks).
-    pub fn start(
-        config: &Config,
-        log_event: events::EventLog,
-    ) -> Result<Integrations, InitError> {
+    pub fn start(config: &Config, log_event: events::EventLog) -> Result<Integrations, InitError> {
         let i = &config.integrations;
         let policy = hosts::HostPolicy::new(&i.allow_hosts).map_err(InitError::Config)?;
         let secrets = secrets::Secrets::new(i.secrets.clone());
@@ -131,7 +129,10 @@ impl Integrations {
         let fetch = if i.script_fetch {
             tokio::runtime::Handle::try_current()
                 .ok()
-                .map(|h| script::Fetch { http: http.clone(), runtime: h })
+                .map(|h| script::Fetch {
+                    http: http.clone(),
+                    runtime: h,
+                })
         } else {
             None
         };
@@ -238,7 +239,9 @@ impl Integrations {
         let started = Instant::now();
         // The executors get a little less than the flow's timeout so their own, more precise
         // error wins over the flow's generic one.
-        let budget = timeout.saturating_sub(Duration::from_millis(20)).max(Duration::from_millis(1));
+        let budget = timeout
+            .saturating_sub(Duration::from_millis(20))
+            .max(Duration::from_millis(1));
         let kind = kind_of(&request);
         let fut = self.dispatch(request, &ctx, budget);
         let result = match tokio::time::timeout(timeout, fut).await {
@@ -249,7 +252,11 @@ impl Integrations {
             )),
         };
         match &result {
-            Ok(_) => tracing::info!(step = kind, ms = started.elapsed().as_millis() as u64, "step request done"),
+            Ok(_) => tracing::info!(
+                step = kind,
+                ms = started.elapsed().as_millis() as u64,
+                "step request done"
+            ),
             Err(e) => warn!(step = kind, code = %e.code, error = %e.message, "step request failed"),
         }
         metrics::counter!("voxgate_step_requests_total", "step" => kind, "outcome" => if result.is_ok() { "ok" } else { "error" }).increment(1);
@@ -266,7 +273,9 @@ impl Integrations {
             StepRequest::Http(req) => self.http.execute(&req, budget).await.map(|r| r.to_json()),
             StepRequest::Script(req) => self.scripts.run(req, budget).await,
             StepRequest::Dispatch { payload } => {
-                Ok(self.events.dispatch(&ctx.call_id, payload, ctx.websocket_delivered))
+                Ok(self
+                    .events
+                    .dispatch(&ctx.call_id, payload, ctx.websocket_delivered))
             }
             StepRequest::Mail(req) => match &self.mail {
                 None => Err(StepError::not_configured(

@@ -28,7 +28,11 @@ pub enum Target {
     /// A number, still to be checked against `transfer.allow` by the forward machinery.
     Number(String),
     /// A SIP URI whose host is allowed.
-    Uri { uri: String, host: String, port: Option<u16> },
+    Uri {
+        uri: String,
+        host: String,
+        port: Option<u16>,
+    },
 }
 
 /// Why an offload target or its headers were refused (before any SIP is sent).
@@ -61,7 +65,11 @@ pub fn parse_target(to: &str, allow_uris: &[String]) -> Result<Target, OffloadEr
         return Ok(Target::Number(to.to_string()));
     }
     let bad = || OffloadError::BadUri(to.chars().take(120).collect());
-    if to.len() > 256 || to.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',')) {
+    if to.len() > 256
+        || to
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ','))
+    {
         return Err(bad());
     }
     let rest = &to[to.find(':').ok_or_else(bad)? + 1..];
@@ -108,9 +116,13 @@ pub fn parse_target(to: &str, allow_uris: &[String]) -> Result<Target, OffloadEr
 fn token(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'%' | b'*' | b'+' | b'`' | b'\'' | b'~'))
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'!' | b'%' | b'*' | b'+' | b'`' | b'\'' | b'~'
+                )
+        })
 }
 
 /// Checks the flow's headers and puts `X-Voxgate-Call-Id` first. Names must be `X-...` tokens
@@ -152,7 +164,25 @@ pub fn uri_headers(headers: &[(String, String)]) -> String {
     let enc = |s: &str| -> String {
         s.bytes()
             .map(|b| {
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'[' | b']' | b'/' | b':' | b'+' | b'$') {
+                if b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'_'
+                            | b'.'
+                            | b'!'
+                            | b'~'
+                            | b'*'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'['
+                            | b']'
+                            | b'/'
+                            | b':'
+                            | b'+'
+                            | b'$'
+                    )
+                {
                     (b as char).to_string()
                 } else {
                     format!("%{b:02X}")
@@ -177,7 +207,9 @@ impl OffloadNotifier {
     pub fn new(cfg: &OffloadConfig) -> Result<OffloadNotifier, InitError> {
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let hook = match &cfg.webhook_url {
-            Some(url) => Some(Webhook::new(url, cfg.secret.clone(), timeout).map_err(InitError::Config)?),
+            Some(url) => {
+                Some(Webhook::new(url, cfg.secret.clone(), timeout).map_err(InitError::Config)?)
+            }
             None => None,
         };
         Ok(OffloadNotifier { hook, timeout })
@@ -188,7 +220,14 @@ impl OffloadNotifier {
     }
 
     /// The body: `{"type": "offload", "call_id", "from", "to", "target", "context", "transcript"}`.
-    pub fn body(call_id: &str, from: &str, to: &str, target: &str, context: &Value, transcript: &Value) -> Value {
+    pub fn body(
+        call_id: &str,
+        from: &str,
+        to: &str,
+        target: &str,
+        context: &Value,
+        transcript: &Value,
+    ) -> Value {
         json!({
             "type": "offload",
             "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -226,32 +265,90 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(parse_target(" +3225551212 ", &allow()).unwrap(), Target::Number("+3225551212".into()));
+        assert_eq!(
+            parse_target(" +3225551212 ", &allow()).unwrap(),
+            Target::Number("+3225551212".into())
+        );
         assert_eq!(
             parse_target("sip:agents@127.0.0.1:5080", &allow()).unwrap(),
-            Target::Uri { uri: "sip:agents@127.0.0.1:5080".into(), host: "127.0.0.1".into(), port: Some(5080) }
+            Target::Uri {
+                uri: "sip:agents@127.0.0.1:5080".into(),
+                host: "127.0.0.1".into(),
+                port: Some(5080)
+            }
         );
         assert_eq!(
             parse_target("sip:queue@PBX.example.com;transport=tcp?X-A=1", &allow()).unwrap(),
-            Target::Uri { uri: "sip:queue@PBX.example.com;transport=tcp".into(), host: "PBX.example.com".into(), port: None }
+            Target::Uri {
+                uri: "sip:queue@PBX.example.com;transport=tcp".into(),
+                host: "PBX.example.com".into(),
+                port: None
+            }
         );
-        assert!(matches!(parse_target("sip:a@[::1]:5060", &allow()).unwrap(), Target::Uri { port: Some(5060), .. }));
-        assert_eq!(parse_target("sip:agents@10.0.0.5", &allow()), Err(OffloadError::HostNotAllowed("10.0.0.5".into())));
-        assert_eq!(parse_target("sip:agents@127.0.0.1", &[]).unwrap_err().code(), "denied");
-        for bad in ["sip:", "sip:@127.0.0.1", "sip:a b@127.0.0.1", "sip:a@127.0.0.1:99999", "sip:a@127.0.0.1>;x", "sip:a@127.0.0.1\r\nVia: x", "sip:a@exa_mple.com"] {
+        assert!(matches!(
+            parse_target("sip:a@[::1]:5060", &allow()).unwrap(),
+            Target::Uri {
+                port: Some(5060),
+                ..
+            }
+        ));
+        assert_eq!(
+            parse_target("sip:agents@10.0.0.5", &allow()),
+            Err(OffloadError::HostNotAllowed("10.0.0.5".into()))
+        );
+        assert_eq!(
+            parse_target("sip:agents@127.0.0.1", &[])
+                .unwrap_err()
+                .code(),
+            "denied"
+        );
+        for bad in [
+            "sip:",
+            "sip:@127.0.0.1",
+            "sip:a b@127.0.0.1",
+            "sip:a@127.0.0.1:99999",
+            "sip:a@127.0.0.1>;x",
+            "sip:a@127.0.0.1\r\nVia: x",
+            "sip:a@exa_mple.com",
+        ] {
             assert!(parse_target(bad, &allow()).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn headers() {
-        let h = context_headers("abc@host", &[("X-Customer".into(), "Ann O'Brien".into()), ("User-to-User".into(), "56a390f3d2b7310023a2;encoding=hex".into())]).unwrap();
+        let h = context_headers(
+            "abc@host",
+            &[
+                ("X-Customer".into(), "Ann O'Brien".into()),
+                (
+                    "User-to-User".into(),
+                    "56a390f3d2b7310023a2;encoding=hex".into(),
+                ),
+            ],
+        )
+        .unwrap();
         assert_eq!(h[0], ("X-Voxgate-Call-Id".into(), "abc@host".into()));
         assert_eq!(h.len(), 3);
-        for (n, v) in [("Via", "x"), ("X-Voxgate-Call-Id", "spoof"), ("X-A\r\nB", "x"), ("X-A", "a\r\nVia: evil"), ("X-", "x")] {
-            assert!(context_headers("c", &[(n.into(), v.into())]).is_err(), "{n}");
+        for (n, v) in [
+            ("Via", "x"),
+            ("X-Voxgate-Call-Id", "spoof"),
+            ("X-A\r\nB", "x"),
+            ("X-A", "a\r\nVia: evil"),
+            ("X-", "x"),
+        ] {
+            assert!(
+                context_headers("c", &[(n.into(), v.into())]).is_err(),
+                "{n}"
+            );
         }
         assert!(context_headers("c", &[("X-Big".into(), "v".repeat(MAX_VALUE + 1))]).is_err());
-        assert_eq!(uri_headers(&[("X-Voxgate-Call-Id".into(), "a b@c".into()), ("X-N".into(), "1&2=3".into())]), "X-Voxgate-Call-Id=a%20b%40c&X-N=1%262%3D3");
+        assert_eq!(
+            uri_headers(&[
+                ("X-Voxgate-Call-Id".into(), "a b@c".into()),
+                ("X-N".into(), "1&2=3".into())
+            ]),
+            "X-Voxgate-Call-Id=a%20b%40c&X-N=1%262%3D3"
+        );
     }
 }

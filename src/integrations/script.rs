@@ -68,7 +68,9 @@ pub struct ScriptPool {
 
 impl std::fmt::Debug for ScriptPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScriptPool").field("max_memory_kb", &self.max_memory_kb).finish()
+        f.debug_struct("ScriptPool")
+            .field("max_memory_kb", &self.max_memory_kb)
+            .finish()
     }
 }
 
@@ -98,18 +100,33 @@ impl ScriptPool {
                         guard.recv()
                     };
                     let Ok(job) = job else { return };
-                    let Job { source, args, memory_kb, deadline, cancel, reply } = job;
+                    let Job {
+                        source,
+                        args,
+                        memory_kb,
+                        deadline,
+                        cancel,
+                        reply,
+                    } = job;
                     if reply.is_closed() || cancel.load(Ordering::Relaxed) {
                         continue;
                     }
                     let result = if Instant::now() >= deadline {
-                        Err(StepError::new("timeout", "the script waited too long for a free script thread"))
+                        Err(StepError::new(
+                            "timeout",
+                            "the script waited too long for a free script thread",
+                        ))
                     } else {
                         // A panic in the engine's bindings must not take the thread down.
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             run_script(&source, &args, memory_kb, deadline, &cancel, fetch.as_ref())
                         }))
-                        .unwrap_or_else(|_| Err(StepError::new("script", "the script engine failed (panic); see the log")))
+                        .unwrap_or_else(|_| {
+                            Err(StepError::new(
+                                "script",
+                                "the script engine failed (panic); see the log",
+                            ))
+                        })
                     };
                     reply.send(result).ok();
                 })?;
@@ -122,7 +139,9 @@ impl ScriptPool {
 
     /// Runs a script within `budget`. Dropping the future stops the script (interrupt).
     pub async fn run(&self, req: ScriptRequest, budget: Duration) -> Result<Value, StepError> {
-        let memory_kb = req.memory_kb.clamp(MIN_MEMORY_KB, self.max_memory_kb.max(MIN_MEMORY_KB));
+        let memory_kb = req
+            .memory_kb
+            .clamp(MIN_MEMORY_KB, self.max_memory_kb.max(MIN_MEMORY_KB));
         let cancel = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancel.clone());
         let (reply, rx) = oneshot::channel();
@@ -161,7 +180,8 @@ fn run_script(
 ) -> Result<Value, StepError> {
     let started = Instant::now();
     let budget_ms = deadline.saturating_duration_since(started).as_millis();
-    let rt = Runtime::new().map_err(|e| StepError::new("script", format!("cannot start the engine: {e}")))?;
+    let rt = Runtime::new()
+        .map_err(|e| StepError::new("script", format!("cannot start the engine: {e}")))?;
     rt.set_memory_limit(memory_kb as usize * 1024);
     rt.set_max_stack_size(STACK);
     let stop = Arc::new(Stop::default());
@@ -180,12 +200,20 @@ fn run_script(
             false
         })));
     }
-    let ctx = Context::full(&rt).map_err(|e| StepError::new("memory", format!("cannot create a context within {memory_kb} KiB: {e}")))?;
+    let ctx = Context::full(&rt).map_err(|e| {
+        StepError::new(
+            "memory",
+            format!("cannot create a context within {memory_kb} KiB: {e}"),
+        )
+    })?;
     let limits = |e: StepError| -> StepError {
         if stop.cancelled.load(Ordering::Relaxed) {
             StepError::new("cancelled", "the flow stopped waiting for the script")
         } else if stop.timeout.load(Ordering::Relaxed) || Instant::now() >= deadline {
-            StepError::new("timeout", format!("the script ran longer than {budget_ms} ms and was stopped"))
+            StepError::new(
+                "timeout",
+                format!("the script ran longer than {budget_ms} ms and was stopped"),
+            )
         } else {
             e
         }
@@ -233,7 +261,11 @@ fn run_script(
         Ok(v)
     });
     let result = result.map_err(limits);
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "script finished");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "script finished"
+    );
     result
 }
 
@@ -259,9 +291,13 @@ fn describe_exception(v: &JsValue<'_>) -> String {
     if let Some(ex) = v.as_exception() {
         let msg = ex.message().unwrap_or_default();
         let name: Option<String> = ex.get("name").ok();
-        let line = ex
-            .stack()
-            .and_then(|s| s.lines().find_map(|l| l.split("<eval>:").nth(1).map(|x| x.trim_end_matches(')').to_string())));
+        let line = ex.stack().and_then(|s| {
+            s.lines().find_map(|l| {
+                l.split("<eval>:")
+                    .nth(1)
+                    .map(|x| x.trim_end_matches(')').to_string())
+            })
+        });
         let mut out = match name {
             Some(n) if !n.is_empty() => format!("{n}: {msg}"),
             _ => msg,
@@ -280,7 +316,8 @@ fn describe_exception(v: &JsValue<'_>) -> String {
 fn do_fetch(fetch: &Fetch, url: &str, opts: &str, deadline: Instant) -> String {
     let answer = |r: Result<super::http::Response, StepError>| -> String {
         match r {
-            Ok(resp) => json!({"status": resp.status, "headers": resp.headers, "text": resp.text}).to_string(),
+            Ok(resp) => json!({"status": resp.status, "headers": resp.headers, "text": resp.text})
+                .to_string(),
             Err(e) => json!({"error": {"code": e.code, "message": e.message}}).to_string(),
         }
     };
@@ -291,7 +328,14 @@ fn do_fetch(fetch: &Fetch, url: &str, opts: &str, deadline: Instant) -> String {
     let headers = match opts.get("headers") {
         Some(Value::Object(m)) => m
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -302,7 +346,11 @@ fn do_fetch(fetch: &Fetch, url: &str, opts: &str, deadline: Instant) -> String {
         Some(other) => Some(Value::String(other.to_string())),
     };
     let mut req = HttpRequest {
-        method: opts.get("method").and_then(Value::as_str).unwrap_or("GET").to_string(),
+        method: opts
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("GET")
+            .to_string(),
         url: url.to_string(),
         headers,
         query: Vec::new(),
@@ -310,8 +358,14 @@ fn do_fetch(fetch: &Fetch, url: &str, opts: &str, deadline: Instant) -> String {
         auth: None,
     };
     // A JSON text body keeps its declared type.
-    if req.body.is_some() && !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-        req.headers.push(("content-type".into(), "text/plain; charset=utf-8".into()));
+    if req.body.is_some()
+        && !req
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req.headers
+            .push(("content-type".into(), "text/plain; charset=utf-8".into()));
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {

@@ -208,12 +208,21 @@ mod tests {
         let s = secrets();
         let mut used = Used::default();
         let out = s
-            .fill("https://x/?key={secrets.API_KEY}&p={secrets.PW}&k={secrets.API_KEY}", &mut used)
+            .fill(
+                "https://x/?key={secrets.API_KEY}&p={secrets.PW}&k={secrets.API_KEY}",
+                &mut used,
+            )
             .unwrap();
         assert_eq!(out, "https://x/?key=k3y-value&p=hunter22&k=k3y-value");
         assert_eq!(used.0.len(), 2);
-        assert_eq!(used.redact("echo k3y-value and hunter22"), "echo *** and ***");
-        assert_eq!(s.fill("no placeholders {call.from}", &mut used).unwrap(), "no placeholders {call.from}");
+        assert_eq!(
+            used.redact("echo k3y-value and hunter22"),
+            "echo *** and ***"
+        );
+        assert_eq!(
+            s.fill("no placeholders {call.from}", &mut used).unwrap(),
+            "no placeholders {call.from}"
+        );
     }
 
     #[test]
@@ -223,8 +232,14 @@ mod tests {
         let e = s.fill("{secrets.NOPE}", &mut used).unwrap_err();
         assert_eq!(e, SecretError::Unknown("NOPE".into()));
         assert!(e.to_string().contains("VOXGATE_SECRET_NOPE"));
-        assert!(matches!(s.fill("{secrets.API_KEY", &mut used), Err(SecretError::Malformed(_))));
-        assert!(matches!(s.fill("{secrets.a b}", &mut used), Err(SecretError::Malformed(_))));
+        assert!(matches!(
+            s.fill("{secrets.API_KEY", &mut used),
+            Err(SecretError::Malformed(_))
+        ));
+        assert!(matches!(
+            s.fill("{secrets.a b}", &mut used),
+            Err(SecretError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -232,19 +247,32 @@ mod tests {
         let s = secrets();
         let mut used = Used::default();
         let v = s
-            .fill_json(&json!({"auth": "Bearer {secrets.API_KEY}", "n": 1, "l": ["{secrets.PW}"]}), &mut used)
+            .fill_json(
+                &json!({"auth": "Bearer {secrets.API_KEY}", "n": 1, "l": ["{secrets.PW}"]}),
+                &mut used,
+            )
             .unwrap();
-        assert_eq!(v, json!({"auth": "Bearer k3y-value", "n": 1, "l": ["hunter22"]}));
-        let mut echoed = json!({"headers": {"authorization": "Bearer k3y-value"}, "k3y-value": true});
+        assert_eq!(
+            v,
+            json!({"auth": "Bearer k3y-value", "n": 1, "l": ["hunter22"]})
+        );
+        let mut echoed =
+            json!({"headers": {"authorization": "Bearer k3y-value"}, "k3y-value": true});
         used.redact_json(&mut echoed);
-        assert_eq!(echoed, json!({"headers": {"authorization": "Bearer ***"}, "***": true}));
+        assert_eq!(
+            echoed,
+            json!({"headers": {"authorization": "Bearer ***"}, "***": true})
+        );
     }
 
     #[test]
     fn debug_never_shows_values() {
         let s = secrets();
         let text = format!("{s:?} {:?}", Secret::new("hunter22"));
-        assert!(!text.contains("hunter22") && !text.contains("k3y-value"), "{text}");
+        assert!(
+            !text.contains("hunter22") && !text.contains("k3y-value"),
+            "{text}"
+        );
         assert!(text.contains("API_KEY"));
     }
 
@@ -255,7 +283,10 @@ mod tests {
             env: Some(|n| (n == "FROM_ENV").then(|| "env-value".to_string())),
         };
         let mut used = Used::default();
-        assert_eq!(s.fill("{secrets.FROM_ENV}", &mut used).unwrap(), "env-value");
+        assert_eq!(
+            s.fill("{secrets.FROM_ENV}", &mut used).unwrap(),
+            "env-value"
+        );
         assert!(s.fill("{secrets.PATH}", &mut used).is_err());
         assert!(valid_name("A_1") && !valid_name("") && !valid_name("a-b"));
     }

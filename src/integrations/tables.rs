@@ -54,7 +54,10 @@ pub enum TableError {
 impl TableError {
     /// Whether the caller asked for something wrong (400/404) rather than the store failing.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, TableError::Io(_) | TableError::Sqlite(_) | TableError::Csv { .. })
+        !matches!(
+            self,
+            TableError::Io(_) | TableError::Sqlite(_) | TableError::Csv { .. }
+        )
     }
 }
 
@@ -224,7 +227,9 @@ impl TableStore {
 
     fn create(conn: &Connection, name: &str, columns: &[String]) -> Result<(), TableError> {
         if columns.is_empty() {
-            return Err(TableError::Invalid("a table needs at least one column".into()));
+            return Err(TableError::Invalid(
+                "a table needs at least one column".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for c in columns {
@@ -257,9 +262,8 @@ impl TableStore {
     pub fn tables(&self) -> Result<Vec<TableInfo>, TableError> {
         let conn = self.conn();
         let names: Vec<String> = {
-            let mut stmt = conn.prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-            )?;
+            let mut stmt =
+                conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
@@ -267,8 +271,14 @@ impl TableStore {
         for name in names.into_iter().filter(|n| valid_identifier(n)) {
             let columns = Self::columns_of(&conn, &name)?;
             let rows: i64 =
-                conn.query_row(&format!("SELECT COUNT(*) FROM {}", quote(&name)), [], |r| r.get(0))?;
-            out.push(TableInfo { name, columns, rows });
+                conn.query_row(&format!("SELECT COUNT(*) FROM {}", quote(&name)), [], |r| {
+                    r.get(0)
+                })?;
+            out.push(TableInfo {
+                name,
+                columns,
+                rows,
+            });
         }
         Ok(out)
     }
@@ -338,7 +348,9 @@ impl TableStore {
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
-            .query_map(params_from_iter(params.iter()), |r| Self::row_json(&columns, r))?
+            .query_map(params_from_iter(params.iter()), |r| {
+                Self::row_json(&columns, r)
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok((rows, count))
     }
@@ -365,7 +377,11 @@ impl TableStore {
         Self::insert_with(&conn, table, values)
     }
 
-    fn insert_with(conn: &Connection, table: &str, values: &[(String, Value)]) -> Result<i64, TableError> {
+    fn insert_with(
+        conn: &Connection,
+        table: &str,
+        values: &[(String, Value)],
+    ) -> Result<i64, TableError> {
         let columns = Self::columns_of(conn, table)?;
         Self::check_columns(table, &columns, values.iter().map(|(c, _)| c))?;
         let sql = if values.is_empty() {
@@ -380,7 +396,10 @@ impl TableStore {
                 marks.join(", ")
             )
         };
-        conn.execute(&sql, params_from_iter(values.iter().map(|(_, v)| to_sql(v))))?;
+        conn.execute(
+            &sql,
+            params_from_iter(values.iter().map(|(_, v)| to_sql(v))),
+        )?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -392,7 +411,9 @@ impl TableStore {
         values: &[(String, Value)],
     ) -> Result<usize, TableError> {
         if filter.is_empty() {
-            return Err(TableError::Invalid("update needs a `where` (refusing to change every row)".into()));
+            return Err(TableError::Invalid(
+                "update needs a `where` (refusing to change every row)".into(),
+            ));
         }
         if values.is_empty() {
             return Err(TableError::Invalid("update needs `values`".into()));
@@ -422,7 +443,9 @@ impl TableStore {
     /// Deletes every row matching `filter` (which must not be empty).
     pub fn delete(&self, table: &str, filter: &[(String, Value)]) -> Result<usize, TableError> {
         if filter.is_empty() {
-            return Err(TableError::Invalid("delete needs a `where` (refusing to delete every row)".into()));
+            return Err(TableError::Invalid(
+                "delete needs a `where` (refusing to delete every row)".into(),
+            ));
         }
         let conn = self.conn();
         let columns = Self::columns_of(&conn, table)?;
@@ -435,7 +458,12 @@ impl TableStore {
         )?)
     }
 
-    pub fn update_row(&self, table: &str, id: i64, values: &[(String, Value)]) -> Result<(), TableError> {
+    pub fn update_row(
+        &self,
+        table: &str,
+        id: i64,
+        values: &[(String, Value)],
+    ) -> Result<(), TableError> {
         if values.is_empty() {
             return Err(TableError::Invalid("no values to set".into()));
         }
@@ -459,7 +487,10 @@ impl TableStore {
             params_from_iter(params.iter()),
         )?;
         if n == 0 {
-            return Err(TableError::UnknownRow { table: table.to_string(), id });
+            return Err(TableError::UnknownRow {
+                table: table.to_string(),
+                id,
+            });
         }
         Ok(())
     }
@@ -467,9 +498,15 @@ impl TableStore {
     pub fn delete_row(&self, table: &str, id: i64) -> Result<(), TableError> {
         let conn = self.conn();
         Self::columns_of(&conn, table)?;
-        let n = conn.execute(&format!("DELETE FROM {} WHERE rowid = ?1", quote(table)), [id])?;
+        let n = conn.execute(
+            &format!("DELETE FROM {} WHERE rowid = ?1", quote(table)),
+            [id],
+        )?;
         if n == 0 {
-            return Err(TableError::UnknownRow { table: table.to_string(), id });
+            return Err(TableError::UnknownRow {
+                table: table.to_string(),
+                id,
+            });
         }
         Ok(())
     }
@@ -514,7 +551,12 @@ impl TableStore {
     }
 
     /// Seeds one table; `None` when it already existed and was left alone.
-    pub fn seed_csv(&self, name: &str, path: &Path, reseed: bool) -> Result<Option<usize>, TableError> {
+    pub fn seed_csv(
+        &self,
+        name: &str,
+        path: &Path,
+        reseed: bool,
+    ) -> Result<Option<usize>, TableError> {
         let csv_err = |message: String| TableError::Csv {
             file: path.display().to_string(),
             message,
@@ -531,7 +573,11 @@ impl TableStore {
         let exists = Self::exists(&conn, name)?;
         if exists && !reseed {
             let seeded: Option<String> = conn
-                .query_row("SELECT sha256 FROM _voxgate_seeds WHERE name = ?1", [name], |r| r.get(0))
+                .query_row(
+                    "SELECT sha256 FROM _voxgate_seeds WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if seeded.as_deref() != Some(sha.as_str()) {
                 warn!(table = name, file = %path.display(), "the CSV differs from the one that seeded the table; it is not re-applied (set [tables] reseed = true)");
@@ -556,8 +602,15 @@ impl TableStore {
         let sql = format!(
             "INSERT INTO {} ({}) VALUES ({})",
             quote(name),
-            header.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "),
-            (1..=header.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+            header
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (1..=header.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let mut n = 0;
         {
@@ -600,7 +653,9 @@ impl TableStore {
                 let id = self.insert(&req.table, &req.values)?;
                 Ok(json!({"inserted": 1, "id": id}))
             }
-            TableOp::Update => Ok(json!({"affected": self.update(&req.table, &req.filter, &req.values)?})),
+            TableOp::Update => {
+                Ok(json!({"affected": self.update(&req.table, &req.filter, &req.values)?}))
+            }
             TableOp::Delete => Ok(json!({"affected": self.delete(&req.table, &req.filter)?})),
         }
     }
@@ -614,7 +669,9 @@ pub fn object_pairs(v: &Value) -> Result<Vec<(String, Value)>, TableError> {
             .filter(|(k, _)| k.as_str() != "_id")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()),
-        _ => Err(TableError::Invalid("expected a JSON object of column: value".into())),
+        _ => Err(TableError::Invalid(
+            "expected a JSON object of column: value".into(),
+        )),
     }
 }
 

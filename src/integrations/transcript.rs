@@ -154,7 +154,12 @@ impl Transcript {
 
     /// The bot played a prompt file.
     pub fn prompt(&mut self, now: Instant, file: &str) {
-        self.push(now, Kind::Prompt, file, Self::fields(&[("file", json!(file))]));
+        self.push(
+            now,
+            Kind::Prompt,
+            file,
+            Self::fields(&[("file", json!(file))]),
+        );
     }
 
     /// The bot said text through TTS.
@@ -175,7 +180,10 @@ impl Transcript {
             Kind::Speech,
             text,
             Self::fields(&[
-                ("confidence", json!((confidence as f64 * 1000.0).round() / 1000.0)),
+                (
+                    "confidence",
+                    json!((confidence as f64 * 1000.0).round() / 1000.0),
+                ),
                 ("matched", json!(matched)),
             ]),
         );
@@ -232,7 +240,12 @@ impl Transcript {
 
     /// The call was answered.
     pub fn answered(&mut self, now: Instant) {
-        self.push(now, Kind::Call, "answered", Self::fields(&[("event", json!("answered"))]));
+        self.push(
+            now,
+            Kind::Call,
+            "answered",
+            Self::fields(&[("event", json!("answered"))]),
+        );
     }
 
     /// The call ended, with the CDR's end reason.
@@ -323,15 +336,20 @@ pub fn record_event(t: &mut Transcript, now: Instant, ev: &crate::flow::FlowEven
         FlowEvent::RecordingStarted { id } => t.recording(now, id, "started"),
         FlowEvent::RecordingStopped { id } => t.recording(now, id, "stopped"),
         FlowEvent::RecordingReady { id, .. } => t.recording(now, id, "ready"),
-        FlowEvent::RecordingFailed { id, reason } => {
-            t.recording(now, id.as_deref().unwrap_or("-"), &format!("failed: {reason}"))
-        }
+        FlowEvent::RecordingFailed { id, reason } => t.recording(
+            now,
+            id.as_deref().unwrap_or("-"),
+            &format!("failed: {reason}"),
+        ),
         _ => {}
     }
 }
 
 /// A live call's transcript, shared by the call task (writer) and the API (reader).
 pub type SharedTranscript = Arc<Mutex<Transcript>>;
+
+/// A finished transcript and the file it goes to.
+type WriteJob = (PathBuf, Arc<Value>);
 
 /// Finished transcripts kept in memory for reads right after a call (the file is written
 /// off-thread).
@@ -342,12 +360,14 @@ pub struct TranscriptStore {
     dir: PathBuf,
     live: Mutex<HashMap<String, SharedTranscript>>,
     recent: Mutex<VecDeque<(String, Arc<Value>)>>,
-    writer: Mutex<Option<std::sync::mpsc::Sender<(PathBuf, Arc<Value>)>>>,
+    writer: Mutex<Option<std::sync::mpsc::Sender<WriteJob>>>,
 }
 
 impl std::fmt::Debug for TranscriptStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TranscriptStore").field("dir", &self.dir).finish()
+        f.debug_struct("TranscriptStore")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -372,7 +392,12 @@ impl TranscriptStore {
     }
 
     /// Starts a call's transcript and makes it readable through the API.
-    pub fn open(&self, call_id: &str, started: Instant, started_wall: DateTime<Utc>) -> SharedTranscript {
+    pub fn open(
+        &self,
+        call_id: &str,
+        started: Instant,
+        started_wall: DateTime<Utc>,
+    ) -> SharedTranscript {
         let t = Arc::new(Mutex::new(Transcript::new(call_id, started, started_wall)));
         self.live
             .lock()
@@ -405,7 +430,7 @@ impl TranscriptStore {
     fn write_queued(&self, path: PathBuf, value: Arc<Value>) {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if w.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Arc<Value>)>();
+            let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
             let started = std::thread::Builder::new()
                 .name("transcript-writer".into())
                 .spawn(move || {
@@ -492,7 +517,10 @@ impl TranscriptStore {
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
                 })?;
                 // A hash collision would show another call's transcript: check the id.
                 Ok((v.get("call_id").and_then(Value::as_str) == Some(call_id)).then_some(v))
@@ -523,7 +551,9 @@ mod tests {
     use std::time::Duration;
 
     fn t0() -> (Instant, DateTime<Utc>) {
-        let wall = DateTime::parse_from_rfc3339("2024-05-01T12:00:00.000Z").unwrap().with_timezone(&Utc);
+        let wall = DateTime::parse_from_rfc3339("2024-05-01T12:00:00.000Z")
+            .unwrap()
+            .with_timezone(&Utc);
         (Instant::now(), wall)
     }
 
@@ -537,8 +567,17 @@ mod tests {
         t.dtmf(start + Duration::from_millis(3125), '5');
         t.dtmf(start + Duration::from_millis(3400), '#');
         t.speech(start + Duration::from_millis(4000), "sales", 0.8123, true);
-        t.step(start + Duration::from_millis(4100), "api", "ok", Some("menu"));
-        t.transfer(start + Duration::from_millis(5000), "+3225551212", "failed: busy");
+        t.step(
+            start + Duration::from_millis(4100),
+            "api",
+            "ok",
+            Some("menu"),
+        );
+        t.transfer(
+            start + Duration::from_millis(5000),
+            "+3225551212",
+            "failed: busy",
+        );
         t.recording(start + Duration::from_millis(5100), "rec_1", "ready");
         t.ended(start + Duration::from_millis(6000), "bye");
         t.ended(start + Duration::from_millis(7000), "again");
@@ -546,7 +585,10 @@ mod tests {
         assert_eq!(v["call_id"], "abc@host");
         let e = v["entries"].as_array().unwrap();
         assert_eq!(e.len(), 10);
-        assert_eq!(e[1], json!({"at": "2024-05-01T12:00:00.050Z", "offset_ms": 50, "kind": "prompt", "text": "greeting.wav", "file": "greeting.wav"}));
+        assert_eq!(
+            e[1],
+            json!({"at": "2024-05-01T12:00:00.050Z", "offset_ms": 50, "kind": "prompt", "text": "greeting.wav", "file": "greeting.wav"})
+        );
         assert_eq!(e[2]["kind"], "say");
         assert_eq!(e[2]["text"], "Welcome to voxgate");
         assert_eq!(e[3]["at"], "2024-05-01T12:00:03.125Z");
@@ -560,7 +602,10 @@ mod tests {
         let text = t.render_text();
         assert!(text.contains("Caller pressed 5"), "{text}");
         assert!(text.contains("Bot said: Welcome to voxgate"), "{text}");
-        assert!(text.contains("2024-05-01 12:00:03.125 UTC (+3.1 s)"), "{text}");
+        assert!(
+            text.contains("2024-05-01 12:00:03.125 UTC (+3.1 s)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -570,17 +615,43 @@ mod tests {
         let mut t = Transcript::new("c", start, wall);
         for ev in [
             FlowEvent::Started(SessionInfo::default()),
-            FlowEvent::Dtmf { digit: '3', duration_ms: 100 },
-            FlowEvent::Speech { id: 1, outcome: SpeechOutcome::Heard { text: "sales".into(), confidence: 0.9 } },
+            FlowEvent::Dtmf {
+                digit: '3',
+                duration_ms: 100,
+            },
+            FlowEvent::Speech {
+                id: 1,
+                outcome: SpeechOutcome::Heard {
+                    text: "sales".into(),
+                    confidence: 0.9,
+                },
+            },
             FlowEvent::RecordingStarted { id: "rec_a".into() },
             FlowEvent::Paused,
         ] {
             record_event(&mut t, start, &ev);
         }
         t.transfer_started(start, "+3225551212");
-        record_event(&mut t, start, &FlowEvent::TransferFailed { reason: "busy".into(), detail: "486".into() });
+        record_event(
+            &mut t,
+            start,
+            &FlowEvent::TransferFailed {
+                reason: "busy".into(),
+                detail: "486".into(),
+            },
+        );
         let kinds: Vec<_> = t.entries().iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["call", "dtmf", "speech", "recording", "transfer", "transfer"]);
+        assert_eq!(
+            kinds,
+            [
+                "call",
+                "dtmf",
+                "speech",
+                "recording",
+                "transfer",
+                "transfer"
+            ]
+        );
         let last = t.entries().last().unwrap();
         assert_eq!(last.extra["to"], "+3225551212");
         assert_eq!(last.extra["outcome"], "failed: busy: 486");
@@ -609,7 +680,10 @@ mod tests {
         let id = "weird/../id@host";
         let t = store.open(id, start, wall);
         t.lock().unwrap().dtmf(start, '9');
-        assert_eq!(store.get_blocking(id).unwrap().unwrap()["entries"][0]["text"], "9");
+        assert_eq!(
+            store.get_blocking(id).unwrap().unwrap()["entries"][0]["text"],
+            "9"
+        );
         assert_eq!(store.get_blocking("other").unwrap(), None);
         t.lock().unwrap().ended(start, "bye");
         store.finish(id).unwrap();
@@ -618,7 +692,9 @@ mod tests {
         // A fresh store (a restart) reads the file.
         let path = dir.path().join("transcripts").join(file_name(id));
         for _ in 0..200 {
-            if path.exists() { break; }
+            if path.exists() {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         let store2 = TranscriptStore::new(dir.path().join("transcripts"));

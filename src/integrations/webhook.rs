@@ -56,11 +56,20 @@ impl Webhook {
     pub fn new(url: &str, secret: Option<Secret>, timeout: Duration) -> Result<Webhook, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
         let client = super::http::plain_client(timeout).map_err(|e| e.to_string())?;
-        Ok(Webhook { url, secret, client })
+        Ok(Webhook {
+            url,
+            secret,
+            client,
+        })
     }
 
     /// One attempt.
-    pub async fn post(&self, event: &str, delivery: &str, body: &[u8]) -> Result<u16, AttemptError> {
+    pub async fn post(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &[u8],
+    ) -> Result<u16, AttemptError> {
         let ts = chrono::Utc::now().timestamp();
         let mut req = self
             .client

@@ -3,12 +3,12 @@
 //! DTMF to the caller (the caller's side of the relay is in `media`).
 
 use super::caller_leg::holds;
+use super::forward::Target;
 use super::Call;
 use crate::call::state::{EndReason, Input};
 use crate::call::transfer::TransferInput;
 use crate::media::codec::Codec;
 use crate::media::rtp::{RtpEvent, RtpSession};
-use super::forward::Target;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
 use crate::sip::{CallLeg, LegEnd, LegEvent, OutgoingInvite};
 use std::net::IpAddr;
@@ -411,7 +411,9 @@ mod tests {
 
     #[test]
     fn the_far_invite_goes_to_the_trunk_with_diversion_and_our_offer() {
-        let n: Target = parse_e164("+3225551212", &ParseOptions::default()).unwrap().into();
+        let n: Target = parse_e164("+3225551212", &ParseOptions::default())
+            .unwrap()
+            .into();
         let req = bridge_invite(
             &params(&n, None, "sip:alice@10.0.0.9"),
             &[Codec::Pcma],
@@ -445,12 +447,17 @@ mod tests {
         };
         let req = bridge_invite(&params(&t, None, "sip:alice@x"), &[Codec::Pcmu], &local());
         assert_eq!(req.target, "sip:agents@127.0.0.1:5080");
-        assert_eq!(req.headers[1], ("X-Voxgate-Call-Id".to_string(), "c1".to_string()));
+        assert_eq!(
+            req.headers[1],
+            ("X-Voxgate-Call-Id".to_string(), "c1".to_string())
+        );
     }
 
     #[test]
     fn the_far_caller_id_is_configured_or_the_caller_or_anonymous() {
-        let n: Target = parse_e164("+3225551212", &ParseOptions::default()).unwrap().into();
+        let n: Target = parse_e164("+3225551212", &ParseOptions::default())
+            .unwrap()
+            .into();
         let with_id = bridge_invite(
             &params(&n, Some("+3220000000"), "sip:alice@x"),
             &[Codec::Pcmu],

@@ -474,7 +474,11 @@ mod tests {
 
     #[test]
     fn refer_names_the_number_at_the_trunk() {
-        let (to, by) = refer_headers(&num("+3225551212").into(), "trunk.example:5060", "sip:bot@gw");
+        let (to, by) = refer_headers(
+            &num("+3225551212").into(),
+            "trunk.example:5060",
+            "sip:bot@gw",
+        );
         assert_eq!(to, "<sip:+3225551212@trunk.example:5060;user=phone>");
         assert_eq!(by, "<sip:bot@gw>");
     }

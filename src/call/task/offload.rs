@@ -32,9 +32,8 @@ impl Call {
             return;
         }
         let cfg = &self.shared.config.transfer;
-        let checked = offload::parse_target(&to, &cfg.allow_uris).and_then(|t| {
-            offload::context_headers(&self.info.call_id, &headers).map(|h| (t, h))
-        });
+        let checked = offload::parse_target(&to, &cfg.allow_uris)
+            .and_then(|t| offload::context_headers(&self.info.call_id, &headers).map(|h| (t, h)));
         let (target, headers) = match checked {
             Ok(x) => x,
             Err(e) => {

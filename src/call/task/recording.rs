@@ -199,8 +199,12 @@ impl Call {
             } => {
                 info!(recording = %id, duration_ms, %sha256, "recording ready");
                 if let Some(i) = self.shared.integrations.as_ref() {
-                    i.events
-                        .recording_ready(&self.info.call_id, &id.to_string(), *duration_ms, sha256);
+                    i.events.recording_ready(
+                        &self.info.call_id,
+                        &id.to_string(),
+                        *duration_ms,
+                        sha256,
+                    );
                 }
             }
             _ => {}

@@ -14,10 +14,19 @@ use std::sync::Mutex;
 static SEEN: Mutex<Option<Value>> = Mutex::new(None);
 
 async fn server() -> SocketAddr {
-    async fn echo(headers: AxHeaders, Query(q): Query<HashMap<String, String>>, body: String) -> impl IntoResponse {
+    async fn echo(
+        headers: AxHeaders,
+        Query(q): Query<HashMap<String, String>>,
+        body: String,
+    ) -> impl IntoResponse {
         let h: serde_json::Map<String, Value> = headers
             .iter()
-            .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").into())))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value::String(v.to_str().unwrap_or("").into()),
+                )
+            })
             .collect();
         let v = json!({"headers": h, "query": q, "body": body});
         *SEEN.lock().unwrap() = Some(v.clone());
@@ -25,18 +34,39 @@ async fn server() -> SocketAddr {
     }
     let app = Router::new()
         .route("/echo", any(echo))
-        .route("/json", any(|| async { axum::Json(json!({"session": {"tier": "gold"}, "n": 3})) }))
-        .route("/text", any(|| async { ([("content-type", "text/plain")], "plain words") }))
-        .route("/badjson", any(|| async { ([("content-type", "application/json")], "{not json") }))
-        .route("/status", any(|| async { (StatusCode::NOT_FOUND, axum::Json(json!({"error": "nope"}))) }))
-        .route("/slow", any(|| async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            "late"
-        }))
+        .route(
+            "/json",
+            any(|| async { axum::Json(json!({"session": {"tier": "gold"}, "n": 3})) }),
+        )
+        .route(
+            "/text",
+            any(|| async { ([("content-type", "text/plain")], "plain words") }),
+        )
+        .route(
+            "/badjson",
+            any(|| async { ([("content-type", "application/json")], "{not json") }),
+        )
+        .route(
+            "/status",
+            any(|| async { (StatusCode::NOT_FOUND, axum::Json(json!({"error": "nope"}))) }),
+        )
+        .route(
+            "/slow",
+            any(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                "late"
+            }),
+        )
         .route("/big", any(|| async { "x".repeat(300 * 1024) }))
-        .route("/redirect", any(|Query(q): Query<HashMap<String, String>>| async move {
-            (StatusCode::FOUND, [("location", q.get("to").cloned().unwrap_or_default())])
-        }));
+        .route(
+            "/redirect",
+            any(|Query(q): Query<HashMap<String, String>>| async move {
+                (
+                    StatusCode::FOUND,
+                    [("location", q.get("to").cloned().unwrap_or_default())],
+                )
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -87,18 +117,34 @@ const T: Duration = Duration::from_secs(5);
 async fn json_text_and_status() {
     let addr = server().await;
     let x = executor(&["127.0.0.1"], 1 << 20);
-    let r = x.execute(&get(format!("http://{addr}/json")), T).await.unwrap();
+    let r = x
+        .execute(&get(format!("http://{addr}/json")), T)
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({"session": {"tier": "gold"}, "n": 3}));
     assert_eq!(r.headers["content-type"], "application/json");
     let v = r.to_json();
     assert_eq!(v["body"]["n"], 3);
-    let r = x.execute(&get(format!("http://{addr}/text")), T).await.unwrap();
+    let r = x
+        .execute(&get(format!("http://{addr}/text")), T)
+        .await
+        .unwrap();
     assert_eq!(r.body, json!("plain words"));
-    let r = x.execute(&get(format!("http://{addr}/badjson")), T).await.unwrap();
-    assert_eq!(r.body, json!("{not json"), "invalid JSON comes back as text");
+    let r = x
+        .execute(&get(format!("http://{addr}/badjson")), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.body,
+        json!("{not json"),
+        "invalid JSON comes back as text"
+    );
     // A 404 is a response, not a step error: the flow branches on `status`.
-    let r = x.execute(&get(format!("http://{addr}/status")), T).await.unwrap();
+    let r = x
+        .execute(&get(format!("http://{addr}/status")), T)
+        .await
+        .unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.body["error"], "nope");
 }
@@ -110,10 +156,16 @@ async fn request_parts_auth_and_secrets_are_sent_but_never_returned() {
     let req = Request {
         method: "post".into(),
         url: format!("http://{addr}/echo?k={{secrets.TOKEN}}"),
-        headers: vec![("X-Api-Key".into(), "{secrets.TOKEN}".into()), ("X-Plain".into(), "a b".into())],
+        headers: vec![
+            ("X-Api-Key".into(), "{secrets.TOKEN}".into()),
+            ("X-Plain".into(), "a b".into()),
+        ],
         query: vec![("q".into(), "caller said & more".into())],
         body: Some(json!({"from": "+3225550001", "key": "{secrets.PASS}"})),
-        auth: Some(HttpAuth::Basic { username: "bot".into(), password: "{secrets.PASS}".into() }),
+        auth: Some(HttpAuth::Basic {
+            username: "bot".into(),
+            password: "{secrets.PASS}".into(),
+        }),
     };
     let r = x.execute(&req, T).await.unwrap();
     let seen = SEEN.lock().unwrap().clone().unwrap();
@@ -128,11 +180,16 @@ async fn request_parts_auth_and_secrets_are_sent_but_never_returned() {
     assert_eq!(seen["headers"]["authorization"], format!("Basic {basic}"));
     // The echo carries the secrets back; the step result does not.
     let text = r.to_json().to_string();
-    assert!(!text.contains("tok-12345") && !text.contains("pa55word"), "{text}");
+    assert!(
+        !text.contains("tok-12345") && !text.contains("pa55word"),
+        "{text}"
+    );
     assert_eq!(r.body["headers"]["x-api-key"], "***");
 
     let req = Request {
-        auth: Some(HttpAuth::Bearer { token: "{secrets.TOKEN}".into() }),
+        auth: Some(HttpAuth::Bearer {
+            token: "{secrets.TOKEN}".into(),
+        }),
         body: Some(json!("just text")),
         ..get(format!("http://{addr}/echo"))
     };
@@ -140,7 +197,10 @@ async fn request_parts_auth_and_secrets_are_sent_but_never_returned() {
     let seen = SEEN.lock().unwrap().clone().unwrap();
     assert_eq!(seen["headers"]["authorization"], "Bearer tok-12345");
     assert_eq!(seen["body"], "just text");
-    assert!(seen["headers"]["content-type"].as_str().unwrap().starts_with("text/plain"));
+    assert!(seen["headers"]["content-type"]
+        .as_str()
+        .unwrap()
+        .starts_with("text/plain"));
 }
 
 #[tokio::test]
@@ -148,7 +208,13 @@ async fn timeout_is_a_step_error() {
     let addr = server().await;
     let x = executor(&["127.0.0.1"], 1 << 20);
     let t = std::time::Instant::now();
-    let e = x.execute(&get(format!("http://{addr}/slow")), Duration::from_millis(300)).await.unwrap_err();
+    let e = x
+        .execute(
+            &get(format!("http://{addr}/slow")),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "timeout");
     assert!(t.elapsed() < Duration::from_secs(2));
 }
@@ -158,17 +224,33 @@ async fn hosts_outside_the_allow_list_get_no_connection() {
     let (target, hits) = canary().await;
     let x = executor(&["127.0.0.1"], 1 << 20);
     // A name for an allowed address is still a name that is not listed.
-    let e = x.execute(&get(format!("http://localhost:{}/", target.port())), T).await.unwrap_err();
+    let e = x
+        .execute(&get(format!("http://localhost:{}/", target.port())), T)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "refused", "{e:?}");
     // A listed name that resolves to an address not listed.
     let x2 = executor(&["localhost"], 1 << 20);
-    let e = x2.execute(&get(format!("http://localhost:{}/", target.port())), T).await.unwrap_err();
+    let e = x2
+        .execute(&get(format!("http://localhost:{}/", target.port())), T)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "refused", "{e:?}");
-    assert!(e.message.contains("resolves only to addresses that are not allowed"), "{e:?}");
+    assert!(
+        e.message
+            .contains("resolves only to addresses that are not allowed"),
+        "{e:?}"
+    );
     let x3 = executor(&["example.com"], 1 << 20);
-    let e = x3.execute(&get(format!("http://127.0.0.1:{}/", target.port())), T).await.unwrap_err();
+    let e = x3
+        .execute(&get(format!("http://127.0.0.1:{}/", target.port())), T)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "refused");
-    let e = x3.execute(&get("file:///etc/passwd".into()), T).await.unwrap_err();
+    let e = x3
+        .execute(&get("file:///etc/passwd".into()), T)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "refused");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(hits.load(Ordering::SeqCst), 0, "no connection may be made");
@@ -181,7 +263,10 @@ async fn redirects_are_checked_too() {
     let x = executor(&["127.0.0.1"], 1 << 20);
     let to = format!("http://localhost:{}/", target.port());
     let e = x
-        .execute(&get(format!("http://{addr}/redirect?to={}", urlencode(&to))), T)
+        .execute(
+            &get(format!("http://{addr}/redirect?to={}", urlencode(&to))),
+            T,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code, "refused", "{e:?}");
@@ -189,7 +274,13 @@ async fn redirects_are_checked_too() {
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     // An allowed redirect is followed.
     let to = format!("http://{addr}/json");
-    let r = x.execute(&get(format!("http://{addr}/redirect?to={}", urlencode(&to))), T).await.unwrap();
+    let r = x
+        .execute(
+            &get(format!("http://{addr}/redirect?to={}", urlencode(&to))),
+            T,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.body["n"], 3);
 }
 
@@ -201,16 +292,37 @@ fn urlencode(s: &str) -> String {
 async fn size_cap_secrets_and_bad_requests() {
     let addr = server().await;
     let x = executor(&["127.0.0.1"], 100 * 1024);
-    let e = x.execute(&get(format!("http://{addr}/big")), T).await.unwrap_err();
+    let e = x
+        .execute(&get(format!("http://{addr}/big")), T)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "too_large");
-    let e = x.execute(&get(format!("http://{addr}/echo?k={{secrets.MISSING}}")), T).await.unwrap_err();
+    let e = x
+        .execute(&get(format!("http://{addr}/echo?k={{secrets.MISSING}}")), T)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "secret");
-    let e = x.execute(&Request { method: "TRACE".into(), ..get(format!("http://{addr}/json")) }, T).await.unwrap_err();
+    let e = x
+        .execute(
+            &Request {
+                method: "TRACE".into(),
+                ..get(format!("http://{addr}/json"))
+            },
+            T,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "http");
     let e = x.execute(&get("not a url".into()), T).await.unwrap_err();
     assert_eq!(e.code, "http");
     let e = x
-        .execute(&Request { headers: vec![("X-Bad".into(), "a\r\nInjected: 1".into())], ..get(format!("http://{addr}/json")) }, T)
+        .execute(
+            &Request {
+                headers: vec![("X-Bad".into(), "a\r\nInjected: 1".into())],
+                ..get(format!("http://{addr}/json"))
+            },
+            T,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code, "http");
@@ -219,7 +331,10 @@ async fn size_cap_secrets_and_bad_requests() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         (l.local_addr().unwrap(), ())
     };
-    let e = x.execute(&get(format!("http://{dead}/?k={{secrets.TOKEN}}")), T).await.unwrap_err();
+    let e = x
+        .execute(&get(format!("http://{dead}/?k={{secrets.TOKEN}}")), T)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "http", "{e:?}");
     assert!(!e.message.contains("tok-12345"), "{e:?}");
 }
