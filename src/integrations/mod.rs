@@ -314,3 +314,110 @@ pub fn kind_of(request: &StepRequest) -> &'static str {
 pub fn dispatch_event(call_id: &str, payload: &Value) -> Value {
     json!({"type": "CL_DISPATCH_EVENT", "payload": payload, "call_id": call_id})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn integrations(dir: &std::path::Path) -> (Integrations, Arc<Mutex<Vec<Value>>>) {
+        let config = Config {
+            data_dir: dir.join("data"),
+            tables: crate::config::TablesConfig {
+                dir: dir.join("tables"),
+                reseed: false,
+            },
+            ..Config::default()
+        };
+        let journal = Arc::new(Mutex::new(Vec::new()));
+        let j2 = journal.clone();
+        let i = Integrations::start(&config, Arc::new(move |v| j2.lock().unwrap().push(v))).unwrap();
+        (i, journal)
+    }
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            call_id: "c1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_answer_once_and_cancel_stops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (i, journal) = integrations(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx2 = tx.clone();
+        i.start_request(
+            ctx(),
+            1,
+            StepRequest::Dispatch {
+                payload: json!({"a": 1}),
+            },
+            Duration::from_secs(2),
+            move |id, r| {
+                tx2.send((id, r)).ok();
+            },
+        );
+        let (id, r) = rx.recv().await.unwrap();
+        assert_eq!((id, r.unwrap()), (1, json!({"websocket": false, "webhook": "disabled"})));
+        assert_eq!(journal.lock().unwrap()[0]["name"], "CL_DISPATCH_EVENT");
+
+        // An endless script, cancelled: no answer, and the script thread is free again.
+        let tx3 = tx.clone();
+        i.start_request(
+            ctx(),
+            2,
+            StepRequest::Script(crate::flow::ScriptRequest {
+                source: "while (true) {}".into(),
+                args: json!({}),
+                memory_kb: 4096,
+            }),
+            Duration::from_secs(30),
+            move |id, r| {
+                tx3.send((id, r)).ok();
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        i.cancel("c1", 2);
+        // The mail step without [mail]: a clear not_configured failure.
+        let tx4 = tx.clone();
+        i.start_request(
+            ctx(),
+            3,
+            StepRequest::Mail(crate::flow::MailRequest {
+                to: vec!["a@example.com".into()],
+                cc: vec![],
+                subject: "s".into(),
+                body: "b".into(),
+                report: false,
+            }),
+            Duration::from_secs(2),
+            move |id, r| {
+                tx4.send((id, r)).ok();
+            },
+        );
+        let (id, r) = rx.recv().await.unwrap();
+        assert_eq!(id, 3, "the cancelled request never answers");
+        assert_eq!(r.unwrap_err().code, "not_configured");
+        // A timeout shorter than the work: a `timeout` failure within the limit.
+        let t = Instant::now();
+        let tx5 = tx.clone();
+        i.start_request(
+            ctx(),
+            4,
+            StepRequest::Script(crate::flow::ScriptRequest {
+                source: "for (;;) {}".into(),
+                args: json!({}),
+                memory_kb: 4096,
+            }),
+            Duration::from_millis(300),
+            move |id, r| {
+                tx5.send((id, r)).ok();
+            },
+        );
+        let (id, r) = rx.recv().await.unwrap();
+        assert_eq!((id, r.unwrap_err().code.as_str()), (4, "timeout"));
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}
