@@ -122,39 +122,80 @@ impl Drop for Smtpd {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 (the `openssl` command; not linked into voxgate).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(st.success(), "openssl req failed");
-    (cert, key)
+/// A test CA and a server certificate for 127.0.0.1 signed by it (the `openssl` command; not
+/// linked into voxgate). Returns (CA cert, server cert, server key).
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let run = |args: &[&str]| {
+        let st = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(st.success(), "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=voxgate test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "srv.csr",
+    ]);
+    std::fs::write(
+        p("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
 
 #[test]
 fn mail_starttls_and_auth() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(tmp.path());
+    let (ca, cert, key) = make_cert(tmp.path());
     let smtpd = Smtpd::start(tmp.path(), Some((&cert, &key)), Some(("bot", "s3cret-pw")));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -164,7 +205,7 @@ fn mail_starttls_and_auth() {
             username: Some("bot".into()),
             password: Some(Secret::new("s3cret-pw")),
             starttls: StartTls::Required,
-            ca_file: Some(cert.clone()),
+            ca_file: Some(ca.clone()),
             ..MailConfig::default()
         };
         let mailer = Mailer::start(&cfg).expect("mailer");
@@ -357,6 +398,12 @@ fn event(gw: &common::Gateway, name: &str, timeout: Duration) -> Value {
     }
 }
 
+/// A step error event that says "timed out" (the flow's timer or the executor's).
+fn is_timeout(ev: &Value) -> bool {
+    let p = &ev["properties"];
+    p["code"] == "timeout" || (p["code"] == "request" && p["detail"] == "timeout")
+}
+
 /// One call that waits for the gateway's BYE (answering a REFER in between).
 fn call_until_bye(gw: &common::Gateway) -> common::SippOutcome {
     common::Sipp::uac("uac_remote_bye.xml", gw.sip_addr())
@@ -386,11 +433,11 @@ dialogs:
     - api: {{url: "http://{addr}/slow", timeout_ms: 300, on_error: slow}}
     - goto: failed
   slow:
-    - track_event: {{name: api_slow, properties: {{code: error.code}}}}
+    - track_event: {{name: api_slow, properties: {{code: error.code, detail: error.detail_code}}}}
     - api: {{url: "http://localhost:{canary_port}/x", timeout_ms: 2000, on_error: refused}}
     - goto: failed
   refused:
-    - track_event: {{name: api_refused, properties: {{code: error.code}}}}
+    - track_event: {{name: api_refused, properties: {{code: error.code, detail: error.detail_code}}}}
     - close
   failed:
     - track_event: {{name: api_failed, properties: {{code: error.code, message: error.message}}}}
@@ -412,10 +459,14 @@ dialogs:
     let got = peer.requests("/customer");
     assert_eq!(got.len(), 1);
     assert!(got[0].1.contains("number=sipp"), "{}", got[0].1);
-    assert_eq!(event(&gw, "api_slow", T10)["properties"]["code"], "timeout");
+    // The executor's own timeout (a `request` error with detail `timeout`) or the flow's
+    // (`timeout`), whichever fires first: both are the step's timeout.
+    assert!(is_timeout(&event(&gw, "api_slow", T10)));
+    let refused = event(&gw, "api_refused", T10);
     assert_eq!(
-        event(&gw, "api_refused", T10)["properties"]["code"],
-        "refused"
+        refused["properties"],
+        json!({"code": "request", "detail": "refused"}),
+        "{refused}"
     );
     assert!(
         events(&gw, "api_failed").is_empty(),
@@ -447,11 +498,11 @@ dialogs:
     - code: {source: "while (true) {}", timeout_ms: 300, on_error: loop_err}
     - goto: failed
   loop_err:
-    - track_event: {name: code_loop, properties: {code: error.code}}
+    - track_event: {name: code_loop, properties: {code: error.code, detail: error.detail_code}}
     - code: {source: "const b = new ArrayBuffer(10 * 1024 * 1024); new ChatlayerResponseBuilder().send()", memory_kb: 4096, timeout_ms: 2000, on_error: mem_err}
     - goto: failed
   mem_err:
-    - track_event: {name: code_memory, properties: {code: error.code}}
+    - track_event: {name: code_memory, properties: {code: error.code, detail: error.detail_code}}
     - message: {text: "still here"}
     - close
   failed:
@@ -461,13 +512,12 @@ dialogs:
     let gw = common::Gateway::builder().flow_yaml(flow).start();
     call_until_bye(&gw).assert_success();
     assert_eq!(event(&gw, "code_total", T10)["properties"]["total"], 5);
+    assert!(is_timeout(&event(&gw, "code_loop", T10)));
+    let mem = event(&gw, "code_memory", T10);
     assert_eq!(
-        event(&gw, "code_loop", T10)["properties"]["code"],
-        "timeout"
-    );
-    assert_eq!(
-        event(&gw, "code_memory", T10)["properties"]["code"],
-        "memory"
+        mem["properties"],
+        json!({"code": "request", "detail": "memory"}),
+        "{mem}"
     );
     assert!(
         events(&gw, "code_failed").is_empty(),

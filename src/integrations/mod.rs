@@ -331,7 +331,8 @@ mod tests {
         };
         let journal = Arc::new(Mutex::new(Vec::new()));
         let j2 = journal.clone();
-        let i = Integrations::start(&config, Arc::new(move |v| j2.lock().unwrap().push(v))).unwrap();
+        let i =
+            Integrations::start(&config, Arc::new(move |v| j2.lock().unwrap().push(v))).unwrap();
         (i, journal)
     }
 
@@ -360,7 +361,10 @@ mod tests {
             },
         );
         let (id, r) = rx.recv().await.unwrap();
-        assert_eq!((id, r.unwrap()), (1, json!({"websocket": false, "webhook": "disabled"})));
+        assert_eq!(
+            (id, r.unwrap()),
+            (1, json!({"websocket": false, "webhook": "disabled"}))
+        );
         assert_eq!(journal.lock().unwrap()[0]["name"], "CL_DISPATCH_EVENT");
 
         // An endless script, cancelled: no answer, and the script thread is free again.
