@@ -18,6 +18,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
+# The user of the last successful AUTH (one client at a time in the tests).
+LOGGED_IN = {"user": "-"}
+
+
 class Handler:
     def __init__(self, maildir):
         self.box = mailbox.Maildir(maildir, create=True)
@@ -25,7 +29,7 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         msg = envelope.original_content or envelope.content
         self.box.add(msg)
-        user = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else "-"
+        user = LOGGED_IN["user"] if session.authenticated else "-"
         tls = "yes" if session.ssl else "no"
         print(f"accepted from={envelope.mail_from} to={','.join(envelope.rcpt_tos)} auth={user} tls={tls}", flush=True)
         return "250 OK queued"
@@ -43,7 +47,9 @@ def main():
 
     def authenticator(server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == a.user and auth_data.password.decode() == a.password
-        return AuthResult(success=ok)
+        if ok:
+            LOGGED_IN["user"] = a.user
+        return AuthResult(success=ok, handled=False)
 
     kwargs = {}
     if a.cert:
