@@ -13,3 +13,4 @@ pub mod integrations;
 pub mod media;
 pub mod phone;
 pub mod sip;
+pub mod store;

@@ -227,8 +227,10 @@ pub async fn delete_row(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1/calls/{call_id}/transcript`: live while the call runs, from disk after.
+/// `GET /v1/calls/{call_id}/transcript`: live while the call runs, from this node's files
+/// after, else from the store (another node's call, with `[store] url`).
 pub async fn transcript(
+    axum::extract::State(st): axum::extract::State<super::ApiState>,
     ext: Ext,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -244,8 +246,18 @@ pub async fn transcript(
             .map_err(|e| ApiError::Internal(format!("transcript of {id:?}: {e}")))
     })
     .await?;
-    v.map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no transcript for call {call_id:?}")))
+    if let Some(v) = v {
+        return Ok(Json(v));
+    }
+    match st.store.transcript(&call_id).await {
+        Ok(Some(v)) => Ok(Json(v)),
+        Ok(None) => Err(ApiError::NotFound(format!(
+            "no transcript for call {call_id:?}"
+        ))),
+        Err(e) => Err(ApiError::Internal(format!(
+            "transcript of {call_id:?}: {e}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -273,8 +285,12 @@ mod tests {
             token: TOKEN.into(),
             recordings_dir: tmp.path().join("rec"),
             calls: Arc::new(NoCalls),
-            cdr_file: tmp.path().join("cdrs.jsonl"),
-            events_file: tmp.path().join("events.jsonl"),
+            store: Arc::new(crate::store::file::FileStore::new(
+                "node-t".into(),
+                tmp.path().to_path_buf(),
+                tmp.path().join("rec"),
+                None,
+            )),
             metrics: Arc::new(String::new),
         };
         let tables = Arc::new(TableStore::in_memory().unwrap());
