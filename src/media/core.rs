@@ -738,6 +738,58 @@ mod tests {
     }
 
     #[test]
+    fn a_recording_started_after_a_stall_holds_no_slot_from_before_it() {
+        // The worker's tick schedule and this core, on a fake clock: the worker is not
+        // scheduled from 40 ms to 431 ms, and the start of a recording (asked for at
+        // 420 ms) is applied on the wake-up at 431 ms; the stop, asked for at 2,429 ms, on
+        // the tick at 2,440 ms. The recording is the 2 s between, not the stall too.
+        use crate::media::plane::schedule::TickSchedule;
+        let t0 = Instant::now();
+        let mut sched = TickSchedule::new(t0, Duration::from_millis(20));
+        let mut core = started_core(sched.wake(t0).at);
+        let mut net = Net::default();
+        core.on_tick(t0, &mut net);
+        core.on_tick(sched.wake(ms(t0, 20)).at, &mut net);
+        let (tx, rx) = sync_channel(64);
+        let tick = sched.wake(ms(t0, 431));
+        assert_eq!(tick.at, ms(t0, 420));
+        core.command(
+            MediaCommand::StartRecording(FeedSpec {
+                id: RecordingId::generate(Utc::now()),
+                mode: ChannelMode::Stereo,
+                writer: tx,
+            }),
+            tick.at,
+            Utc::now(),
+        );
+        core.on_tick(ms(t0, 431), &mut net);
+        loop {
+            let now = sched.deadline();
+            let tick = sched.wake(now);
+            if now >= ms(t0, 2_440) {
+                core.command(MediaCommand::StopRecording, tick.at, Utc::now());
+                break;
+            }
+            core.on_tick(now, &mut net);
+        }
+        let fed = events(&mut core).into_iter().find_map(|e| match e {
+            MediaEvent::RecordingFed { slots, .. } => Some(slots),
+            _ => None,
+        });
+        assert_eq!(fed, Some(101), "420 ms .. 2,440 ms");
+        let finish = std::iter::from_fn(|| rx.try_recv().ok()).find_map(|j| match j {
+            Job::Finish {
+                slots,
+                started_at,
+                ended_at,
+                ..
+            } => Some((slots, (ended_at - started_at).num_milliseconds())),
+            _ => None,
+        });
+        assert_eq!(finish, Some((101, 2_020)));
+    }
+
+    #[test]
     fn a_bridge_relays_same_codec_bytes_untouched_and_transcodes_otherwise() {
         let t0 = Instant::now();
         let mut core = started_core(t0);

@@ -9,6 +9,7 @@
 
 pub mod io;
 pub mod pacing;
+pub mod schedule;
 mod worker;
 
 use std::net::UdpSocket;

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use super::io::{raise_priority, set_timer_slack, Poller, RecvBatch, SendBatch};
 use super::pacing::Pacing;
+use super::schedule::TickSchedule;
 use crate::media::core::{Leg, MediaCommand, MediaCore, MediaEvent, MediaStats, Outbox};
 use crate::media::recorder::PendingJob;
 
@@ -134,23 +135,29 @@ impl Worker {
             "default"
         };
         tracing::info!(worker = self.index, priority, "media worker started");
-        let mut next = Instant::now();
+        let mut schedule = TickSchedule::new(Instant::now(), TICK);
         loop {
             let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
+            let deadline = schedule.deadline();
+            if deadline > now {
+                std::thread::sleep(deadline - now);
             }
             let now = Instant::now();
-            let tick_at = next;
-            self.pacing.record(now.saturating_duration_since(tick_at));
-            next += TICK;
-            if next <= now {
-                // We overran a whole tick (a stall): skip ahead rather than burst. The
-                // sessions catch up the slots they owe on the next tick.
-                let behind = now - next;
-                next += TICK * (behind.as_nanos() / TICK.as_nanos() + 1) as u32;
+            let tick = schedule.wake(now);
+            self.pacing.record(tick.late);
+            if tick.skipped > 0 {
+                debug!(
+                    worker = self.index,
+                    skipped = tick.skipped,
+                    "media worker stalled; skipping ahead"
+                );
             }
-            if !self.commands(tick_at) {
+            // Commands apply at the tick instant (send clocks snap to the grid), which is
+            // at most one tick before `now`; the wall clock is read for the same instant.
+            let wall = Utc::now()
+                - chrono::Duration::from_std(now.saturating_duration_since(tick.at))
+                    .unwrap_or_default();
+            if !self.commands(tick.at, wall) {
                 break;
             }
             self.receive(now);
@@ -160,8 +167,7 @@ impl Worker {
     }
 
     /// Applies what the call tasks asked; false when the plane is gone and no call is left.
-    fn commands(&mut self, tick_at: Instant) -> bool {
-        let wall = Utc::now();
+    fn commands(&mut self, tick_at: Instant, wall: chrono::DateTime<Utc>) -> bool {
         loop {
             match self.rx.try_recv() {
                 Ok(msg) => self.apply(msg, tick_at, wall),
