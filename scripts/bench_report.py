@@ -136,6 +136,14 @@ def summary(a):
                 f"{rec['caller_packets_sent']}/{rec['caller_frames_recorded']}/{rec['packets_missing']} | "
                 f"{rec['complete']}/{rec['total']} | {rec['overflow_frames']} |")
         md.append("")
+        for r in pa:
+            off = next((o for o in pa if o["name"] == r["name"] + "-norec"), None)
+            if off and off["gw_pct_core_per_call"] > 0 and off["rss_per_call_kib"]:
+                md.append(
+                    f"- {r['name']}: with recording the gateway costs "
+                    f"{r['gw_pct_core_per_call'] / off['gw_pct_core_per_call']:.2f}x its CPU per call "
+                    f"without, and {r['rss_per_call_kib'] / off['rss_per_call_kib']:.2f}x its RSS per call.")
+        md.append("")
     pb = [r for r in rows if r["profile"] == "B"]
     if pb:
         md += ["## Profile B: short recorded calls (0.5 s) at rising rates", "",
