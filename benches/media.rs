@@ -34,7 +34,8 @@ use voxgate::flow::{FlowAction, FlowDefinition, FlowEvent, FlowMachine, SessionI
 use voxgate::media::codec::{Codec, FRAME_SAMPLES};
 use voxgate::media::g711;
 use voxgate::media::packet::{self, RtpHeader};
-use voxgate::media::recorder::{ChannelMode, RecordingClock};
+use voxgate::media::recorder::writer::{self, Job};
+use voxgate::media::recorder::{ChannelMode, FeedSpec, RecordingFeed, RecordingId};
 use voxgate::media::rtp::{RtpConfig, RtpEvent, RtpSession};
 use voxgate::sip::guard::{inspect_datagram, Verdict};
 use voxgate::sip::sdp::{negotiate_answer, LocalMedia, SessionDescription};
@@ -298,23 +299,54 @@ fn recorder_case(inputs: &Inputs, mode: ChannelMode, name: &'static str) -> Resu
     let left = inputs.pcm_frames.clone();
     let right: Vec<Vec<i16>> = left.iter().rev().cloned().collect();
     let t0 = Instant::now();
-    let mut clock = RecordingClock::new(t0, mode);
-    let first = clock.tick(t0, Some(&left[0]), Some(&right[0]));
-    if first.silence_slots != 0
-        || first.frame.as_ref().map(Vec::len) != Some(mode.samples_per_slot())
-    {
-        return Err(format!("recorder setup is off: first tick gave {first:?}"));
+    // The writer's queue; the op drains it and hands the blocks back to the pool as the
+    // writer thread does, so the pool is in steady state.
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let spec = FeedSpec {
+        id: RecordingId::generate(Utc::now()),
+        mode,
+        writer: tx,
+    };
+    let mut feed = RecordingFeed::new(spec, 0, t0, t0, Utc::now());
+    let step = move |feed: &mut RecordingFeed, slot: u64| {
+        let i = (slot % left.len() as u64) as usize;
+        let now = slot_time(t0, slot) + Duration::from_millis(1);
+        feed.caller_frame((slot as u32).wrapping_mul(160), &left[i], now);
+        feed.sent(slot, &right[i]);
+        feed.advance(now);
+    };
+    let probe_rx = move || -> usize {
+        let mut slots = 0;
+        while let Ok(job) = rx.try_recv() {
+            if let Job::Block {
+                slots: n, samples, ..
+            } = job
+            {
+                slots += n;
+                writer::give_block(samples);
+            }
+        }
+        slots
+    };
+    for slot in 0..120 {
+        step(&mut feed, slot);
     }
-    let mut slot = 1u64;
+    let written = probe_rx();
+    if written != 100 || feed.slots() != 117 {
+        return Err(format!(
+            "recorder setup is off: 120 slots handed {written} slots to the writer, fed {}",
+            feed.slots()
+        ));
+    }
+    let mut slot = 120u64;
     Ok(Case {
         name,
-        op_desc: "RecordingClock::tick, both sides present, one 20 ms slot",
+        op_desc: "RecordingFeed: caller frame + sent frame + advance, one 20 ms slot",
         per_call_s: SLOTS_PER_S,
         baseline_bytes: 2 * FRAME_SAMPLES * 2,
         run: looped(move || {
-            let i = (slot % left.len() as u64) as usize;
-            let out = clock.tick(slot_time(t0, slot), Some(&left[i]), Some(&right[i]));
-            black_box(out);
+            step(&mut feed, slot);
+            black_box(probe_rx());
             slot += 1;
         }),
     })
