@@ -6,6 +6,7 @@
 
 mod auth;
 mod calls;
+pub mod console;
 mod error;
 mod journal;
 pub mod openapi;
@@ -36,6 +37,23 @@ pub trait CallsView: Send + Sync {
     fn calls(&self) -> Vec<serde_json::Value>;
     /// Pauses or resumes the bot on a call; false when no such call is active.
     fn set_paused(&self, call_id: &str, paused: bool) -> bool;
+    /// Ends a call (BYE, or a final response before answer); false when no such call.
+    fn hangup(&self, call_id: &str) -> bool;
+}
+
+/// What the API needs from trunk registration (`GET /v1/trunks`).
+pub trait TrunksView: Send + Sync {
+    /// One JSON object per configured trunk.
+    fn trunks(&self) -> Vec<serde_json::Value>;
+}
+
+/// No trunks configured.
+pub struct NoTrunks;
+
+impl TrunksView for NoTrunks {
+    fn trunks(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
 }
 
 /// Renders the `/metrics` body.
@@ -53,6 +71,9 @@ pub struct ApiState {
     /// Tracked events, one JSON object per line.
     pub events_file: PathBuf,
     pub metrics: MetricsRender,
+    pub trunks: Arc<dyn TrunksView>,
+    /// Console logins (cookie sessions that stand in for the bearer token).
+    pub sessions: Arc<console::Sessions>,
 }
 
 impl ApiState {
@@ -77,9 +98,13 @@ pub fn router(state: ApiState) -> Router {
         )
         // `get` also answers HEAD (axum drops the body, our Content-Length stays).
         .route("/recordings/{id}/audio", get(recordings::audio))
+        .route("/recordings/{id}/peaks", get(recordings::peaks))
         .route("/calls", get(calls::list))
+        .route("/calls/stream", get(calls::stream))
         .route("/calls/{call_id}/pause", post(calls::pause))
         .route("/calls/{call_id}/resume", post(calls::resume))
+        .route("/calls/{call_id}/hangup", post(calls::hangup))
+        .route("/trunks", get(trunks))
         .route("/cdrs", get(journal::cdrs))
         .route("/events", get(journal::events))
         .route("/openapi.json", get(openapi::serve))
@@ -93,6 +118,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
+        .merge(console::router())
         .fallback(not_found)
         .with_state(state)
 }
@@ -109,6 +135,10 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         )],
         (st.metrics)(),
     )
+}
+
+async fn trunks(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "trunks": st.trunks.trunks() }))
 }
 
 async fn not_found() -> ApiError {

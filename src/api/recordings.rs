@@ -37,6 +37,8 @@ pub struct ListQuery {
     pub limit: usize,
     /// Resume after this (started_at ms, id) sort key.
     pub after: Option<(i64, String)>,
+    /// Case-insensitive text that the id, call id, from or to must contain (`q`).
+    pub text: Option<String>,
 }
 
 impl ListQuery {
@@ -59,6 +61,10 @@ impl ListQuery {
             until: time("until")?,
             limit: parse_limit(params)?,
             after: params.get("cursor").map(|c| decode_cursor(c)).transpose()?,
+            text: params
+                .get("q")
+                .map(|t| t.trim().to_lowercase())
+                .filter(|t| !t.is_empty()),
         })
     }
 }
@@ -91,6 +97,13 @@ pub fn page(items: Vec<Sidecar>, q: &ListQuery) -> (Vec<Sidecar>, Option<String>
     let mut items: Vec<_> = items
         .into_iter()
         .filter(|s| q.call_id.as_ref().is_none_or(|c| &s.call_id == c))
+        .filter(|s| {
+            q.text.as_ref().is_none_or(|t| {
+                [&s.id, &s.call_id, &s.from, &s.to]
+                    .iter()
+                    .any(|f| f.to_lowercase().contains(t.as_str()))
+            })
+        })
         .filter(|s| {
             let t = s.started_at_utc();
             q.since.is_none_or(|since| t.is_some_and(|t| t >= since))
@@ -306,6 +319,82 @@ pub async fn audio(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// Most buckets `GET /v1/recordings/{id}/peaks` computes.
+pub const MAX_PEAK_BUCKETS: usize = 4000;
+
+/// `GET /v1/recordings/{id}/peaks?buckets=N`: per channel, the loudest sample of each of `N`
+/// equal slices of a finished recording, scaled to 0..=1000. The console draws its waveform
+/// from this instead of downloading the audio twice.
+pub async fn peaks(
+    State(st): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_from(path)?;
+    let params = query_map(query)?;
+    let buckets = match params.get("buckets") {
+        None => 800,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_PEAK_BUCKETS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "`buckets` must be an integer from 1 to {MAX_PEAK_BUCKETS}, got {v:?}"
+                )))
+            }
+        },
+    };
+    let s = load(st.recordings_dir.clone(), id.clone()).await?;
+    if !matches!(
+        s.status,
+        RecordingStatus::Complete | RecordingStatus::Recovered
+    ) {
+        return Err(ApiError::Conflict(format!(
+            "recording {id} is {}; peaks are computed once it is finished",
+            s.status.as_str()
+        )));
+    }
+    let wav = RecordingPaths::new(&st.recordings_dir, &id).wav;
+    let (channels, sample_rate, frames, peaks) = blocking(move || {
+        wav_peaks(&wav, buckets).map_err(|e| ApiError::Internal(format!("recording {id}: {e}")))
+    })
+    .await?;
+    Ok(Json(json!({
+        "id": s.id,
+        "channels": channels,
+        "sample_rate": sample_rate,
+        "frames": frames,
+        "buckets": buckets,
+        "peaks": peaks,
+    })))
+}
+
+/// What [`wav_peaks`] found: (channels, sample rate, frames, peaks per channel).
+pub type Peaks = (u16, u32, u64, Vec<Vec<u16>>);
+
+/// Reads a 16-bit PCM WAV and returns its peaks.
+pub fn wav_peaks(path: &FsPath, buckets: usize) -> Result<Peaks, hound::Error> {
+    let mut reader = hound::WavReader::open(path)?;
+    let spec = reader.spec();
+    if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
+        return Err(hound::Error::Unsupported);
+    }
+    let channels = usize::from(spec.channels.max(1));
+    let frames = u64::from(reader.duration());
+    let mut peaks = vec![vec![0u16; buckets]; channels];
+    let per_bucket = frames.div_ceil(buckets as u64).max(1);
+    for (i, sample) in reader.samples::<i16>().enumerate() {
+        let sample = sample?;
+        let frame = (i / channels) as u64;
+        let bucket = usize::try_from(frame / per_bucket)
+            .unwrap_or(usize::MAX)
+            .min(buckets - 1);
+        let level = u16::try_from(u32::from(sample.unsigned_abs()) * 1000 / 32768).unwrap_or(1000);
+        let slot = &mut peaks[i % channels][bucket];
+        *slot = (*slot).max(level);
+    }
+    Ok((spec.channels, spec.sample_rate, frames, peaks))
+}
+
 /// Streams `len` bytes from `start` without loading the file into memory.
 async fn file_body(path: &FsPath, start: u64, len: u64) -> Result<Body, ApiError> {
     let open_err = |e: std::io::Error| ApiError::Internal(format!("cannot read audio: {e}"));
@@ -396,6 +485,53 @@ mod tests {
         assert_eq!(p3.len(), 1);
         assert_eq!(p3[0].id, items[0].id);
         assert_eq!(c3, None);
+    }
+
+    #[test]
+    fn text_search_matches_id_call_and_parties() {
+        let mut items: Vec<_> = (0..4).map(|i| rec(&format!("call-{i}"), i)).collect();
+        items[1].from = "+3225550101".into();
+        items[2].to = "Sales-Line".into();
+        let (p, _) = page(items.clone(), &q(&[("q", "5550101")]).unwrap());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].call_id, "call-1");
+        let (p, _) = page(items.clone(), &q(&[("q", " sales ")]).unwrap());
+        assert_eq!(p[0].call_id, "call-2");
+        let (p, _) = page(items.clone(), &q(&[("q", "CALL-3")]).unwrap());
+        assert_eq!(p[0].call_id, "call-3");
+        let (p, _) = page(items.clone(), &q(&[("q", "")]).unwrap());
+        assert_eq!(p.len(), 4);
+    }
+
+    #[test]
+    fn peaks_follow_each_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        // First half: loud left, silent right; second half: the other way round.
+        for i in 0..8000 {
+            let (l, r) = if i < 4000 {
+                (16384i16, 0i16)
+            } else {
+                (0, -32768)
+            };
+            w.write_sample(l).unwrap();
+            w.write_sample(r).unwrap();
+        }
+        w.finalize().unwrap();
+        let (ch, rate, frames, p) = wav_peaks(&path, 4).unwrap();
+        assert_eq!((ch, rate, frames), (2, 8000, 8000));
+        assert_eq!(p[0], [500, 500, 0, 0]);
+        assert_eq!(p[1], [0, 0, 1000, 1000]);
+        // More buckets than frames still works.
+        let (_, _, _, p) = wav_peaks(&path, 4000).unwrap();
+        assert_eq!(p[0].len(), 4000);
     }
 
     #[test]

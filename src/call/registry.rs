@@ -180,6 +180,10 @@ impl crate::api::CallsView for Registry {
             },
         )
     }
+
+    fn hangup(&self, call_id: &str) -> bool {
+        self.control(call_id, Control::Hangup)
+    }
 }
 
 #[cfg(test)]
