@@ -595,9 +595,11 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-/// The host of a `sip:` registrar URI (for matching a trunk's source address).
-pub fn parse_registrar_host(s: &str) -> Option<String> {
-    parse_trunk(s).ok().map(|t| t.host)
+/// The address of a `sip:` registrar URI when its host is a literal IP (for recognising
+/// requests that come from the registrar).
+pub fn parse_registrar_addr(s: &str) -> Option<SocketAddr> {
+    let t = parse_trunk(s).ok()?;
+    Some(SocketAddr::new(t.host.parse().ok()?, t.port))
 }
 
 fn parse_trunk(s: &str) -> Result<TrunkTarget, String> {

@@ -1,7 +1,8 @@
 //! Digest challenge of inbound INVITEs, per trunk (`challenge_inbound = true`): an INVITE
 //! for a trunk (its Request-URI user is the trunk's `username`, the Contact user voxgate
-//! registers, or it comes from the registrar's IP address) must carry digest credentials
-//! for that trunk, or it is answered 401 with a fresh challenge. Wrong credentials get 403.
+//! registers, or it comes from the registrar's own address, IP and port) must carry digest
+//! credentials for that trunk, or it is answered 401 with a fresh challenge. Wrong
+//! credentials get 403.
 //!
 //! Nonces are stateless: `<unix seconds hex>.<HMAC-SHA256(secret, that)>`, valid for
 //! [`NONCE_TTL_S`]; an expired nonce with otherwise right credentials gets a new challenge
@@ -15,7 +16,7 @@ use rsipstack::sip::headers::auth::{Algorithm, Scheme};
 use rsipstack::sip::typed::Authorization;
 use rsipstack::sip::Method;
 use sha2::Sha256;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 /// How long a nonce stays valid.
 pub const NONCE_TTL_S: u64 = 300;
@@ -30,7 +31,7 @@ pub trait InviteAuth: Send + Sync + std::fmt::Debug {
         &self,
         request_uri: &str,
         authorization: Option<&str>,
-        source: Option<IpAddr>,
+        source: Option<SocketAddr>,
     ) -> Option<(u16, Vec<(String, String)>)>;
 }
 
@@ -39,7 +40,8 @@ struct Guarded {
     user: String,
     auth_user: String,
     password: String,
-    registrar_ip: Option<IpAddr>,
+    /// The registrar's address when it is a literal IP (calls from it are the trunk's).
+    registrar: Option<SocketAddr>,
 }
 
 /// The trunks whose inbound INVITEs are challenged.
@@ -79,7 +81,7 @@ impl TrunkChallenge {
             .filter(|t| t.challenge_inbound)
             .filter_map(|t| {
                 let password = t.resolve_password().ok()?;
-                let host = crate::config::parse_registrar_host(&t.registrar);
+                let registrar = crate::config::parse_registrar_addr(&t.registrar);
                 Some(Guarded {
                     name: t.name.clone(),
                     user: t.username.clone(),
@@ -89,7 +91,7 @@ impl TrunkChallenge {
                         .filter(|u| !u.is_empty())
                         .unwrap_or_else(|| t.username.clone()),
                     password,
-                    registrar_ip: host.and_then(|h| h.parse().ok()),
+                    registrar,
                 })
             })
             .collect();
@@ -143,14 +145,14 @@ impl TrunkChallenge {
         &self,
         request_uri: &str,
         authorization: Option<&str>,
-        source: Option<IpAddr>,
+        source: Option<SocketAddr>,
         now_s: u64,
     ) -> (Verdict, Option<&str>) {
         let user = user_of(request_uri);
         let Some(trunk) = self
             .trunks
             .iter()
-            .find(|t| t.user == user || (t.registrar_ip.is_some() && t.registrar_ip == source))
+            .find(|t| t.user == user || (t.registrar.is_some() && t.registrar == source))
         else {
             return (Verdict::Pass, None);
         };
@@ -183,7 +185,7 @@ impl InviteAuth for TrunkChallenge {
         &self,
         request_uri: &str,
         authorization: Option<&str>,
-        source: Option<IpAddr>,
+        source: Option<SocketAddr>,
     ) -> Option<(u16, Vec<(String, String)>)> {
         let now_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -289,9 +291,12 @@ mod tests {
         let nonce = nonce_of(&h);
         let auth = authorization("vg", "pw", &nonce, uri);
         assert_eq!(c.verdict(uri, Some(&auth), None, 1010).0, Verdict::Pass);
-        // The registrar's address is matched too, whatever the Request-URI user.
-        let (v, _) = c.verdict("sip:bot@x", None, "10.0.0.5".parse().ok(), 1000);
+        // The registrar's address is matched too, whatever the Request-URI user; the same IP
+        // on another port is someone else.
+        let (v, _) = c.verdict("sip:bot@x", None, "10.0.0.5:5060".parse().ok(), 1000);
         assert!(matches!(v, Verdict::Challenge(_)));
+        let (v, _) = c.verdict("sip:bot@x", None, "10.0.0.5:5062".parse().ok(), 1000);
+        assert_eq!(v, Verdict::Pass);
     }
 
     #[test]

@@ -816,8 +816,7 @@ fn inbound_check(
     let source = tx
         .connection
         .as_ref()
-        .and_then(|c| c.get_remote_addr().and_then(|a| a.get_socketaddr().ok()))
-        .map(|a| a.ip());
+        .and_then(|c| c.get_remote_addr().and_then(|a| a.get_socketaddr().ok()));
     let authorization = header_value(&tx.original.headers, "authorization");
     auth.check(
         &tx.original.uri.to_string(),

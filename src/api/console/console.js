@@ -309,7 +309,7 @@
   function entryText(e) {
     const extra = [];
     if (e.kind === 'speech' && e.confidence !== undefined) extra.push(`confidence ${e.confidence}`);
-    if (e.kind === 'transfer') extra.push([e.to, e.outcome].filter(Boolean).join(' '));
+    if (e.kind === 'transfer') extra.push([e.to !== e.text ? e.to : null, e.outcome].filter(Boolean).join(' '));
     if (e.kind === 'step') extra.push([e.step, e.outcome, e.dialog].filter(Boolean).join(' '));
     if (e.kind === 'recording') extra.push([e.id, e.event].filter(Boolean).join(' '));
     const text = e.text === undefined || e.text === null ? '' : String(e.text);
