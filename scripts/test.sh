@@ -12,10 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio) -------
+# chromium + nodejs/npm: the web console's browser test (tests/console.rs, Playwright).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
 if ((${#missing[@]})); then
@@ -28,6 +32,12 @@ if ((${#missing[@]})); then
         echo "error: missing ${missing[*]}; install as root: apt-get install ${missing[*]}" >&2
         exit 1
     fi
+fi
+# --- node packages for the browser test: playwright-core, pinned by the lockfile -------------
+# (Playwright never downloads a browser here: it drives Debian's /usr/bin/chromium.)
+if [[ ! -f tests/console/node_modules/playwright-core/package.json ]]; then
+    echo "==> npm ci (tests/console)"
+    (cd tests/console && npm ci --no-audit --no-fund)
 fi
 if [[ $(id -u) -ne 0 ]]; then
     # SIPp's play_pcap_audio (RFC 4733 DTMF in the scenarios) opens a raw socket.
@@ -51,6 +61,8 @@ fi
 echo "${sipp_banner# }"
 first_line espeak-ng --version
 first_line sox --version
+first_line /usr/bin/chromium --version
+echo "node $(node --version), playwright-core $(node -p "require('./tests/console/node_modules/playwright-core/package.json').version")"
 
 # --- checks ---------------------------------------------------------------------------------
 echo "==> cargo fmt --check"

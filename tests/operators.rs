@@ -330,3 +330,87 @@ fn websocket_mode_needs_and_reads_no_flow_file() {
         .start();
     assert!(gw.get_noauth("/healthz").unwrap().status == 200);
 }
+
+/// Every `"voxgate_…"` string literal in src/ that names a metric.
+fn metric_names_in_code() -> std::collections::BTreeSet<String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    // String literals with this prefix that are not metrics.
+    const NOT_METRICS: &[&str] = &["voxgate_session"];
+    let mut files = Vec::new();
+    walk(&repo_root().join("src"), &mut files);
+    let mut names = std::collections::BTreeSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, _) in text.match_indices("\"voxgate_") {
+            let rest = &text[i + 1..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len());
+            if rest[end..].starts_with('"') && !NOT_METRICS.contains(&&rest[..end]) {
+                names.insert(rest[..end].to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_metric_in_the_code_is_documented() {
+    let names = metric_names_in_code();
+    assert!(
+        names.contains("voxgate_calls_active") && names.len() > 10,
+        "{names:?}"
+    );
+    let doc = std::fs::read_to_string(repo_root().join("docs/metrics.md")).unwrap();
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|n| !doc.contains(&format!("`{n}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics missing from docs/metrics.md: {missing:?}"
+    );
+    // The dashboard only queries metrics that exist.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/grafana/voxgate.json")).unwrap(),
+    )
+    .expect("deploy/grafana/voxgate.json is JSON");
+    let mut exprs = Vec::new();
+    fn collect(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr", Value::String(s)) => out.push(s.clone()),
+                        _ => collect(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            _ => {}
+        }
+    }
+    collect(&dash, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for e in &exprs {
+        for (i, _) in e.match_indices("voxgate_") {
+            let rest = &e[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len());
+            assert!(
+                names.contains(&rest[..end]),
+                "dashboard queries unknown metric in {e}"
+            );
+        }
+    }
+}
