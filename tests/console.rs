@@ -137,10 +137,8 @@ fn console_in_headless_chromium_after_a_real_call() {
         .get(&format!("/v1/cdrs?call_id={}", call_id))
         .unwrap()
         .json();
-    assert_eq!(
-        cdrs["cdrs"][0]["end_reason"], summary["end_reason"],
-        "{cdrs}"
-    );
+    assert_eq!(cdrs["cdrs"][0]["end_reason"], "operator_hangup", "{cdrs}");
+    assert_eq!(cdrs["cdrs"][0]["end_reason"], summary["end_reason"]);
     assert!(summary["current_time"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(gw.log_contains("call hung up via API"));
     assert!(gw.log_contains("call paused/resumed via API"));

@@ -15,6 +15,8 @@ pub enum Control {
     Resume,
     /// Graceful shutdown is over: end the call now.
     Hangup,
+    /// An operator ends the call (API / console).
+    OperatorHangup,
 }
 
 /// The public view of a call.
@@ -182,7 +184,7 @@ impl crate::api::CallsView for Registry {
     }
 
     fn hangup(&self, call_id: &str) -> bool {
-        self.control(call_id, Control::Hangup)
+        self.control(call_id, Control::OperatorHangup)
     }
 }
 
