@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio) -------
+# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio),
+# python3-aiosmtpd (SMTP server for the mail tests) ----------------------------------------
 # chromium + nodejs/npm: the web console's browser test (tests/console.rs, Playwright).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
@@ -22,6 +23,9 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
+# The integration-step tests (tests/integrations.rs) run a real SMTP server: Debian's aiosmtpd,
+# for Debian's own python3 (/usr/bin/python3, whatever python3 is first on PATH).
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
 # Scale-out test (tests/scale_out.rs): Kamailio in front, PostgreSQL behind (initdb/pg_ctl
 # under /usr/lib/postgresql/<version>/bin, run as the postgres user via runuser).
 command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
@@ -85,6 +89,7 @@ first_line espeak-ng --version
 first_line sox --version
 first_line /usr/bin/chromium --version
 echo "node $(node --version), playwright-core $(node -p "require('./tests/console/node_modules/playwright-core/package.json').version")"
+/usr/bin/python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
 first_line kamailio -v
 first_line "$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n1)" --version
 first_line python3 --version

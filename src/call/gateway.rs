@@ -32,6 +32,8 @@ pub enum StartError {
     #[error("metrics: {0}")]
     Metrics(String),
     #[error("{0}")]
+    Integrations(String),
+    #[error("{0}")]
     Store(String),
     #[error("{0}")]
     Trunk(#[from] crate::sip::register::TrunkError),
@@ -100,6 +102,14 @@ impl Gateway {
         );
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
+        let integrations = {
+            let store = store.clone();
+            crate::integrations::Integrations::start(
+                &config,
+                Arc::new(move |v| store.submit(crate::store::Record::Event(v))),
+            )
+            .map_err(|e| StartError::Integrations(e.to_string()))?
+        };
         let shared = Arc::new(Shared {
             registry: registry.clone(),
             flow: std::sync::RwLock::new(flow),
@@ -114,7 +124,8 @@ impl Gateway {
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            requests: None,
+            requests: Some(Arc::new(integrations.clone())),
+            integrations: Some(integrations.clone()),
             sip: std::sync::OnceLock::new(),
             config: config.clone(),
             validated: validated.clone(),
@@ -136,7 +147,11 @@ impl Gateway {
                 addr: validated.http_listen,
                 reason: e.to_string(),
             })?;
-        let app = crate::api::router(api_state);
+        let app =
+            crate::api::router(api_state).layer(axum::Extension(crate::api::IntegrationsApi {
+                tables: integrations.tables.clone(),
+                transcripts: integrations.transcripts.clone(),
+            }));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!(error = %e, "HTTP server stopped");

@@ -34,6 +34,9 @@ pub struct Shared {
     pub policy: DestinationPolicy,
     /// Runs integration steps (`FlowAction::Request`); `None` answers them `not_configured`.
     pub requests: Option<Arc<dyn RequestExecutor>>,
+    /// The integration executors: the call's transcript store, `recording.ready` events,
+    /// the offload webhook. `None` in builds/tests that do not start them.
+    pub integrations: Option<crate::integrations::Integrations>,
     pub(super) sip: OnceLock<Arc<SipServer>>,
 }
 
