@@ -47,9 +47,19 @@ if ((${#missing[@]})); then
 fi
 # --- node packages for the browser test: playwright-core, pinned by the lockfile -------------
 # (Playwright never downloads a browser here: it drives Debian's /usr/bin/chromium.)
-if [[ ! -f tests/console/node_modules/playwright-core/package.json ]]; then
-    echo "==> npm ci (tests/console)"
+# Re-installed whenever the installed version is not the lockfile's (a bumped pin, a stale or
+# half-finished node_modules).
+pw_version() {
+    node -e 'try { console.log(require(process.argv[1]).version) } catch (e) { console.log("none") }' "$1"
+}
+pw_pin=$(node -p "require('./tests/console/package-lock.json').packages['node_modules/playwright-core'].version")
+if [[ $(pw_version ./tests/console/node_modules/playwright-core/package.json) != "$pw_pin" ]]; then
+    echo "==> npm ci (tests/console: playwright-core $pw_pin)"
     (cd tests/console && npm ci --no-audit --no-fund)
+fi
+if [[ $(pw_version ./tests/console/node_modules/playwright-core/package.json) != "$pw_pin" ]]; then
+    echo "error: playwright-core $pw_pin did not install into tests/console/node_modules" >&2
+    exit 1
 fi
 if [[ $(id -u) -ne 0 ]]; then
     # SIPp's play_pcap_audio (RFC 4733 DTMF in the scenarios) opens a raw socket.

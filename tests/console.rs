@@ -3,8 +3,10 @@
 //! while a real SIPp call is up. The script checks that without the token only the login form
 //! shows and the API answers 401, logs in, sees the live call arrive over server-sent events,
 //! pauses/resumes/hangs it up with the buttons, finds its recording by search, draws the
-//! two-lane waveform, plays the audio through the Range API (`ended` or a positive
-//! `currentTime`), opens the call's CDR, and signs out. Screenshots are kept under
+//! two-lane waveform with the call's real transcript marked on it (the greeting prompt, the
+//! caller's key "4" sent by SIPp as SIP INFO, the `code` integration step's outcome), plays the
+//! audio through the Range API (`ended` or a positive `currentTime`), opens the call's CDR and
+//! events, and signs out. Screenshots are kept under
 //! target/console-test/ and their paths printed.
 //!
 //! Needs `node`, `/usr/bin/chromium` (Debian `chromium`) and the node package; scripts/test.sh
@@ -52,6 +54,40 @@ fn require_browser_tools() {
     }
 }
 
+/// The test's flow: recording, the greeting (playing on while the flow goes on), a `code`
+/// integration step (local JavaScript, no server needed), then a menu that notes every key as
+/// an event and waits for the next one.
+const CONSOLE_FLOW: &str = r#"
+name: console
+start: answer
+inactivity_s: 0
+prompts_dir: "{{PROMPTS_DIR}}"
+dialogs:
+  answer:
+    - start_recording
+    - message: {file: greeting.wav, wait: false}
+    - code: {source: "new ChatlayerResponseBuilder().setSessionVariable('tier', 'gold').send()", timeout_ms: 2000}
+    - goto: menu
+  menu:
+    - collect: {max_digits: 1, variable: choice, default: pressed}
+  pressed:
+    - track_event: {name: console_key, properties: {key: choice}}
+    - goto: menu
+"#;
+
+/// Percent-encodes a call id for a URL path or query.
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn artifacts_dir() -> PathBuf {
     let dir = repo_root().join("target").join("console-test");
     std::fs::create_dir_all(&dir).expect("create target/console-test");
@@ -62,10 +98,11 @@ fn artifacts_dir() -> PathBuf {
 fn console_in_headless_chromium_after_a_real_call() {
     require_sipp();
     require_browser_tools();
-    let gw = Gateway::start_default();
+    let gw = Gateway::builder().flow_yaml(CONSOLE_FLOW).start();
 
-    // A real call that stays up until the gateway hangs up (the console's button will).
-    let mut sipp = Sipp::uac("uac_remote_bye.xml", gw.sip_addr())
+    // A real call that presses "4" and stays up until the gateway hangs up (the console's
+    // button will).
+    let mut sipp = Sipp::uac("console_call.xml", gw.sip_addr())
         .timeout_s(120)
         .spawn();
     assert!(
@@ -84,6 +121,56 @@ fn console_in_headless_chromium_after_a_real_call() {
         }
     }
     assert!(!call_id.is_empty(), "no active call in /v1/calls");
+
+    // The transcript the console will draw: the prompt, the key and the integration step are
+    // in it before the browser starts (no race with the hang-up button).
+    let transcript_path = format!("/v1/calls/{}/transcript", pct(&call_id));
+    let mut transcript = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let kinds = |t: &Value| -> Vec<String> {
+        t["entries"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while Instant::now() < deadline {
+        transcript = gw.get(&transcript_path).expect("GET transcript").json();
+        let k = kinds(&transcript);
+        if ["prompt", "dtmf", "step"]
+            .iter()
+            .all(|want| k.iter().any(|have| have == want))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let k = kinds(&transcript);
+    assert!(
+        ["prompt", "dtmf", "step"]
+            .iter()
+            .all(|want| k.iter().any(|have| have == want)),
+        "the live transcript lacks the prompt, the key or the step: {transcript}\n{}",
+        gw.log_tail(40)
+    );
+    let step = transcript["entries"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["kind"] == "step"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        (&step["step"], &step["outcome"]),
+        (&Value::from("code"), &Value::from("ok")),
+        "{step}"
+    );
+    let answered = transcript["entries"].as_array().is_some_and(|es| {
+        es.iter()
+            .any(|e| e["kind"] == "call" && e["event"] == "answered")
+    });
+    assert!(answered, "no `call answered` entry: {transcript}");
 
     let artifacts = artifacts_dir();
     let started = Instant::now();
@@ -134,12 +221,23 @@ fn console_in_headless_chromium_after_a_real_call() {
 
     // What the browser showed matches the records.
     let cdrs = gw
-        .get(&format!("/v1/cdrs?call_id={}", call_id))
+        .get(&format!("/v1/cdrs?call_id={}", pct(&call_id)))
         .unwrap()
         .json();
     assert_eq!(cdrs["cdrs"][0]["end_reason"], "operator_hangup", "{cdrs}");
     assert_eq!(cdrs["cdrs"][0]["end_reason"], summary["end_reason"]);
     assert!(summary["current_time"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(gw.log_contains("call hung up via API"));
+    // The browser listed the key and the step from the real transcript.
+    assert!(summary["markers"].as_u64().unwrap_or(0) >= 3, "{summary}");
+    // The flow saw the key too (its track_event, listed in the console's events table).
+    let events = gw
+        .get(&format!(
+            "/v1/events?call_id={}&name=console_key",
+            pct(&call_id)
+        ))
+        .unwrap()
+        .json();
+    assert_eq!(events["events"][0]["properties"]["key"], "4", "{events}");
     assert!(gw.log_contains("call paused/resumed via API"));
 }

@@ -123,43 +123,34 @@ try {
   const lanes = await page.getAttribute('#waveform', 'data-lanes');
   check(lanes === '2', 'two-lane waveform (caller and bot) drawn from the peaks');
 
+  // The call's real transcript (GET /v1/calls/{id}/transcript), listed and marked on the
+  // timeline: tests/console.rs waited for the greeting prompt, the key "4" and the `code` step.
   const transcriptStatus = (await statuses([`/v1/calls/${encodeURIComponent(callId)}/transcript`]))[0];
+  check(transcriptStatus === 200, `the transcript endpoint answers (${transcriptStatus})`);
+  await page.waitForFunction(() => document.querySelectorAll('#transcript li[data-kind="step"]').length > 0);
+  const kinds = await page.$$eval('#transcript li', (lis) => lis.map((li) => li.dataset.kind));
+  check(['call', 'recording', 'prompt', 'dtmf', 'step'].every((k) => kinds.includes(k)),
+    `transcript lists the answer, the recording, the prompt, the key and the step (${kinds.join(',')})`);
+  const callLines = await page.$$eval('#transcript li[data-kind="call"]', (lis) => lis.map((li) => li.textContent));
+  check(callLines.some((t) => t.includes('Call answered')) && callLines.some((t) => t.includes('Call ended: operator_hangup')),
+    `the call's answer and end are in it (${callLines.join(' | ')})`);
+  const keyLine = (await page.locator('#transcript li[data-kind="dtmf"]').first().textContent()).trim();
+  check(keyLine.includes('Caller pressed 4'), `the key reads as the caller's (${keyLine})`);
+  const stepLine = (await page.locator('#transcript li[data-kind="step"]').first().textContent()).trim();
+  check(stepLine.includes('Step code: ok'), `the integration step reads with its outcome (${stepLine})`);
+  const stepColour = await page.$eval('#transcript li[data-kind="step"]', (li) => li.classList.contains('k-step'));
+  check(stepColour, 'integration steps have their own colour');
   const markers = Number(await page.getAttribute('#waveform', 'data-markers'));
-  const items = await page.locator('#transcript li').count();
-  if (transcriptStatus === 200) {
-    check(items > 0 && markers > 0, `transcript events listed (${items}) and marked on the timeline (${markers})`);
-    summary.markers = markers;
-  } else {
-    // This build has no transcript endpoint yet: check the timeline against the documented
-    // format (INTERFACES.md) with a stand-in answer for this call.
-    log(`note: GET /v1/calls/{id}/transcript answered ${transcriptStatus}; checking markers with a stand-in transcript`);
-    const meta = await page.evaluate(async (id) => (await fetch(`/v1/recordings/${id}`)).json(), recId);
-    const start = Date.parse(meta.started_at);
-    const at = (ms) => new Date(start + ms).toISOString();
-    const entries = [
-      { at: at(-40), offset_ms: 10, kind: 'call', text: 'answered' },
-      { at: at(300), offset_ms: 350, kind: 'prompt', text: 'greeting.wav', file: 'greeting.wav' },
-      { at: at(1500), offset_ms: 1550, kind: 'dtmf', text: '1' },
-      { at: at(2500), offset_ms: 2550, kind: 'speech', text: 'sales please', confidence: 0.82 },
-      { at: at(3500), offset_ms: 3550, kind: 'transfer', text: '+3225551212', to: '+3225551212', outcome: 'failed' },
-    ];
-    await page.route('**/v1/calls/*/transcript', (route) => route.fulfill({
-      status: 200, contentType: 'application/json', body: JSON.stringify({ call_id: callId, entries }),
-    }));
-    await page.evaluate(() => { location.hash = '#recordings'; });
-    await page.evaluate((id) => { location.hash = `#recordings/${encodeURIComponent(id)}`; }, recId);
-    await page.waitForFunction(() => document.querySelectorAll('#transcript li').length === 5);
-    await page.waitForSelector('#waveform[data-state="drawn"]');
-    const drawn = Number(await page.getAttribute('#waveform', 'data-markers'));
-    const kinds = await page.$$eval('#transcript li', (lis) => lis.map((li) => li.dataset.kind).join(','));
-    check(drawn === 4, `4 timeline markers for the entries inside the recording (${drawn}; the one before it is listed only)`);
-    check(kinds === 'call,prompt,dtmf,speech,transfer', `transcript listed in order (${kinds})`);
-    // Clicking an entry seeks the player to it.
-    await page.click('#transcript li[data-kind="dtmf"]');
-    const t = await page.evaluate(() => document.querySelector('#player').currentTime);
-    check(Math.abs(t - 1.5) < 0.3, `clicking the key press seeks to it (${t.toFixed(2)} s)`);
-    summary.markers = drawn;
-  }
+  const inside = await page.$$eval('#transcript li', (lis) => lis.filter((li) => Number(li.dataset.sec) >= 0).length);
+  check(markers >= 3 && markers <= inside,
+    `transcript events marked on the timeline (${markers} of ${kinds.length}; ${inside} start inside the recording)`);
+  summary.markers = markers;
+  summary.transcript_kinds = kinds;
+  // Clicking an entry seeks the player to it.
+  const keySec = Number(await page.getAttribute('#transcript li[data-kind="dtmf"]', 'data-sec'));
+  await page.click('#transcript li[data-kind="dtmf"]');
+  await page.waitForFunction((sec) => Math.abs(document.querySelector('#player').currentTime - sec) < 0.3, keySec);
+  check(true, `clicking the key press seeks the player to it (${keySec.toFixed(2)} s)`);
   summary.transcript_status = transcriptStatus;
 
   await page.evaluate(() => document.querySelector('#player').play());
@@ -200,6 +191,9 @@ try {
   const reason = (await cdrRow.locator('td.end-reason').textContent()).trim();
   check(cdrRows === 1 && reason.length > 0, `CDR filtered by call (${cdrRows} row, end reason ${reason})`);
   summary.end_reason = reason;
+  const keyEvent = page.locator(`#events-table tr[data-call-id="${sel(callId)}"][data-name="console_key"]`);
+  await keyEvent.waitFor();
+  check(true, "the flow's tracked event for the key is listed with the call");
   const recordsShot = path.join(artifacts, 'console-records.png');
   await page.screenshot({ path: recordsShot, fullPage: true });
   summary.records_screenshot = recordsShot;

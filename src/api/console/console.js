@@ -303,17 +303,41 @@
     if (kind === 'prompt' || kind === 'say') return 'prompt';
     if (kind === 'speech') return 'speech';
     if (kind === 'transfer') return 'transfer';
+    if (kind === 'step') return 'step';
     return 'other';
   }
 
+  // One readable line per transcript entry (docs/records.md): who did what.
   function entryText(e) {
-    const extra = [];
-    if (e.kind === 'speech' && e.confidence !== undefined) extra.push(`confidence ${e.confidence}`);
-    if (e.kind === 'transfer') extra.push([e.to !== e.text ? e.to : null, e.outcome].filter(Boolean).join(' '));
-    if (e.kind === 'step') extra.push([e.step, e.outcome, e.dialog].filter(Boolean).join(' '));
-    if (e.kind === 'recording') extra.push([e.id, e.event].filter(Boolean).join(' '));
     const text = e.text === undefined || e.text === null ? '' : String(e.text);
-    return `${e.kind}: ${text}${extra.filter(Boolean).length ? ` (${extra.filter(Boolean).join(', ')})` : ''}`;
+    switch (e.kind) {
+      case 'prompt': return `Bot played ${e.file || text}`;
+      case 'say': return `Bot said: ${text}`;
+      case 'dtmf': return `Caller pressed ${e.digit || text}`;
+      case 'speech': {
+        const how = [e.confidence !== undefined ? `confidence ${e.confidence}` : null,
+          e.matched === false ? 'no match' : null].filter(Boolean).join(', ');
+        return `Caller said: ${text}${how ? ` (${how})` : ''}`;
+      }
+      case 'step': {
+        const name = e.step || text.split(':')[0];
+        const outcome = e.outcome || text.slice(name.length + 1).trim();
+        return `Step ${name}: ${outcome}${e.dialog ? ` (dialog ${e.dialog})` : ''}`;
+      }
+      case 'transfer':
+        return e.to !== undefined && e.outcome !== undefined ? `Transfer to ${e.to}: ${e.outcome}` : `Transfer: ${text}`;
+      case 'recording':
+        return e.id !== undefined && e.event !== undefined ? `Recording ${e.id} ${e.event}` : `Recording: ${text}`;
+      case 'call': return `Call ${text}`;
+      default: return `${e.kind}: ${text}`;
+    }
+  }
+
+  // A step that failed, a transfer that failed: shown in bold.
+  function entryFailed(e) {
+    const outcome = String(e.outcome || '');
+    return (e.kind === 'step' && outcome !== '' && outcome !== 'ok')
+      || (e.kind === 'transfer' && outcome.startsWith('failed'));
   }
 
   function renderTranscript(entries) {
@@ -325,7 +349,7 @@
     }
     $('#transcript-note').textContent = entries.length ? '' : 'The transcript is empty.';
     list.replaceChildren(...view.entries.map((e) => el('li', {
-      class: `k-${kindClass(e.kind)}`,
+      class: `k-${kindClass(e.kind)}${entryFailed(e) ? ' failed' : ''}`,
       dataset: { kind: e.kind, sec: String(e.sec) },
       onclick: () => seek(e.sec),
     }, el('span', { class: 't', text: e.sec >= 0 ? fmtOffset(e.sec) : 'before' }), entryText(e))));
@@ -393,7 +417,10 @@
         g.lineTo(x, cssH);
         g.stroke();
         g.fillStyle = g.strokeStyle;
-        const label = e.kind === 'dtmf' ? String(e.text) : e.kind.slice(0, 1).toUpperCase();
+        // Keys show their digit, the rest a letter: P(rompt), S(ay), R(ecognised speech),
+        // T(ransfer), I(ntegration step), C(all), then the recording's own events.
+        const letters = { prompt: 'P', say: 'S', speech: 'R', transfer: 'T', step: 'I', call: 'C', recording: '●' };
+        const label = e.kind === 'dtmf' ? String(e.digit || e.text) : (letters[e.kind] || e.kind.slice(0, 1).toUpperCase());
         g.fillText(label, x + 2, cssH - 3);
         markers += 1;
       }
@@ -442,7 +469,7 @@
     }
     try {
       const { events } = await apiJson(`/v1/events?${evParams}`);
-      $('#events-table tbody').replaceChildren(...events.map((e) => el('tr', { dataset: { callId: e.call_id || '' } },
+      $('#events-table tbody').replaceChildren(...events.map((e) => el('tr', { dataset: { callId: e.call_id || '', name: e.name || '' } },
         el('td', { text: fmtTime(e.ts) }),
         el('td', {}, callLink(e.call_id)),
         el('td', { text: e.name }),
