@@ -63,7 +63,8 @@ try {
   await page.goto(`${base}/console`);
   await page.waitForSelector('#login-form');
   check((await page.locator('#calls-table').count()) === 0, 'without a session only the login form is shown');
-  const refused = await statuses(['/v1/calls', '/v1/recordings', '/v1/trunks', '/v1/cdrs', '/v1/calls/stream', '/console/assets/console.js']);
+  const refused = await statuses(['/v1/calls', '/v1/recordings', '/v1/trunks', '/v1/cdrs', '/v1/events', '/v1/calls/stream',
+    `/v1/calls/${encodeURIComponent(callId)}/transcript`, '/v1/tables', '/console/assets/console.js']);
   check(refused.every((s) => s === 401), `API calls without the token fail with 401 (${refused.join(',')})`);
 
   await page.fill('#token', 'not-the-token');
