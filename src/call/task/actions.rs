@@ -209,6 +209,7 @@ impl Call {
             from: self.info.from_user.clone(),
             to: self.info.to_user.clone(),
             recording_ids: self.recordings.ids().to_vec(),
+            websocket: self.flow.is_external(),
         };
         self.outstanding.request_started(id);
         exec.start(&ctx, id, request, timeout, self.inbox_tx.clone());
