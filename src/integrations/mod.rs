@@ -144,7 +144,10 @@ impl Integrations {
         .map_err(|e| InitError::Script(e.to_string()))?;
         let events = EventSink::start(&config.events, log_event)?;
         let mail = match &config.mail.smtp_url {
-            Some(_) => Some(mail::Mailer::start(&config.mail).map_err(InitError::Mail)?),
+            Some(_) => Some(
+                mail::Mailer::start(&config.mail, Some(config.data_dir.join("mail-spool")))
+                    .map_err(InitError::Mail)?,
+            ),
             None => None,
         };
         let tables = match (
