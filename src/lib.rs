@@ -8,6 +8,8 @@ pub mod api;
 pub mod call;
 pub mod config;
 pub mod flow;
+pub mod kb;
 pub mod media;
 pub mod phone;
 pub mod sip;
+pub mod speech;

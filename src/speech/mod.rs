@@ -1,0 +1,169 @@
+//! Speech in: what a `listen` step hears.
+//!
+//! The call side pushes the caller's 20 ms frames into a [`FrameSink`] (a bounded channel:
+//! when it is full the frame is dropped and counted, so the media path never waits). A
+//! bounded pool of recogniser threads ([`SpeechPool`]) takes each `listen`: voice activity
+//! detection ([`vad`]) finds the start and end of the utterance, a [`Recognizer`] turns it
+//! into text, and the outcome goes back to the call as [`FlowEvent`]s
+//! (`SpeechStarted`, then exactly one `Speech`). When every recogniser is busy the listen
+//! fails at once with an error outcome instead of queueing.
+//!
+//! Engines sit behind [`Recognizer`]: PocketSphinx in-process (the default; see
+//! docs/speech.md for why) or a Vosk-protocol server over WebSocket.
+
+pub mod listen;
+#[cfg(feature = "pocketsphinx")]
+pub mod pocketsphinx;
+pub mod pool;
+pub mod remote;
+pub mod vad;
+
+pub use listen::{Listener, ListenerConfig};
+pub use pool::{FrameSink, ListenHandle, SpeechPool};
+
+use crate::flow::ListenMode;
+
+/// Samples in one 20 ms frame at 8 kHz: the unit VAD and recognisers work in.
+pub const FRAME_SAMPLES: usize = 160;
+
+/// Why recognition could not be done. Reported to the flow as `SpeechOutcome::Error`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpeechError {
+    #[error("all {0} recognisers are busy")]
+    Busy(usize),
+    #[error("speech recognition is not configured")]
+    NotConfigured,
+    #[error("the listen step has nothing to listen for (empty grammar or keywords)")]
+    EmptyGrammar,
+    #[error("cannot recognise {word:?}: not in the recogniser's dictionary")]
+    UnknownWord { word: String },
+    #[error("{0} is not supported by this recogniser")]
+    Unsupported(&'static str),
+    #[error("recogniser: {0}")]
+    Engine(String),
+}
+
+/// The recogniser's best guess for one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis {
+    /// Lower-case words separated by single spaces; empty when nothing was recognised.
+    pub text: String,
+    /// 0..=1: how much better the words fit the audio than any other sound would.
+    pub confidence: f32,
+}
+
+/// A speech recogniser: one utterance at a time, fed in order. Implementations run on a pool
+/// thread and may block and burn CPU there; they never run on tokio workers.
+pub trait Recognizer: Send {
+    /// A short name for logs and docs ("pocketsphinx", "vosk").
+    fn name(&self) -> &'static str;
+    /// Prepares for one utterance in this mode (compiles the grammar). Called when a `listen`
+    /// starts, before any audio, so a bad grammar fails the step at once.
+    fn begin(&mut self, mode: &ListenMode) -> Result<(), SpeechError>;
+    /// The utterance's audio: 8 kHz mono PCM, in order, any length.
+    fn feed(&mut self, samples: &[i16]) -> Result<(), SpeechError>;
+    /// The end of the utterance: the best hypothesis. The recogniser is then ready for `begin`.
+    fn finish(&mut self) -> Result<Hypothesis, SpeechError>;
+    /// Abandons the utterance (no speech, stopped); ready for `begin` again.
+    fn abort(&mut self);
+}
+
+/// Lower-case words made of letters, digits and apostrophes, one space apart: the form that
+/// grammars are compiled from and recognised text is compared in.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+    {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    out
+}
+
+/// Whether `phrase` (normalised) occurs in `text` (normalised) as whole words.
+pub fn contains_phrase(text: &str, phrase: &str) -> bool {
+    if phrase.is_empty() {
+        return false;
+    }
+    let t: Vec<&str> = text.split(' ').collect();
+    let p: Vec<&str> = phrase.split(' ').collect();
+    t.windows(p.len()).any(|w| w == p.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_keeps_words_only() {
+        assert_eq!(normalize("  Opening-Hours? "), "opening hours");
+        assert_eq!(normalize("I'd like SALES!"), "i'd like sales");
+        assert_eq!(normalize("'quoted'"), "quoted");
+        assert_eq!(normalize("...!"), "");
+    }
+
+    #[test]
+    fn phrases_match_whole_words() {
+        assert!(contains_phrase("i want sales please", "sales"));
+        assert!(contains_phrase("what are your opening hours", "opening hours"));
+        assert!(!contains_phrase("wholesales", "sales"));
+        assert!(!contains_phrase("opening the hours", "opening hours"));
+        assert!(!contains_phrase("sales", ""));
+    }
+}
+
+/// Builds the recogniser pool `[speech]` asks for (blocking: models load here; call it from a
+/// blocking thread). `Ok(None)` when speech is off, or when the default PocketSphinx model is
+/// not installed (logged): listen steps then fail over at once.
+pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<Option<SpeechPool>, SpeechError> {
+    let listener = ListenerConfig {
+        vad: vad::VadConfig {
+            threshold_db: cfg.vad_threshold_db,
+            end_frames: (cfg.end_silence_ms / 20).max(1) as u32,
+            ..vad::VadConfig::default()
+        },
+        min_confidence: cfg.min_confidence,
+        ..ListenerConfig::default()
+    };
+    let mut recognizers: Vec<Box<dyn Recognizer>> = Vec::with_capacity(cfg.pool_size);
+    match cfg.engine.as_str() {
+        "off" => return Ok(None),
+        "vosk" => {
+            let url = cfg.server_url.as_deref().ok_or(SpeechError::NotConfigured)?;
+            let timeout = std::time::Duration::from_millis(cfg.server_timeout_ms);
+            for _ in 0..cfg.pool_size {
+                recognizers.push(Box::new(remote::RemoteRecognizer::new(url, timeout)?));
+            }
+        }
+        #[cfg(feature = "pocketsphinx")]
+        "pocketsphinx" => {
+            let dir = match &cfg.model_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let d = std::path::PathBuf::from(pocketsphinx::DEBIAN_MODEL_DIR);
+                    if !d.exists() {
+                        tracing::warn!(
+                            dir = %d.display(),
+                            "speech: no PocketSphinx model installed (apt-get install pocketsphinx-en-us); listen steps will fail over"
+                        );
+                        return Ok(None);
+                    }
+                    d
+                }
+            };
+            let paths = pocketsphinx::ModelPaths::in_dir(&dir, cfg.free_speech)?;
+            for _ in 0..cfg.pool_size {
+                recognizers.push(Box::new(pocketsphinx::PocketSphinx::new(&paths)?));
+            }
+        }
+        other => {
+            return Err(SpeechError::Engine(format!("unknown engine {other:?}")));
+        }
+    }
+    SpeechPool::new(recognizers, listener, cfg.frame_queue).map(Some)
+}
