@@ -32,6 +32,46 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("speech: {0}")]
+    Speech(String),
+}
+
+/// Loads the recognisers and indexes the knowledge base, off the async workers.
+async fn start_speech_and_kb(
+    config: &Config,
+) -> Result<(Option<crate::speech::SpeechPool>, Option<crate::kb::KbHandle>), StartError> {
+    let speech_cfg = config.speech.clone();
+    let kb_dir = config.knowledge_base.dir.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let speech = crate::speech::start_pool(&speech_cfg);
+        let kb = crate::kb::load_dir(&kb_dir);
+        (speech, kb)
+    })
+    .await
+    .map_err(|e| StartError::Speech(format!("start-up task failed: {e}")))?;
+    let speech = joined.0.map_err(|e| StartError::Speech(e.to_string()))?;
+    if let Some(pool) = &speech {
+        info!(engine = pool.engine(), recognisers = pool.size(), "speech recognition ready");
+    }
+    let kb = match joined.1 {
+        Ok(report) => {
+            for (path, why) in &report.skipped {
+                warn!(file = %path.display(), reason = %why, "knowledge base: file skipped");
+            }
+            info!(
+                dir = %config.knowledge_base.dir.display(),
+                documents = report.kb.documents(),
+                passages = report.kb.passages(),
+                "knowledge base indexed"
+            );
+            Some(crate::kb::KbHandle::new(config.knowledge_base.dir.clone(), report.kb))
+        }
+        Err(e) => {
+            warn!(error = %e, "knowledge base not loaded; knowledge_base steps will fail over");
+            None
+        }
+    };
+    Ok((speech, kb))
 }
 
 pub struct Gateway {
@@ -68,6 +108,10 @@ impl Gateway {
                 .with_binary(config.tts.binary.clone())
                 .with_prompt_cache(prompts.clone()),
         );
+        let (speech, kb) = start_speech_and_kb(&config).await?;
+        let requests: Option<Arc<dyn crate::call::executor::RequestExecutor>> = kb
+            .clone()
+            .map(|kb| Arc::new(crate::kb::KbExecutor::new(kb, None)) as Arc<_>);
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
         let shared = Arc::new(Shared {
@@ -85,7 +129,9 @@ impl Gateway {
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            requests: None,
+            requests,
+            speech,
+            kb,
             sip: std::sync::OnceLock::new(),
             config: config.clone(),
             validated: validated.clone(),
@@ -169,6 +215,26 @@ impl Gateway {
         *self.shared.flow.write().unwrap_or_else(|p| p.into_inner()) = def;
         let _ = &self.config_path;
         Ok(path.display().to_string())
+    }
+
+    /// Re-indexes the knowledge base (SIGHUP) on a blocking thread; calls keep answering from
+    /// the old index until the new one is swapped in.
+    pub async fn reload_kb(&self) -> Result<String, String> {
+        let Some(kb) = self.shared.kb.clone() else {
+            return Err("no knowledge base is loaded".into());
+        };
+        let report = tokio::task::spawn_blocking(move || kb.reload())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for (path, why) in &report.skipped {
+            warn!(file = %path.display(), reason = %why, "knowledge base: file skipped");
+        }
+        Ok(format!(
+            "{} documents, {} passages",
+            report.kb.documents(),
+            report.kb.passages()
+        ))
     }
 
     pub fn sip_addr(&self) -> SocketAddr {

@@ -34,6 +34,10 @@ pub struct Shared {
     pub policy: DestinationPolicy,
     /// Runs integration steps (`FlowAction::Request`); `None` answers them `not_configured`.
     pub requests: Option<Arc<dyn RequestExecutor>>,
+    /// Recognisers for `FlowAction::Listen`; `None` fails listens over at once.
+    pub speech: Option<crate::speech::SpeechPool>,
+    /// The knowledge base (`[knowledge_base] dir`), reloaded on SIGHUP.
+    pub kb: Option<crate::kb::KbHandle>,
     pub(super) sip: OnceLock<Arc<SipServer>>,
 }
 

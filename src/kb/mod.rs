@@ -7,11 +7,13 @@
 //! new index in whole, so a query sees either the old or the new documents, never a mix.
 //! docs/speech.md explains why this is BM25 of our own rather than tantivy.
 
+mod executor;
 mod index;
 mod passages;
 
-pub use index::{Answer, KnowledgeBase};
+pub use executor::KbExecutor;
 
+pub use index::{Answer, KnowledgeBase};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 

@@ -129,13 +129,15 @@ impl Call {
                 timeout,
             } => self.request(id, request, timeout),
             FlowAction::CancelRequest { id } => self.cancel_request(id),
-            // Speech: no recogniser is wired yet.
-            FlowAction::Listen { id, .. } => {
-                warn!(id, "listen requested but no recogniser is configured");
-                self.flow_event(listen_not_configured(id));
-            }
+            // Speech: a recogniser from the pool, fed in `media.rs`, answers through the inbox.
+            FlowAction::Listen { id, spec } => self.listen(id, spec),
             FlowAction::StopListening { id } => {
-                self.outstanding.listen_stopped(id);
+                if self.outstanding.listen_stopped(id) {
+                    debug!(id, "listen stopped");
+                }
+                if self.listening.as_ref().is_some_and(|l| l.id() == id) {
+                    self.listening = None;
+                }
             }
         }
     }
@@ -203,8 +205,64 @@ impl Call {
         }
     }
 
+    fn listen(&mut self, id: u64, spec: crate::flow::ListenSpec) {
+        let Some(pool) = self.shared.speech.clone() else {
+            warn!(id, "listen requested but no recogniser is configured");
+            self.flow_event(listen_not_configured(id));
+            return;
+        };
+        // One listen at a time: a new one replaces (stops) the old.
+        self.listening = None;
+        let inbox = self.inbox_tx.clone();
+        let post = Box::new(move |ev: FlowEvent| {
+            let msg = match ev {
+                FlowEvent::SpeechStarted { id } => Inbox::SpeechStarted { id },
+                FlowEvent::Speech { id, outcome } => Inbox::Speech { id, outcome },
+                _ => return,
+            };
+            inbox.post(msg);
+        });
+        match pool.listen(id, spec, post) {
+            Ok(handle) => {
+                info!(id, engine = pool.engine(), "listening");
+                self.outstanding.listen_started(id);
+                self.listening = Some(handle);
+            }
+            Err(e) => {
+                warn!(id, error = %e, "listen failed over");
+                self.flow_event(FlowEvent::Speech {
+                    id,
+                    outcome: SpeechOutcome::Error(e.to_string()),
+                });
+            }
+        }
+    }
+
+    /// The recogniser answered `id`: the listen is over.
+    pub(super) fn speech_done(&mut self, id: u64, outcome: &SpeechOutcome) {
+        if self.listening.as_ref().is_some_and(|l| l.id() == id) {
+            if let Some(l) = self.listening.take() {
+                let dropped = l.sink().dropped();
+                if dropped > 0 {
+                    warn!(id, dropped, "speech: frames dropped (recogniser fell behind)");
+                }
+            }
+        }
+        match outcome {
+            SpeechOutcome::Heard { text, confidence } => {
+                info!(id, %text, confidence, "speech heard")
+            }
+            SpeechOutcome::NoMatch { text, confidence } => {
+                info!(id, %text, confidence, "speech: no match")
+            }
+            SpeechOutcome::Timeout => info!(id, "speech: no speech before the timeout"),
+            SpeechOutcome::Error(e) => warn!(id, error = %e, "speech: recogniser error"),
+        }
+    }
+
     /// The call is over: abort what executors are still running for it.
     pub(super) fn cancel_outstanding(&mut self) {
+        self.listening = None;
         let (requests, _listens) = self.outstanding.drain();
         if let Some(exec) = self.shared.requests.as_ref() {
             for id in requests {

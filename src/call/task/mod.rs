@@ -98,6 +98,8 @@ struct Call {
     inbox_tx: InboxSender,
     inbox_rx: mpsc::UnboundedReceiver<Inbox>,
     outstanding: Outstanding,
+    /// The running `listen`: dropping it stops the recogniser.
+    listening: Option<crate::speech::ListenHandle>,
 
     // Recording.
     rec_tx: mpsc::UnboundedSender<RecorderEvent>,
@@ -313,6 +315,9 @@ impl Call {
             Delivery::Flow(ev) => {
                 if let FlowEvent::PlaybackFailed { reason, .. } = &ev {
                     warn!(%reason, "say failed");
+                }
+                if let FlowEvent::Speech { id, outcome } = &ev {
+                    self.speech_done(*id, outcome);
                 }
                 self.flow_event(ev);
             }

@@ -185,6 +185,7 @@ impl Call {
             answer_at: plan.answer_at,
             inbox_tx,
             inbox_rx,
+            listening: None,
             outstanding: Outstanding::default(),
             rec_tx,
             rec_rx,
