@@ -1,5 +1,9 @@
-# voxgate: build on Debian, run on Debian slim with espeak-ng for "say text".
+# voxgate: build on Debian, run on Debian slim with espeak-ng for "say text" and PocketSphinx
+# (with its US English model) for "listen".
 FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpocketsphinx-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked
@@ -7,6 +11,7 @@ RUN cargo build --release --locked
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends espeak-ng ca-certificates \
+    libpocketsphinx3 pocketsphinx-en-us \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/voxgate
 COPY --from=build /src/target/release/voxgate /usr/local/bin/voxgate

@@ -11,11 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio) -------
+# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts, test speech), sox
+# (audio), libpocketsphinx-dev + pocketsphinx-en-us (speech recognition) ----------------------
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+# Speech recognition: the PocketSphinx library the build links and its US English model.
+[[ -e /usr/include/pocketsphinx/pocketsphinx.h ]] || missing+=(libpocketsphinx-dev)
+[[ -d /usr/share/pocketsphinx/model/en-us/en-us ]] || missing+=(pocketsphinx-en-us)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
 if ((${#missing[@]})); then
