@@ -19,7 +19,6 @@ use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 /// espeak-ng speech -> 8 kHz μ-law raw (sox), with 1.5 s of silence after it so the VAD sees
 /// the end of the utterance while RTP still flows.
@@ -176,7 +175,9 @@ fn require_tools() {
 fn a_spoken_menu_word_reaches_its_dialog() {
     require_tools();
     let tmp = tempfile::tempdir().unwrap();
-    let audio = speak(tmp.path(), "sales", "en-us", "sales");
+    // A voice and word the bench recognises (docs/speech.md: "sales" in the en-us voice is
+    // heard but below min_confidence).
+    let audio = speak(tmp.path(), "sales", "en-us+f3", "sales");
     let gw = voicebot();
     let (events, out) = call(&gw, &scenario(tmp.path(), &audio, 1500, None));
     out.assert_success();
@@ -264,7 +265,7 @@ fn an_unknown_word_and_noise_go_to_on_no_match() {
 fn a_key_pressed_while_speaking_wins() {
     require_tools();
     let tmp = tempfile::tempdir().unwrap();
-    let audio = speak(tmp.path(), "sales", "en-us", "sales");
+    let audio = speak(tmp.path(), "sales", "en-us+f3", "sales");
     let gw = voicebot();
     // "2" (support) 100 ms into the spoken "sales".
     let (events, out) = call(&gw, &scenario(tmp.path(), &audio, 1500, Some((100, '2'))));
