@@ -114,6 +114,79 @@ pub struct FlowConfig {
     pub websocket_reconnect_attempts: u32,
     /// Events kept for `resume {last_seq}` after a reconnect.
     pub websocket_replay_buffer: usize,
+    /// The largest message from the bot that is used (larger: `too_large` error; over twice
+    /// this the socket is closed with 1009).
+    pub websocket_max_message_bytes: usize,
+    /// Twilio mode: signs the upgrade with `X-Twilio-Signature` as Twilio does. A secret.
+    pub twilio_auth_token: Option<String>,
+    /// Twilio mode: the `accountSid` in `start`/`stop` (AC + 32 hex).
+    pub twilio_account_sid: Option<String>,
+    /// Twilio mode: static `customParameters`, like `<Parameter name value>`.
+    pub twilio_parameters: std::collections::BTreeMap<String, String>,
+    /// Twilio mode: INVITE headers copied into `customParameters` (under the name given).
+    pub twilio_parameter_headers: Vec<String>,
+}
+
+impl FlowConfig {
+    /// The WebSocket message limit and the Twilio keys; (key, reason) on error.
+    fn check_websocket_limits(&self) -> Result<(), (&'static str, String)> {
+        use crate::flow::websocket::{protocol, twilio};
+        let range = protocol::MAX_MESSAGE_BYTES_RANGE;
+        if !range.contains(&self.websocket_max_message_bytes) {
+            return Err((
+                "flow.websocket_max_message_bytes",
+                format!(
+                    "{} is not between {} and {}",
+                    self.websocket_max_message_bytes,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        if let Some(sid) = &self.twilio_account_sid {
+            if !twilio::is_sid("AC", sid) {
+                return Err((
+                    "flow.twilio_account_sid",
+                    format!("`{sid}` is not AC followed by 32 lower-case hex digits"),
+                ));
+            }
+        }
+        if self.twilio_auth_token.as_deref() == Some("") {
+            return Err(("flow.twilio_auth_token", "must not be empty".into()));
+        }
+        for (name, value) in &self.twilio_parameters {
+            if name.chars().count() + value.chars().count() > twilio::MAX_PARAMETER_CHARS {
+                return Err((
+                    "flow.twilio_parameters",
+                    format!(
+                        "`{name}`: name and value together exceed Twilio's {} characters",
+                        twilio::MAX_PARAMETER_CHARS
+                    ),
+                ));
+            }
+            if name.is_empty() || twilio::BUILTIN_PARAMETERS.contains(&name.as_str()) {
+                return Err((
+                    "flow.twilio_parameters",
+                    format!(
+                        "`{name}` is empty or one voxgate sets itself ({})",
+                        twilio::BUILTIN_PARAMETERS.join(", ")
+                    ),
+                ));
+            }
+        }
+        for h in &self.twilio_parameter_headers {
+            let valid = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b));
+            if !valid || twilio::BUILTIN_PARAMETERS.contains(&h.as_str()) {
+                return Err((
+                    "flow.twilio_parameter_headers",
+                    format!("`{h}` is not a SIP header name voxgate can copy"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -362,6 +435,12 @@ impl Default for FlowConfig {
             websocket_fallback_number: None,
             websocket_reconnect_attempts: 3,
             websocket_replay_buffer: 512,
+            websocket_max_message_bytes:
+                crate::flow::websocket::protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            twilio_auth_token: None,
+            twilio_account_sid: None,
+            twilio_parameters: Default::default(),
+            twilio_parameter_headers: Vec::new(),
         }
     }
 }
@@ -528,6 +607,9 @@ impl Config {
                     "must be set when a websocket failure policy is \"forward\"".into(),
                 ));
             }
+            self.flow
+                .check_websocket_limits()
+                .map_err(|(k, r)| bad(k, r))?;
         } else if self.flow.file.as_os_str().is_empty() {
             return Err(bad(
                 "flow.file",
@@ -679,6 +761,22 @@ allow = ["+32"]
             ("[recordings]\nchannels = \"quad\"", "recordings.channels"),
             ("[rtp]\ncodecs = [\"opus\"]", "rtp.codecs"),
             ("[flow]\nwebsocket_url = \"http://x\"", "flow.websocket_url"),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\nwebsocket_max_message_bytes = 100",
+                "flow.websocket_max_message_bytes",
+            ),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\ntwilio_account_sid = \"AC12\"",
+                "flow.twilio_account_sid",
+            ),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\ntwilio_parameters = { from = \"x\" }",
+                "flow.twilio_parameters",
+            ),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\ntwilio_parameter_headers = [\"a b\"]",
+                "flow.twilio_parameter_headers",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "bad.toml").unwrap_err().to_string();
