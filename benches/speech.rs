@@ -27,13 +27,7 @@ use voxgate::speech::pocketsphinx::{ModelPaths, PocketSphinx, DEBIAN_MODEL_DIR};
 use voxgate::speech::vad::Vad;
 use voxgate::speech::{Recognizer, FRAME_SAMPLES};
 
-const VOICES: &[&str] = &[
-    "en-us",
-    "en-gb",
-    "en-us+f3",
-    "en-gb-scotland",
-    "en-029+m3",
-];
+const VOICES: &[&str] = &["en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-029+m3"];
 const MENU: &[&str] = &[
     "sales", "support", "billing", "operator", "yes", "no", "help", "cancel",
 ];
@@ -81,7 +75,9 @@ fn utterance(dir: &Path, voice: &str, text: &str) -> Result<Vec<i16>, String> {
     }
     let ok = Command::new("sox")
         .arg(&wav)
-        .args(["-r", "8000", "-c", "1", "-e", "signed", "-b", "16", "-t", "raw"])
+        .args([
+            "-r", "8000", "-c", "1", "-e", "signed", "-b", "16", "-t", "raw",
+        ])
         .arg(&raw)
         .status()
         .map_err(|e| format!("sox: {e}"))?;
@@ -234,8 +230,9 @@ fn real_main() -> Result<(), String> {
     );
 
     let rss0 = rss_kb();
-    let mut rec = PocketSphinx::new(&ModelPaths::in_dir(&model_dir, false).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let mut rec =
+        PocketSphinx::new(&ModelPaths::in_dir(&model_dir, false).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     let rss1 = rss_kb();
 
     if !full {
@@ -247,7 +244,10 @@ fn real_main() -> Result<(), String> {
             return Err(format!("smoke: 'billing' gave {:?}", r.outcome));
         }
         let spec_silence = listen(&mut rec, grammar, &[]);
-        println!("bench speech smoke: billing ok, silence -> {:?}", spec_silence.outcome);
+        println!(
+            "bench speech smoke: billing ok, silence -> {:?}",
+            spec_silence.outcome
+        );
         return Ok(());
     }
 
@@ -286,7 +286,10 @@ fn real_main() -> Result<(), String> {
     let mut oog_inputs: Vec<(String, Vec<i16>)> = Vec::new();
     for voice in &VOICES[..3] {
         for word in UNKNOWN {
-            oog_inputs.push((format!("{voice}: {word}"), utterance(dir.path(), voice, word)?));
+            oog_inputs.push((
+                format!("{voice}: {word}"),
+                utterance(dir.path(), voice, word)?,
+            ));
         }
     }
     for kind in 0..3 {
@@ -330,13 +333,22 @@ fn real_main() -> Result<(), String> {
         }
     }
 
-    println!("PocketSphinx {} (Debian), model {}", "5prealpha", model_dir.display());
+    println!(
+        "PocketSphinx {} (Debian), model {}",
+        "5prealpha",
+        model_dir.display()
+    );
     println!("voices: {}", VOICES.join(", "));
     println!();
     println!("| set | utterances | right | wrong | no match | CPU s per s of audio | baseline: G.711 decode + VAD, CPU µs per s of audio |");
     println!("|---|---|---|---|---|---|---|");
     in_grammar.row("menu words + question, grammar of 9", "", "", "");
-    oog.row("unknown words + noise, same grammar", "rejected", "accepted", "");
+    oog.row(
+        "unknown words + noise, same grammar",
+        "rejected",
+        "accepted",
+        "",
+    );
     keywords.row("sentences, keywords mode", "keyword found", "other", "");
     if free {
         let rss2 = rss_kb();
@@ -364,10 +376,16 @@ fn real_main() -> Result<(), String> {
         }
         t.row("sentences, free speech (n-gram)", "exact", "other", "");
         println!();
-        println!("memory per free-speech recogniser: {} MB", (rss3 - rss2) / 1024);
+        println!(
+            "memory per free-speech recogniser: {} MB",
+            (rss3 - rss2) / 1024
+        );
     }
     println!();
-    println!("memory per recogniser (RSS growth): {} MB", (rss1 - rss0) / 1024);
+    println!(
+        "memory per recogniser (RSS growth): {} MB",
+        (rss1 - rss0) / 1024
+    );
     println!();
     println!("misses:");
     for c in confusions {

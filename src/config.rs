@@ -324,16 +324,28 @@ impl SpeechConfig {
             return Err(bad("speech.pool_size", "must be between 1 and 64".into()));
         }
         if !(0.0..=1.0).contains(&self.min_confidence) {
-            return Err(bad("speech.min_confidence", "must be between 0 and 1".into()));
+            return Err(bad(
+                "speech.min_confidence",
+                "must be between 0 and 1".into(),
+            ));
         }
         if !(100..=5000).contains(&self.end_silence_ms) {
-            return Err(bad("speech.end_silence_ms", "must be between 100 and 5000".into()));
+            return Err(bad(
+                "speech.end_silence_ms",
+                "must be between 100 and 5000".into(),
+            ));
         }
         if !(3.0..=40.0).contains(&self.vad_threshold_db) {
-            return Err(bad("speech.vad_threshold_db", "must be between 3 and 40".into()));
+            return Err(bad(
+                "speech.vad_threshold_db",
+                "must be between 3 and 40".into(),
+            ));
         }
         if !(5..=1000).contains(&self.frame_queue) {
-            return Err(bad("speech.frame_queue", "must be between 5 and 1000".into()));
+            return Err(bad(
+                "speech.frame_queue",
+                "must be between 5 and 1000".into(),
+            ));
         }
         if self.engine == "vosk" {
             match &self.server_url {
@@ -353,7 +365,10 @@ impl SpeechConfig {
             }
         }
         if !(100..=60_000).contains(&self.server_timeout_ms) {
-            return Err(bad("speech.server_timeout_ms", "must be between 100 and 60000".into()));
+            return Err(bad(
+                "speech.server_timeout_ms",
+                "must be between 100 and 60000".into(),
+            ));
         }
         Ok(())
     }

@@ -271,7 +271,12 @@ fn a_key_pressed_while_speaking_wins() {
     let (events, out) = call(&gw, &scenario(tmp.path(), &audio, 1500, Some((100, '2'))));
     out.assert_success();
     assert_eq!(events.len(), 1, "{}", report(&gw, &out, &events));
-    assert_eq!(events[0]["dialog"], "support", "{}", report(&gw, &out, &events));
+    assert_eq!(
+        events[0]["dialog"],
+        "support",
+        "{}",
+        report(&gw, &out, &events)
+    );
     assert_eq!(events[0]["input"], "dtmf");
 }
 

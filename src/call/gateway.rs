@@ -39,7 +39,13 @@ pub enum StartError {
 /// Loads the recognisers and indexes the knowledge base, off the async workers.
 async fn start_speech_and_kb(
     config: &Config,
-) -> Result<(Option<crate::speech::SpeechPool>, Option<crate::kb::KbHandle>), StartError> {
+) -> Result<
+    (
+        Option<crate::speech::SpeechPool>,
+        Option<crate::kb::KbHandle>,
+    ),
+    StartError,
+> {
     let speech_cfg = config.speech.clone();
     let kb_dir = config.knowledge_base.dir.clone();
     let joined = tokio::task::spawn_blocking(move || {
@@ -51,7 +57,11 @@ async fn start_speech_and_kb(
     .map_err(|e| StartError::Speech(format!("start-up task failed: {e}")))?;
     let speech = joined.0.map_err(|e| StartError::Speech(e.to_string()))?;
     if let Some(pool) = &speech {
-        info!(engine = pool.engine(), recognisers = pool.size(), "speech recognition ready");
+        info!(
+            engine = pool.engine(),
+            recognisers = pool.size(),
+            "speech recognition ready"
+        );
     }
     let kb = match joined.1 {
         Ok(report) => {
@@ -64,7 +74,10 @@ async fn start_speech_and_kb(
                 passages = report.kb.passages(),
                 "knowledge base indexed"
             );
-            Some(crate::kb::KbHandle::new(config.knowledge_base.dir.clone(), report.kb))
+            Some(crate::kb::KbHandle::new(
+                config.knowledge_base.dir.clone(),
+                report.kb,
+            ))
         }
         Err(e) => {
             warn!(error = %e, "knowledge base not loaded; knowledge_base steps will fail over");

@@ -9,13 +9,13 @@ const B: f64 = 0.75;
 
 /// English words that say nothing about which passage answers a question.
 const STOP_WORDS: &[&str] = &[
-    "a", "about", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
-    "could", "did", "do", "does", "for", "from", "get", "had", "has", "have", "he", "her", "here",
-    "his", "how", "i", "if", "in", "into", "is", "it", "its", "just", "like", "may", "me", "might",
-    "my", "need", "no", "not", "of", "on", "or", "our", "please", "she", "should", "so", "some",
-    "tell", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this",
-    "those", "to", "up", "us", "was", "we", "were", "what", "when", "where", "which", "who",
-    "why", "will", "with", "would", "you", "your", "yours",
+    "a", "about", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can", "could",
+    "did", "do", "does", "for", "from", "get", "had", "has", "have", "he", "her", "here", "his",
+    "how", "i", "if", "in", "into", "is", "it", "its", "just", "like", "may", "me", "might", "my",
+    "need", "no", "not", "of", "on", "or", "our", "please", "she", "should", "so", "some", "tell",
+    "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those",
+    "to", "up", "us", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will",
+    "with", "would", "you", "your", "yours",
 ];
 
 /// The index. Immutable once built; cheap to share behind an `Arc`.
@@ -129,7 +129,8 @@ impl KnowledgeBase {
             for &(p, tf) in list {
                 let len = f64::from(self.lens[p as usize]);
                 let tf = f64::from(tf);
-                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / self.avg_len.max(1.0)));
+                let s =
+                    idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / self.avg_len.max(1.0)));
                 *scores.entry(p).or_default() += s;
             }
         }

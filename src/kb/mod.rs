@@ -103,7 +103,10 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, depth: u32) -> Resul
                 collect(root, &path, out, depth + 1)?;
             }
         } else if matches!(
-            path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+            path.extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
             Some("md" | "markdown" | "txt")
         ) {
             out.push(path);

@@ -56,7 +56,9 @@ pub fn split(source: &str, doc: &str) -> Vec<Passage> {
             continue;
         }
         // Setext headings ("Title" underlined with === or ---) turn the paragraph into a heading.
-        if !para.is_empty() && (trimmed.chars().all(|c| c == '=') || trimmed.chars().all(|c| c == '-')) {
+        if !para.is_empty()
+            && (trimmed.chars().all(|c| c == '=') || trimmed.chars().all(|c| c == '-'))
+        {
             let level = if trimmed.starts_with('=') { 1 } else { 2 };
             let title = para.join(" ");
             para.clear();
@@ -80,7 +82,12 @@ pub fn split(source: &str, doc: &str) -> Vec<Passage> {
     out
 }
 
-fn flush(source: &str, headings: &[(usize, String)], para: &mut Vec<String>, out: &mut Vec<Passage>) {
+fn flush(
+    source: &str,
+    headings: &[(usize, String)],
+    para: &mut Vec<String>,
+    out: &mut Vec<Passage>,
+) {
     if para.is_empty() {
         return;
     }

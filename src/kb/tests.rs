@@ -63,7 +63,14 @@ fn questions_find_the_right_document() {
 fn nothing_above_min_score_is_no_answer() {
     let kb = kb();
     let a = kb.answer("zebra giraffe", None, 0.5);
-    assert_eq!(a, Answer { answer: None, source: None, score: 0.0 });
+    assert_eq!(
+        a,
+        Answer {
+            answer: None,
+            source: None,
+            score: 0.0
+        }
+    );
     let best = kb.answer("opening hours", None, 0.0).score;
     assert!(best > 0.0);
     let a = kb.answer("opening hours", None, best + 1.0);
@@ -86,7 +93,10 @@ fn source_restricts_the_search() {
     }
     let a = kb.answer("support", Some("support"), 0.0);
     assert_eq!(a.source.as_deref(), Some("faq/support.txt"));
-    assert_eq!(kb.answer("opening hours", Some("nope.md"), 0.0).answer, None);
+    assert_eq!(
+        kb.answer("opening hours", Some("nope.md"), 0.0).answer,
+        None
+    );
 }
 
 #[test]
@@ -102,7 +112,10 @@ fn folder_load_skips_bad_files_and_reload_swaps() {
     assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
     assert!(report.skipped[0].1.contains("UTF-8"));
     let handle = KbHandle::new(dir.path().to_path_buf(), report.kb);
-    assert_eq!(handle.get().answer("refund", None, 0.1).source.as_deref(), Some("sub/returns.markdown"));
+    assert_eq!(
+        handle.get().answer("refund", None, 0.1).source.as_deref(),
+        Some("sub/returns.markdown")
+    );
     std::fs::write(dir.path().join("support.md"), SUPPORT).unwrap();
     let old = handle.get();
     handle.reload().unwrap();

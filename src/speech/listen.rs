@@ -322,7 +322,10 @@ mod tests {
         };
         let mut t = Instant::now();
         let mut l = Listener::start(
-            spec(ListenMode::Grammar(vec!["sales".into(), "Opening hours!".into()])),
+            spec(ListenMode::Grammar(vec![
+                "sales".into(),
+                "Opening hours!".into(),
+            ])),
             ListenerConfig::default(),
             t,
             &mut rec,
@@ -330,7 +333,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             rec.begun,
-            vec![ListenMode::Grammar(vec!["sales".into(), "opening hours".into()])]
+            vec![ListenMode::Grammar(vec![
+                "sales".into(),
+                "opening hours".into()
+            ])]
         );
         assert!(run(&mut l, &mut rec, &mut t, 20, 20.0).is_empty());
         let steps = run(&mut l, &mut rec, &mut t, 30, 9000.0);
@@ -462,7 +468,10 @@ mod tests {
         let steps = run(&mut l, &mut rec, &mut t, 200, 9000.0);
         assert_eq!(steps.len(), 2, "{steps:?}");
         assert_eq!(steps[0], ListenStep::SpeechStarted);
-        assert!(matches!(steps[1], ListenStep::Done(SpeechOutcome::Heard { .. })));
+        assert!(matches!(
+            steps[1],
+            ListenStep::Done(SpeechOutcome::Heard { .. })
+        ));
         // Started on frame 4 (80 ms), cut 2 s later.
         assert_eq!(rec.fed, (4 + 100) * FRAME_SAMPLES);
     }
@@ -514,7 +523,9 @@ mod tests {
         let mut started = false;
         for _ in 0..10 {
             t += Duration::from_millis(30);
-            started |= l.push(&loud, t, &mut rec).contains(&ListenStep::SpeechStarted);
+            started |= l
+                .push(&loud, t, &mut rec)
+                .contains(&ListenStep::SpeechStarted);
         }
         assert!(started);
         assert_eq!(rec.fed % FRAME_SAMPLES, 0);

@@ -110,7 +110,10 @@ mod tests {
     #[test]
     fn phrases_match_whole_words() {
         assert!(contains_phrase("i want sales please", "sales"));
-        assert!(contains_phrase("what are your opening hours", "opening hours"));
+        assert!(contains_phrase(
+            "what are your opening hours",
+            "opening hours"
+        ));
         assert!(!contains_phrase("wholesales", "sales"));
         assert!(!contains_phrase("opening the hours", "opening hours"));
         assert!(!contains_phrase("sales", ""));
@@ -134,7 +137,10 @@ pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<Option<SpeechPool
     match cfg.engine.as_str() {
         "off" => return Ok(None),
         "vosk" => {
-            let url = cfg.server_url.as_deref().ok_or(SpeechError::NotConfigured)?;
+            let url = cfg
+                .server_url
+                .as_deref()
+                .ok_or(SpeechError::NotConfigured)?;
             let timeout = std::time::Duration::from_millis(cfg.server_timeout_ms);
             for _ in 0..cfg.pool_size {
                 recognizers.push(Box::new(remote::RemoteRecognizer::new(url, timeout)?));

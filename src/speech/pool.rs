@@ -262,7 +262,12 @@ fn run_job(rec: &mut dyn Recognizer, job: Job, cfg: &ListenerConfig) {
                     };
                     metrics::counter!("voxgate_speech_listens_total", "outcome" => kind)
                         .increment(1);
-                    debug!(id, ?outcome, busy_ms = t0.elapsed().as_millis() as u64, "listen done");
+                    debug!(
+                        id,
+                        ?outcome,
+                        busy_ms = t0.elapsed().as_millis() as u64,
+                        "listen done"
+                    );
                     if !job.stop.load(Ordering::Relaxed) {
                         send(FlowEvent::Speech { id, outcome });
                     }
@@ -332,7 +337,10 @@ mod tests {
         let first = pool.listen(1, spec(100), tx).unwrap();
         assert_eq!(pool.idle(), 0);
         let (tx2, _rx2) = events();
-        assert_eq!(pool.listen(2, spec(100), tx2).err(), Some(SpeechError::Busy(1)));
+        assert_eq!(
+            pool.listen(2, spec(100), tx2).err(),
+            Some(SpeechError::Busy(1))
+        );
         // The first times out (no audio) and frees its recogniser.
         let ev = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(

@@ -36,7 +36,9 @@ impl RemoteRecognizer {
     /// `url` is `ws://host:port[/path]`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, SpeechError> {
         if !url.starts_with("ws://") {
-            return Err(SpeechError::Engine(format!("{url}: only ws:// is supported")));
+            return Err(SpeechError::Engine(format!(
+                "{url}: only ws:// is supported"
+            )));
         }
         Ok(RemoteRecognizer {
             url: url.to_string(),
@@ -63,7 +65,8 @@ impl RemoteRecognizer {
             .map_err(|e| err("address", &e))?
             .next()
             .ok_or_else(|| SpeechError::Engine(format!("{}: no address", self.url)))?;
-        let stream = TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| err("connect", &e))?;
+        let stream =
+            TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| err("connect", &e))?;
         stream
             .set_read_timeout(Some(self.timeout))
             .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
@@ -107,7 +110,9 @@ fn read_json(ws: &mut WebSocket<TcpStream>) -> Result<Value, SpeechError> {
                     .map_err(|e| SpeechError::Engine(format!("bad reply from the server: {e}")))
             }
             Ok(Message::Close(_)) => {
-                return Err(SpeechError::Engine("the server closed the connection".into()))
+                return Err(SpeechError::Engine(
+                    "the server closed the connection".into(),
+                ))
             }
             Ok(_) => continue,
             Err(e) => return Err(SpeechError::Engine(format!("server: {e}"))),

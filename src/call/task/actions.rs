@@ -244,7 +244,10 @@ impl Call {
             if let Some(l) = self.listening.take() {
                 let dropped = l.sink().dropped();
                 if dropped > 0 {
-                    warn!(id, dropped, "speech: frames dropped (recogniser fell behind)");
+                    warn!(
+                        id,
+                        dropped, "speech: frames dropped (recogniser fell behind)"
+                    );
                 }
             }
         }

@@ -45,8 +45,11 @@ extern "C" {
     /// Takes its own reference to `config`.
     pub fn ps_init(config: *mut CmdLn) -> *mut PsDecoder;
     pub fn ps_free(ps: *mut PsDecoder) -> c_int;
-    pub fn ps_set_jsgf_string(ps: *mut PsDecoder, name: *const c_char, jsgf: *const c_char)
-        -> c_int;
+    pub fn ps_set_jsgf_string(
+        ps: *mut PsDecoder,
+        name: *const c_char,
+        jsgf: *const c_char,
+    ) -> c_int;
     pub fn ps_set_search(ps: *mut PsDecoder, name: *const c_char) -> c_int;
     /// Returns a `malloc`ed pronunciation (free with `ckd_free`) or null for unknown words.
     pub fn ps_lookup_word(ps: *mut PsDecoder, word: *const c_char) -> *mut c_char;

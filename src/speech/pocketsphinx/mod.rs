@@ -108,13 +108,20 @@ impl Decoder {
             .flat_map(|(k, v)| [cstring(k), cstring(v)])
             .collect::<Result<_, _>>()?;
         let mut argv: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr() as *mut c_char).collect();
-        let argc = i32::try_from(argv.len()).map_err(|_| SpeechError::Engine("too many args".into()))?;
+        let argc =
+            i32::try_from(argv.len()).map_err(|_| SpeechError::Engine("too many args".into()))?;
         let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: `argv` holds `argc` pointers to NUL-terminated strings that outlive the call
         // (`owned`); cmd_ln_parse_r copies what it keeps and does not write through argv.
         // ps_args() returns a static table. A null result is handled below.
         let config = unsafe {
-            ffi::cmd_ln_parse_r(std::ptr::null_mut(), ffi::ps_args(), argc, argv.as_mut_ptr(), 1)
+            ffi::cmd_ln_parse_r(
+                std::ptr::null_mut(),
+                ffi::ps_args(),
+                argc,
+                argv.as_mut_ptr(),
+                1,
+            )
         };
         if config.is_null() {
             return Err(SpeechError::Engine(format!(
@@ -154,7 +161,9 @@ impl Decoder {
         // search of the same name frees the old one inside the decoder.
         let rc = unsafe { ffi::ps_set_jsgf_string(self.ps.as_ptr(), n.as_ptr(), g.as_ptr()) };
         if rc < 0 {
-            return Err(SpeechError::Engine("the grammar could not be compiled".into()));
+            return Err(SpeechError::Engine(
+                "the grammar could not be compiled".into(),
+            ));
         }
         self.set_search(name)
     }
@@ -333,7 +342,10 @@ impl PocketSphinx {
         })
     }
 
-    fn check_words<'a>(&mut self, phrases: impl Iterator<Item = &'a str>) -> Result<(), SpeechError> {
+    fn check_words<'a>(
+        &mut self,
+        phrases: impl Iterator<Item = &'a str>,
+    ) -> Result<(), SpeechError> {
         for word in phrases.flat_map(|p| p.split(' ')) {
             if !self.words.has_word(word)? {
                 return Err(SpeechError::UnknownWord {
