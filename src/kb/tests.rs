@@ -123,3 +123,62 @@ fn folder_load_skips_bad_files_and_reload_swaps() {
     assert_eq!(old.documents(), 2, "a query in flight keeps its index");
     assert!(load_dir(&dir.path().join("missing")).is_err());
 }
+
+/// Not a test: the figures docs/speech.md compares with tantivy (same documents, same 500x
+/// synthetic scale). Run: cargo test --release --lib kb::tests::measure -- --ignored --nocapture
+#[test]
+#[ignore]
+fn measure() {
+    let dir = crate::config::Config::default().knowledge_base.dir;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let base = load_dir(&root).unwrap().kb;
+    let mut docs = Vec::new();
+    for e in std::fs::read_dir(&root).unwrap() {
+        let p = e.unwrap().path();
+        docs.push((
+            p.file_name().unwrap().to_string_lossy().into_owned(),
+            std::fs::read_to_string(&p).unwrap(),
+        ));
+    }
+    let questions = [
+        "what are your opening hours",
+        "how can i return a product",
+        "where are you located",
+        "my internet connection is down",
+    ];
+    for reps in [1usize, 500] {
+        let mut all = Vec::new();
+        for r in 0..reps {
+            for (n, t) in &docs {
+                all.push((
+                    if r == 0 {
+                        n.clone()
+                    } else {
+                        format!("r{r}/{n}")
+                    },
+                    t.clone(),
+                ));
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let kb = KnowledgeBase::build(all);
+        let build = t0.elapsed();
+        let t1 = std::time::Instant::now();
+        for _ in 0..200 {
+            for q in questions {
+                std::hint::black_box(kb.answer(q, None, 1.0));
+            }
+        }
+        let per_query = t1.elapsed() / (200 * questions.len() as u32);
+        println!(
+            "passages {} build {build:?} per-query {per_query:?}",
+            kb.passages()
+        );
+        if reps == 1 {
+            for q in questions {
+                let a = base.answer(q, None, 1.0);
+                println!("{q} -> {:?} ({})", a.source, a.score);
+            }
+        }
+    }
+}

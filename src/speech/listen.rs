@@ -225,7 +225,7 @@ impl Listener {
         let confidence = h.confidence.clamp(0.0, 1.0);
         let matches = !text.is_empty()
             && match &self.spec.mode {
-                ListenMode::Grammar(_) => self.phrases.iter().any(|p| *p == text),
+                ListenMode::Grammar(_) => self.phrases.contains(&text),
                 ListenMode::Keywords(_) => self.phrases.iter().any(|p| contains_phrase(&text, p)),
                 ListenMode::Free => true,
             };

@@ -95,31 +95,6 @@ pub fn contains_phrase(text: &str, phrase: &str) -> bool {
     t.windows(p.len()).any(|w| w == p.as_slice())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalize_keeps_words_only() {
-        assert_eq!(normalize("  Opening-Hours? "), "opening hours");
-        assert_eq!(normalize("I'd like SALES!"), "i'd like sales");
-        assert_eq!(normalize("'quoted'"), "quoted");
-        assert_eq!(normalize("...!"), "");
-    }
-
-    #[test]
-    fn phrases_match_whole_words() {
-        assert!(contains_phrase("i want sales please", "sales"));
-        assert!(contains_phrase(
-            "what are your opening hours",
-            "opening hours"
-        ));
-        assert!(!contains_phrase("wholesales", "sales"));
-        assert!(!contains_phrase("opening the hours", "opening hours"));
-        assert!(!contains_phrase("sales", ""));
-    }
-}
-
 /// Builds the recogniser pool `[speech]` asks for (blocking: models load here; call it from a
 /// blocking thread). `Ok(None)` when speech is off, or when the default PocketSphinx model is
 /// not installed (logged): listen steps then fail over at once.
@@ -172,4 +147,29 @@ pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<Option<SpeechPool
         }
     }
     SpeechPool::new(recognizers, listener, cfg.frame_queue).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_keeps_words_only() {
+        assert_eq!(normalize("  Opening-Hours? "), "opening hours");
+        assert_eq!(normalize("I'd like SALES!"), "i'd like sales");
+        assert_eq!(normalize("'quoted'"), "quoted");
+        assert_eq!(normalize("...!"), "");
+    }
+
+    #[test]
+    fn phrases_match_whole_words() {
+        assert!(contains_phrase("i want sales please", "sales"));
+        assert!(contains_phrase(
+            "what are your opening hours",
+            "opening hours"
+        ));
+        assert!(!contains_phrase("wholesales", "sales"));
+        assert!(!contains_phrase("opening the hours", "opening hours"));
+        assert!(!contains_phrase("sales", ""));
+    }
 }
