@@ -334,8 +334,7 @@ fn real_main() -> Result<(), String> {
     }
 
     println!(
-        "PocketSphinx {} (Debian), model {}",
-        "5prealpha",
+        "PocketSphinx 5prealpha (Debian), model {}",
         model_dir.display()
     );
     println!("voices: {}", VOICES.join(", "));
