@@ -52,7 +52,10 @@ pub fn split(source: &str, doc: &str) -> Vec<Passage> {
             continue;
         }
         if trimmed.is_empty() || is_rule(trimmed) {
-            flush(source, &headings, &mut para, &mut out);
+            // "We are open:" introduces the list after it: they are one passage.
+            if !para.last().is_some_and(|l| l.ends_with(':')) || is_rule(trimmed) {
+                flush(source, &headings, &mut para, &mut out);
+            }
             continue;
         }
         // Setext headings ("Title" underlined with === or ---) turn the paragraph into a heading.
