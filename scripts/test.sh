@@ -22,6 +22,11 @@ command -v sox >/dev/null 2>&1 || missing+=(sox)
 [[ -d /usr/share/pocketsphinx/model/en-us/en-us ]] || missing+=(pocketsphinx-en-us)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
+# Scale-out test (tests/scale_out.rs): Kamailio in front, PostgreSQL behind (initdb/pg_ctl
+# under /usr/lib/postgresql/<version>/bin, run as the postgres user via runuser).
+command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 # The Twilio tests run a pipecat bot (tests/ecosystem) from a venv made below.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
@@ -72,6 +77,8 @@ fi
 echo "${sipp_banner# }"
 first_line espeak-ng --version
 first_line sox --version
+first_line kamailio -v
+first_line "$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n1)" --version
 first_line python3 --version
 { "$eco_venv/bin/pip" show pipecat-ai 2>/dev/null || true; } | sed -n 's/^Version: /pipecat-ai /p'
 

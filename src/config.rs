@@ -44,6 +44,33 @@ pub struct Config {
     pub shutdown_grace_s: u64,
     /// Where CDRs (one JSON line per call) and tracked events are appended.
     pub data_dir: PathBuf,
+    /// This node's name, written into every record (CONTRACT §10).
+    pub node: NodeConfig,
+    /// Where records go: the embedded files (default) or a shared PostgreSQL (CONTRACT §10).
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Letters, digits, '.', '_' and '-'; the host name when unset.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:pass@host:port/db`; unset keeps the embedded files in `data_dir`.
+    pub url: Option<String>,
+    /// Read the URL from this environment variable instead (keeps the password out of the file).
+    pub url_env: Option<String>,
+    /// Records waiting for the database are spooled to `data_dir/spool`, up to this size.
+    pub spool_max_mb: u64,
+    /// Give up a connection attempt or a query after this long (the record stays spooled).
+    pub timeout_ms: u64,
+    /// PEM file with the CA that signed the server's certificate (`sslmode=require|verify-full`);
+    /// the public web roots are used when unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +114,15 @@ pub struct RecordingsConfig {
     /// "stereo" (caller left, bot/far leg right) or "mixed" (mono).
     pub channels: String,
     pub retention_days: Option<u64>,
+    /// Shared storage every node can read: `file:///mnt/recordings` (a directory all nodes
+    /// mount) or `s3://bucket/prefix` (S3-compatible). Finished recordings are copied there
+    /// and checked by SHA-256. Unset: recordings stay on the node that made them.
+    pub shared_url: Option<String>,
+    /// S3 endpoint for S3-compatible stores (MinIO, Ceph, ...); AWS when unset.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Allow a plain-http endpoint (a local test store).
+    pub s3_allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,6 +424,54 @@ impl Default for Config {
             knowledge_base: KnowledgeBaseConfig::default(),
             shutdown_grace_s: 10,
             data_dir: PathBuf::from("data"),
+            node: NodeConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: default_node_name(),
+        }
+    }
+}
+
+/// The host name (Linux), or "voxgate".
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_node_name(h))
+        .unwrap_or_else(|| "voxgate".to_string())
+}
+
+fn valid_node_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            url_env: None,
+            spool_max_mb: 1024,
+            timeout_ms: 5000,
+            ca_file: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The database URL from `url` or `url_env`, if any.
+    pub fn resolved_url(&self) -> Option<String> {
+        match &self.url_env {
+            Some(var) => std::env::var(var).ok().filter(|v| !v.trim().is_empty()),
+            None => self.url.clone(),
         }
     }
 }
@@ -430,6 +514,10 @@ impl Default for RecordingsConfig {
             dir: PathBuf::from("recordings"),
             channels: "stereo".into(),
             retention_days: None,
+            shared_url: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
         }
     }
 }
@@ -633,6 +721,53 @@ impl Config {
         }
         self.speech.validate(&bad)?;
         let trunk = parse_trunk(&self.transfer.trunk).map_err(|r| bad("transfer.trunk", r))?;
+        if !valid_node_name(&self.node.name) {
+            return Err(bad(
+                "node.name",
+                format!(
+                    "`{}` must be 1-64 letters, digits, '.', '_' or '-'",
+                    self.node.name
+                ),
+            ));
+        }
+        if self.store.url.is_some() && self.store.url_env.is_some() {
+            return Err(bad(
+                "store.url_env",
+                "set either store.url or store.url_env, not both".into(),
+            ));
+        }
+        if let Some(var) = &self.store.url_env {
+            if self.store.resolved_url().is_none() {
+                return Err(bad(
+                    "store.url_env",
+                    format!("the environment variable `{var}` is not set"),
+                ));
+            }
+        }
+        if let Some(url) = self.store.resolved_url() {
+            crate::store::postgres::check_url(&url).map_err(|r| {
+                bad(
+                    if self.store.url_env.is_some() {
+                        "store.url_env"
+                    } else {
+                        "store.url"
+                    },
+                    r,
+                )
+            })?;
+        }
+        if self.store.spool_max_mb == 0 {
+            return Err(bad("store.spool_max_mb", "must be at least 1".into()));
+        }
+        if !(100..=600_000).contains(&self.store.timeout_ms) {
+            return Err(bad(
+                "store.timeout_ms",
+                "must be between 100 and 600000".into(),
+            ));
+        }
+        if let Some(url) = &self.recordings.shared_url {
+            crate::store::objects::check_url(url).map_err(|r| bad("recordings.shared_url", r))?;
+        }
         for (key, list) in [
             ("transfer.allow", &self.transfer.allow),
             ("transfer.deny", &self.transfer.deny),

@@ -13,3 +13,4 @@ pub mod media;
 pub mod phone;
 pub mod sip;
 pub mod speech;
+pub mod store;

@@ -160,6 +160,10 @@ impl Admission for Registry {
         }
         None
     }
+
+    fn draining(&self) -> bool {
+        self.is_shutting_down()
+    }
 }
 
 impl crate::api::CallsView for Registry {
@@ -208,8 +212,10 @@ mod tests {
         assert_eq!(r.admit(), Some((503, 5)));
         r.remove("c1");
         assert_eq!(r.admit(), None);
+        assert!(!r.draining(), "full is not draining: OPTIONS stay 200");
         r.begin_shutdown();
         assert_eq!(r.admit(), Some((503, 30)));
+        assert!(r.draining(), "OPTIONS answer 503 from now on");
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct SipServerConfig {
 /// seconds) when it may not: over capacity, or shutting down.
 pub trait Admission: Send + Sync {
     fn admit(&self) -> Option<(u16, u32)>;
+    /// True once the node is draining (graceful shutdown): OPTIONS are answered 503 so a load
+    /// balancer in front (Kamailio's dispatcher) stops sending new calls at once.
+    fn draining(&self) -> bool {
+        false
+    }
 }
 
 /// The INVITE as the rest of voxgate sees it.
@@ -494,13 +499,18 @@ async fn dispatch(
                 }
             }
             Method::Options => {
+                let status = if admission.draining() {
+                    StatusCode::ServiceUnavailable
+                } else {
+                    StatusCode::OK
+                };
                 tokio::spawn(async move {
                     let headers = vec![
                         Header::Other("Allow".into(), ALLOW.into()),
                         Header::Other("Accept".into(), "application/sdp".into()),
                         Header::Other("Supported".into(), "replaces, norefersub".into()),
                     ];
-                    tx.reply_with(StatusCode::OK, headers, None).await.ok();
+                    tx.reply_with(status, headers, None).await.ok();
                 });
             }
             Method::Ack => {}

@@ -263,21 +263,22 @@ pub fn iso_ms(t: &DateTime<Utc>) -> String {
 }
 
 fn unit_delta(func: Func, amount: i64, unit: &str) -> Result<TimeDelta, ExprError> {
-    let d =
-        match unit.trim().to_ascii_lowercase().trim_end_matches('s') {
-            "millisecond" | "m" => TimeDelta::try_milliseconds(amount),
-            "second" => TimeDelta::try_seconds(amount),
-            "minute" => TimeDelta::try_minutes(amount),
-            "hour" => TimeDelta::try_hours(amount),
-            "day" => TimeDelta::try_days(amount),
-            "week" => TimeDelta::try_weeks(amount),
-            other => return Err(fail(
+    let d = match unit.trim().to_ascii_lowercase().trim_end_matches('s') {
+        "millisecond" | "m" => TimeDelta::try_milliseconds(amount),
+        "second" => TimeDelta::try_seconds(amount),
+        "minute" => TimeDelta::try_minutes(amount),
+        "hour" => TimeDelta::try_hours(amount),
+        "day" => TimeDelta::try_days(amount),
+        "week" => TimeDelta::try_weeks(amount),
+        other => {
+            return Err(fail(
                 func,
                 format!(
                     "unknown unit `{other}` (milliseconds, seconds, minutes, hours, days, weeks)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     d.ok_or_else(|| fail(func, "amount out of range"))
 }
 

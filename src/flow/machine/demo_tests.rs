@@ -45,6 +45,7 @@ fn demo_settings() {
     assert_eq!(def.inactivity(), Some(Duration::from_secs(30)));
     assert!(def.prompts_dir().ends_with("flows/../prompts"));
     assert_eq!(def.variables()["forward_number"], json!("+3225551212"));
+    assert!(def.warnings().is_empty(), "{:?}", def.warnings());
 }
 
 #[test]
