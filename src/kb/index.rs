@@ -77,9 +77,18 @@ impl KnowledgeBase {
         let mut lens = Vec::with_capacity(passages.len());
         for (i, p) in passages.iter().enumerate() {
             let mut tf: HashMap<String, u32> = HashMap::new();
-            // The headings count as part of the passage: "Opening hours" above a list of days
-            // is what makes the list the answer to "what are your opening hours".
-            let words = terms(&stemmer, &format!("{} {}", p.heading, p.text));
+            // The headings count as part of a section's first passage: "Opening hours" above
+            // a list of days is what makes the list the answer to "what are your opening
+            // hours". Later passages of the section do not get them, or the shortest passage
+            // under a matching heading would win on length alone.
+            let lead = i == 0
+                || passages[i - 1].source != p.source
+                || passages[i - 1].heading != p.heading;
+            let words = if lead {
+                terms(&stemmer, &format!("{} {}", p.heading, p.text))
+            } else {
+                terms(&stemmer, &p.text)
+            };
             lens.push(words.len() as u32);
             for w in words {
                 *tf.entry(w).or_default() += 1;
