@@ -1,9 +1,7 @@
 # voxgate: build on Debian, run on Debian slim with espeak-ng for "say text" and PocketSphinx
-# (with its US English model) for "listen".
+# (with its US English model) for "listen". PocketSphinx is loaded at run time, so the build
+# needs no -dev package; without it the gateway still runs and listen steps fall back to keys.
 FROM rust:1-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libpocketsphinx-dev \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked

@@ -23,9 +23,9 @@ use voxgate::flow::{ListenMode, ListenSpec, SpeechOutcome};
 use voxgate::media::codec::Codec;
 use voxgate::media::g711;
 use voxgate::speech::listen::{ListenStep, Listener, ListenerConfig};
-use voxgate::speech::pocketsphinx::{ModelPaths, PocketSphinx, DEBIAN_MODEL_DIR};
+use voxgate::speech::pocketsphinx::{ModelPaths, PocketSphinx, Tuning, DEBIAN_MODEL_DIR};
 use voxgate::speech::vad::Vad;
-use voxgate::speech::{Recognizer, FRAME_SAMPLES};
+use voxgate::speech::{Recognizer, SpeechError, FRAME_SAMPLES};
 
 const VOICES: &[&str] = &["en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-029+m3"];
 const MENU: &[&str] = &[
@@ -153,7 +153,7 @@ fn listen(rec: &mut dyn Recognizer, mode: ListenMode, audio: &[i16]) -> Run {
         }
     }
     Run {
-        outcome: outcome.unwrap_or(SpeechOutcome::Error("no outcome".into())),
+        outcome: outcome.unwrap_or_else(|| SpeechError::Engine("no outcome".into()).outcome()),
         cpu: thread_cpu() - cpu0,
         speech_s: audio.len() as f64 / 8000.0,
     }
@@ -203,6 +203,42 @@ impl Tally {
     }
 }
 
+/// The recogniser's pick and confidence, matched or not.
+fn pick(o: &SpeechOutcome) -> Option<(&str, f32)> {
+    match o {
+        SpeechOutcome::Heard { text, confidence } | SpeechOutcome::NoMatch { text, confidence } => {
+            Some((text, *confidence))
+        }
+        _ => None,
+    }
+}
+
+/// `"-dither yes -ds 2"` -> [("-dither", "yes"), ("-ds", "2")].
+fn arg_pairs(var: &str) -> Vec<(String, String)> {
+    let v = std::env::var(var).unwrap_or_default();
+    let words: Vec<&str> = v.split_whitespace().collect();
+    words
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (c[0].to_string(), c[1].to_string()))
+        .collect()
+}
+
+/// Decoder arguments from the environment, for comparing settings without a rebuild:
+/// `VOXGATE_BENCH_WORD_ARGS`, `VOXGATE_BENCH_PHONE_ARGS` (`off`: no phone loop).
+fn tuning() -> Tuning {
+    let phone_off = std::env::var("VOXGATE_BENCH_PHONE_ARGS").is_ok_and(|v| v.trim() == "off");
+    Tuning {
+        word_args: arg_pairs("VOXGATE_BENCH_WORD_ARGS"),
+        phone_args: if phone_off {
+            Vec::new()
+        } else {
+            arg_pairs("VOXGATE_BENCH_PHONE_ARGS")
+        },
+        phone_loop: !phone_off,
+    }
+}
+
 fn heard(o: &SpeechOutcome) -> Option<&str> {
     match o {
         SpeechOutcome::Heard { text, .. } => Some(text),
@@ -230,9 +266,12 @@ fn real_main() -> Result<(), String> {
     );
 
     let rss0 = rss_kb();
-    let mut rec =
-        PocketSphinx::new(&ModelPaths::in_dir(&model_dir, false).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let tuning = tuning();
+    let mut rec = PocketSphinx::with_tuning(
+        &ModelPaths::in_dir(&model_dir, false).map_err(|e| e.to_string())?,
+        &tuning,
+    )
+    .map_err(|e| e.to_string())?;
     let rss1 = rss_kb();
 
     if !full {
@@ -262,6 +301,9 @@ fn real_main() -> Result<(), String> {
     let mut oog = Tally::default();
     let mut keywords = Tally::default();
     let mut confusions = Vec::new();
+    // (what it was, confidence) for every grammar pick: "right", "wrong" (in-grammar word
+    // picked as another phrase), "oog" (unknown word or noise picked as a phrase).
+    let mut picks: Vec<(&str, f32)> = Vec::new();
 
     for voice in VOICES {
         for word in MENU.iter().copied().chain([QUESTION]) {
@@ -270,6 +312,11 @@ fn real_main() -> Result<(), String> {
             in_grammar.cpu += r.cpu;
             in_grammar.speech_s += r.speech_s;
             in_grammar.base += baseline(&audio);
+            if let Some((t, c)) = pick(&r.outcome) {
+                if !t.is_empty() {
+                    picks.push((if t == word { "right" } else { "wrong" }, c));
+                }
+            }
             match heard(&r.outcome) {
                 Some(t) if t == word => in_grammar.right += 1,
                 Some(t) => {
@@ -300,6 +347,11 @@ fn real_main() -> Result<(), String> {
         oog.cpu += r.cpu;
         oog.speech_s += r.speech_s;
         oog.base += baseline(audio);
+        if let Some((t, c)) = pick(&r.outcome) {
+            if !t.is_empty() {
+                picks.push(("oog", c));
+            }
+        }
         match heard(&r.outcome) {
             // "right" for out-of-grammar input is a no-match.
             None => oog.right += 1,
@@ -334,7 +386,7 @@ fn real_main() -> Result<(), String> {
     }
 
     println!(
-        "PocketSphinx 5prealpha (Debian), model {}",
+        "PocketSphinx 5prealpha (Debian), model {}, tuning {tuning:?}",
         model_dir.display()
     );
     println!("voices: {}", VOICES.join(", "));
@@ -349,6 +401,23 @@ fn real_main() -> Result<(), String> {
         "",
     );
     keywords.row("sentences, keywords mode", "keyword found", "other", "");
+    println!();
+    println!(
+        "grammar picks before the confidence check: {} right of {} in-grammar utterances",
+        picks.iter().filter(|p| p.0 == "right").count(),
+        in_grammar.n()
+    );
+    println!("| min_confidence | right accepted | wrong accepted | unknown/noise accepted |");
+    println!("|---|---|---|---|");
+    for t in [0.0f32, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8] {
+        let n = |kind: &str| picks.iter().filter(|p| p.0 == kind && p.1 >= t).count();
+        println!(
+            "| {t:.1} | {} | {} | {} |",
+            n("right"),
+            n("wrong"),
+            n("oog")
+        );
+    }
     if free {
         let rss2 = rss_kb();
         let mut free_rec =

@@ -12,16 +12,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts, test speech), sox
-# (audio), libpocketsphinx-dev + pocketsphinx-en-us (speech recognition) ----------------------
+# (audio), python3-aiosmtpd (SMTP server for the mail tests), libpocketsphinx3 +
+# pocketsphinx-en-us (speech recognition, loaded at run time) --------------------------------
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
-# Speech recognition: the PocketSphinx library the build links and its US English model.
-[[ -e /usr/include/pocketsphinx/pocketsphinx.h ]] || missing+=(libpocketsphinx-dev)
+# Speech recognition (tests/speech.rs): the gateway loads libpocketsphinx.so.3 at run time
+# (no -dev package, nothing linked at build time) and its US English model.
+/sbin/ldconfig -p 2>/dev/null | grep -q 'libpocketsphinx\.so\.3 ' || missing+=(libpocketsphinx3)
 [[ -d /usr/share/pocketsphinx/model/en-us/en-us ]] || missing+=(pocketsphinx-en-us)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
+# The integration-step tests (tests/integrations.rs) run a real SMTP server: Debian's aiosmtpd,
+# for Debian's own python3 (/usr/bin/python3, whatever python3 is first on PATH).
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
 # Scale-out test (tests/scale_out.rs): Kamailio in front, PostgreSQL behind (initdb/pg_ctl
 # under /usr/lib/postgresql/<version>/bin, run as the postgres user via runuser).
 command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
@@ -77,6 +82,7 @@ fi
 echo "${sipp_banner# }"
 first_line espeak-ng --version
 first_line sox --version
+/usr/bin/python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
 first_line kamailio -v
 first_line "$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n1)" --version
 first_line python3 --version

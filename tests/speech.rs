@@ -4,12 +4,18 @@
 //! G.711 μ-law by sox (sent with `rtp_stream` of the raw file).
 //!
 //! What is proved:
-//! - a spoken menu word ("billing") reaches its dialog, with the recognised text and confidence;
-//! - a spoken question gets the passage from the right document of the knowledge base;
+//! - a spoken menu word ("billing") reaches its dialog, with the recognised text and confidence,
+//!   and the call's transcript (`GET /v1/calls/{id}/transcript`) has it as a `speech` entry
+//!   after the bot's prompt;
+//! - a spoken question gets the passage from the right document of the knowledge base (the
+//!   `knowledge_base` step answered through the KB executor chained before the integrations,
+//!   and recorded in the transcript);
 //! - silence ends the listen at `timeout_ms` (6 s in the voicebot flow) and goes to
 //!   `on_timeout`;
 //! - an unknown word and noise go to `on_no_match`;
-//! - a key pressed while the caller is speaking wins over the speech.
+//! - a key pressed while the caller is speaking wins over the speech;
+//! - without the recogniser's model (as without libpocketsphinx) the gateway still starts,
+//!   says why once at start-up, and the voicebot falls back to keys with `heard.error`.
 //!
 //! Which dialog was reached is read from the flow's tracked `voicebot` events (`/v1/events`).
 
@@ -189,6 +195,47 @@ fn a_spoken_menu_word_reaches_its_dialog() {
     let conf = e["confidence"].as_f64().unwrap_or(-1.0);
     assert!((0.5..=1.0).contains(&conf), "confidence {conf}");
     assert!(gw.log_contains("speech heard"), "{}", gw.log_tail(40));
+
+    // The transcript: what the bot played, then what the caller said, with its confidence.
+    let t = transcript(&gw);
+    let entries = t["entries"].as_array().cloned().unwrap_or_default();
+    let heard = entries
+        .iter()
+        .position(|e| e["kind"] == "speech")
+        .unwrap_or_else(|| panic!("no speech entry: {t:#}"));
+    let e = &entries[heard];
+    assert_eq!(e["text"], "billing", "{t:#}");
+    assert_eq!(e["matched"], true, "{t:#}");
+    let conf = e["confidence"].as_f64().unwrap_or(-1.0);
+    assert!((0.5..=1.0).contains(&conf), "transcript confidence {conf}: {t:#}");
+    assert!(e["at"].is_string() && e["offset_ms"].is_u64(), "{t:#}");
+    assert!(
+        entries[..heard]
+            .iter()
+            .any(|e| e["kind"] == "prompt" || e["kind"] == "say"),
+        "the bot's prompt should come before the speech: {t:#}"
+    );
+}
+
+/// The last call's transcript, read after the call through the HTTP API.
+fn transcript(gw: &Gateway) -> Value {
+    // The CDR is written as the call ends, just after SIPp sees the BYE answered.
+    let mut call_id = None;
+    for _ in 0..50 {
+        let cdrs = gw.get("/v1/cdrs?limit=1").expect("GET /v1/cdrs").json();
+        if let Some(id) = cdrs["cdrs"][0]["call_id"].as_str() {
+            call_id = Some(id.to_string());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let call_id = call_id.unwrap_or_else(|| panic!("no CDR: {}", gw.log_tail(40)));
+    let t = gw
+        .get(&format!("/v1/calls/{call_id}/transcript"))
+        .expect("GET the transcript")
+        .json();
+    assert_eq!(t["call_id"], call_id.as_str(), "{t:#}");
+    t
 }
 
 #[test]
@@ -208,6 +255,23 @@ fn a_spoken_question_gets_the_passage_from_the_right_document() {
     let answer = q["answer"].as_str().unwrap_or("");
     assert!(answer.contains("Monday to Friday"), "{answer}");
     assert!(q["score"].as_f64().unwrap_or(0.0) >= 1.0, "{q:#}");
+    // The question and the answer's origin are in the transcript.
+    let t = transcript(&gw);
+    let entries = t["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "speech" && e["text"] == "what are your opening hours"),
+        "{t:#}"
+    );
+    assert!(
+        entries.iter().any(|e| e["kind"] == "step"
+            && e["step"] == "knowledge_base"
+            && e["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("answered from hours.md"))),
+        "{t:#}"
+    );
 }
 
 #[test]
@@ -278,6 +342,49 @@ fn a_key_pressed_while_speaking_wins() {
         report(&gw, &out, &events)
     );
     assert_eq!(events[0]["input"], "dtmf");
+}
+
+#[test]
+fn without_a_model_the_gateway_starts_and_listen_falls_back_to_keys() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let flow = std::fs::read_to_string(repo_root().join("sip-config/flows/voicebot.yaml"))
+        .expect("read the voicebot flow")
+        .replace(
+            "\nprompts_dir: ../prompts\n",
+            "\nprompts_dir: \"{{PROMPTS_DIR}}\"\n",
+        );
+    let missing = tmp.path().join("no-model");
+    let gw = Gateway::builder()
+        .flow_yaml(&flow)
+        .toml(&format!(
+            "[speech]\nengine = \"pocketsphinx\"\nmodel_dir = {:?}\n",
+            missing.display().to_string()
+        ))
+        .start();
+    // One clear warning at start-up, naming what to install.
+    let warnings = || -> Vec<String> {
+        gw.log_lines("speech recognition is unavailable")
+            .iter()
+            .map(|l| strip_ansi(l))
+            .filter(|l| l.contains("WARN"))
+            .collect()
+    };
+    let warned = warnings();
+    assert_eq!(warned.len(), 1, "{}", gw.log_tail(40));
+    assert!(warned[0].contains("pocketsphinx-en-us"), "{}", warned[0]);
+    // 9 s of silence: the listen fails over to keys at once, its timeout sends the flow to
+    // no_input, which sees heard.error and goes keys-only.
+    let audio = synth(tmp.path(), "silence", &["9", "sine", "440", "vol", "0"]);
+    let (events, out) = call(&gw, &scenario(tmp.path(), &audio, 0, None));
+    out.assert_success();
+    let first = events
+        .first()
+        .unwrap_or_else(|| panic!("no event: {}", report(&gw, &out, &events)));
+    assert_eq!(first["dialog"], "keypad_only", "{}", report(&gw, &out, &events));
+    assert_eq!(first["why"], "unavailable", "{first:#}");
+    // Still the one warning: calls do not repeat it.
+    assert_eq!(warnings().len(), 1, "{:#?}", warnings());
 }
 
 /// The time stamp of the first gateway log line containing `pattern`.

@@ -34,6 +34,8 @@ pub enum StartError {
     #[error("speech: {0}")]
     Speech(String),
     #[error("{0}")]
+    Integrations(String),
+    #[error("{0}")]
     Store(String),
 }
 
@@ -42,7 +44,7 @@ async fn start_speech_and_kb(
     config: &Config,
 ) -> Result<
     (
-        Option<crate::speech::SpeechPool>,
+        Result<crate::speech::SpeechPool, crate::speech::SpeechError>,
         Option<crate::kb::KbHandle>,
     ),
     StartError,
@@ -56,13 +58,24 @@ async fn start_speech_and_kb(
     })
     .await
     .map_err(|e| StartError::Speech(format!("start-up task failed: {e}")))?;
-    let speech = joined.0.map_err(|e| StartError::Speech(e.to_string()))?;
-    if let Some(pool) = &speech {
-        info!(
+    // Speech that cannot start is not fatal: the gateway runs, and each `listen` fails over
+    // (keys, else on_error with error.detail_code) with the reason logged here once.
+    let speech = joined.0;
+    match &speech {
+        Ok(pool) => info!(
             engine = pool.engine(),
             recognisers = pool.size(),
             "speech recognition ready"
-        );
+        ),
+        Err(crate::speech::SpeechError::Off) => {
+            info!("speech recognition is off; listen steps fail over to keys / on_error")
+        }
+        Err(e) => warn!(
+            code = e.code(),
+            "{e}; the gateway runs without it and listen steps fail over to keys / on_error \
+             (error.detail_code = {})",
+            e.code()
+        ),
     }
     let kb = match joined.1 {
         Ok(report) => {
@@ -136,11 +149,27 @@ impl Gateway {
                 .with_prompt_cache(prompts.clone()),
         );
         let (speech, kb) = start_speech_and_kb(&config).await?;
-        let requests: Option<Arc<dyn crate::call::executor::RequestExecutor>> = kb
-            .clone()
-            .map(|kb| Arc::new(crate::kb::KbExecutor::new(kb, None)) as Arc<_>);
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
+        let integrations = {
+            let store = store.clone();
+            crate::integrations::Integrations::start(
+                &config,
+                Arc::new(move |v| store.submit(crate::store::Record::Event(v))),
+            )
+            .map_err(|e| StartError::Integrations(e.to_string()))?
+        };
+        // The knowledge_base step is answered from the KB; every other request goes on to the
+        // integrations.
+        let integration_requests: Arc<dyn crate::call::executor::RequestExecutor> =
+            Arc::new(integrations.clone());
+        let requests: Arc<dyn crate::call::executor::RequestExecutor> = match kb.clone() {
+            Some(kb) => Arc::new(
+                crate::kb::KbExecutor::new(kb, Some(integration_requests))
+                    .with_transcripts(integrations.transcripts.clone()),
+            ),
+            None => integration_requests,
+        };
         let shared = Arc::new(Shared {
             registry: registry.clone(),
             flow: std::sync::RwLock::new(flow),
@@ -155,9 +184,10 @@ impl Gateway {
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            requests,
+            requests: Some(requests),
             speech,
             kb,
+            integrations: Some(integrations.clone()),
             sip: std::sync::OnceLock::new(),
             config: config.clone(),
             validated: validated.clone(),
@@ -177,7 +207,11 @@ impl Gateway {
                 addr: validated.http_listen,
                 reason: e.to_string(),
             })?;
-        let app = crate::api::router(api_state);
+        let app =
+            crate::api::router(api_state).layer(axum::Extension(crate::api::IntegrationsApi {
+                tables: integrations.tables.clone(),
+                transcripts: integrations.transcripts.clone(),
+            }));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!(error = %e, "HTTP server stopped");

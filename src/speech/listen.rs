@@ -76,7 +76,7 @@ impl Listener {
             ListenMode::Free => Vec::new(),
         };
         if phrases.is_empty() && !matches!(spec.mode, ListenMode::Free) {
-            return Err(SpeechOutcome::Error(SpeechError::EmptyGrammar.to_string()));
+            return Err(SpeechError::EmptyGrammar.outcome());
         }
         let mode = match &spec.mode {
             ListenMode::Grammar(_) => ListenMode::Grammar(phrases.clone()),
@@ -84,7 +84,7 @@ impl Listener {
             ListenMode::Free => ListenMode::Free,
         };
         rec.begin(&mode)
-            .map_err(|e| SpeechOutcome::Error(e.to_string()))?;
+            .map_err(|e| e.outcome())?;
         Ok(Listener {
             vad: Vad::new(cfg.vad.clone()),
             spec,
@@ -207,14 +207,14 @@ impl Listener {
     fn fail(&mut self, e: SpeechError, rec: &mut dyn Recognizer) -> ListenStep {
         rec.abort();
         self.phase = Phase::Done;
-        ListenStep::Done(SpeechOutcome::Error(e.to_string()))
+        ListenStep::Done(e.outcome())
     }
 
     fn finish(&mut self, rec: &mut dyn Recognizer) -> ListenStep {
         self.phase = Phase::Done;
         match rec.finish() {
             Ok(h) => ListenStep::Done(self.judge(h)),
-            Err(e) => ListenStep::Done(SpeechOutcome::Error(e.to_string())),
+            Err(e) => ListenStep::Done(e.outcome()),
         }
     }
 
@@ -490,7 +490,7 @@ mod tests {
             &mut rec,
         )
         .err();
-        assert!(matches!(err, Some(SpeechOutcome::Error(m)) if m.contains("zzyzx")));
+        assert!(matches!(err, Some(SpeechOutcome::Error(f)) if f.message.contains("zzyzx") && f.code == "grammar"));
         let err = Listener::start(
             spec(ListenMode::Keywords(vec!["?!".into()])),
             ListenerConfig::default(),
@@ -498,7 +498,7 @@ mod tests {
             &mut Scripted::default(),
         )
         .err();
-        assert!(matches!(err, Some(SpeechOutcome::Error(m)) if m.contains("empty")));
+        assert!(matches!(err, Some(SpeechOutcome::Error(f)) if f.message.contains("empty") && f.code == "grammar"));
     }
 
     #[test]

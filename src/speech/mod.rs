@@ -12,7 +12,6 @@
 //! docs/speech.md for why) or a Vosk-protocol server over WebSocket.
 
 pub mod listen;
-#[cfg(feature = "pocketsphinx")]
 pub mod pocketsphinx;
 pub mod pool;
 pub mod remote;
@@ -21,18 +20,24 @@ pub mod vad;
 pub use listen::{Listener, ListenerConfig};
 pub use pool::{FrameSink, ListenHandle, SpeechPool};
 
-use crate::flow::ListenMode;
+use crate::flow::{ListenMode, SpeechOutcome, StepFailure};
 
 /// Samples in one 20 ms frame at 8 kHz: the unit VAD and recognisers work in.
 pub const FRAME_SAMPLES: usize = 160;
 
-/// Why recognition could not be done. Reported to the flow as `SpeechOutcome::Error`.
+/// Why recognition could not be done. Reported to the flow as `SpeechOutcome::Error` with
+/// [`SpeechError::code`] (the step's `error.detail_code`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpeechError {
     #[error("all {0} recognisers are busy")]
     Busy(usize),
     #[error("speech recognition is not configured")]
     NotConfigured,
+    #[error("speech recognition is off ([speech] engine = \"off\")")]
+    Off,
+    /// The engine's library or model is not installed (or could not be loaded).
+    #[error("speech recognition is unavailable: {0}")]
+    Unavailable(String),
     #[error("the listen step has nothing to listen for (empty grammar or keywords)")]
     EmptyGrammar,
     #[error("cannot recognise {word:?}: not in the recogniser's dictionary")]
@@ -41,6 +46,31 @@ pub enum SpeechError {
     Unsupported(&'static str),
     #[error("recogniser: {0}")]
     Engine(String),
+}
+
+impl SpeechError {
+    /// A short, stable code the flow can branch on (`error.detail_code` of a failed `listen`):
+    /// `busy`, `not_configured` (no engine, or `engine = "off"`), `unavailable` (the engine's
+    /// library or model is missing), `grammar` (empty, or a word the recogniser does not know),
+    /// `unsupported`, `engine` (the recogniser failed).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SpeechError::Busy(_) => "busy",
+            SpeechError::NotConfigured | SpeechError::Off => "not_configured",
+            SpeechError::Unavailable(_) => "unavailable",
+            SpeechError::EmptyGrammar | SpeechError::UnknownWord { .. } => "grammar",
+            SpeechError::Unsupported(_) => "unsupported",
+            SpeechError::Engine(_) => "engine",
+        }
+    }
+
+    /// The outcome that reports this error to the flow.
+    pub fn outcome(&self) -> SpeechOutcome {
+        SpeechOutcome::Error(StepFailure {
+            code: self.code().to_string(),
+            message: self.to_string(),
+        })
+    }
 }
 
 /// The recogniser's best guess for one utterance.
@@ -95,10 +125,11 @@ pub fn contains_phrase(text: &str, phrase: &str) -> bool {
     t.windows(p.len()).any(|w| w == p.as_slice())
 }
 
-/// Builds the recogniser pool `[speech]` asks for (blocking: models load here; call it from a
-/// blocking thread). `Ok(None)` when speech is off, or when the default PocketSphinx model is
-/// not installed (logged): listen steps then fail over at once.
-pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<Option<SpeechPool>, SpeechError> {
+/// Builds the recogniser pool `[speech]` asks for (blocking: libraries and models load here;
+/// call it from a blocking thread). An error is not fatal to the gateway: it says why listens
+/// will fail over (`Off`, `Unavailable` when PocketSphinx or its model is not installed, ...)
+/// and is what each `listen` then answers.
+pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<SpeechPool, SpeechError> {
     let listener = ListenerConfig {
         vad: vad::VadConfig {
             threshold_db: cfg.vad_threshold_db,
@@ -110,7 +141,7 @@ pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<Option<SpeechPool
     };
     let mut recognizers: Vec<Box<dyn Recognizer>> = Vec::with_capacity(cfg.pool_size);
     match cfg.engine.as_str() {
-        "off" => return Ok(None),
+        "off" => return Err(SpeechError::Off),
         "vosk" => {
             let url = cfg
                 .server_url
@@ -121,22 +152,12 @@ pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<Option<SpeechPool
                 recognizers.push(Box::new(remote::RemoteRecognizer::new(url, timeout)?));
             }
         }
-        #[cfg(feature = "pocketsphinx")]
         "pocketsphinx" => {
-            let dir = match &cfg.model_dir {
-                Some(d) => d.clone(),
-                None => {
-                    let d = std::path::PathBuf::from(pocketsphinx::DEBIAN_MODEL_DIR);
-                    if !d.exists() {
-                        tracing::warn!(
-                            dir = %d.display(),
-                            "speech: no PocketSphinx model installed (apt-get install pocketsphinx-en-us); listen steps will fail over"
-                        );
-                        return Ok(None);
-                    }
-                    d
-                }
-            };
+            pocketsphinx::load_library()?;
+            let dir = cfg
+                .model_dir
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(pocketsphinx::DEBIAN_MODEL_DIR));
             let paths = pocketsphinx::ModelPaths::in_dir(&dir, cfg.free_speech)?;
             for _ in 0..cfg.pool_size {
                 recognizers.push(Box::new(pocketsphinx::PocketSphinx::new(&paths)?));
@@ -146,7 +167,7 @@ pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<Option<SpeechPool
             return Err(SpeechError::Engine(format!("unknown engine {other:?}")));
         }
     }
-    SpeechPool::new(recognizers, listener, cfg.frame_queue).map(Some)
+    SpeechPool::new(recognizers, listener, cfg.frame_queue)
 }
 
 #[cfg(test)]

@@ -28,22 +28,6 @@ pub(super) fn request_not_configured(id: u64) -> FlowEvent {
     }
 }
 
-/// The answer to a `Listen` when no recogniser is configured.
-pub(super) fn listen_not_configured(id: u64) -> FlowEvent {
-    FlowEvent::Speech {
-        id,
-        outcome: SpeechOutcome::Error("speech recognition is not available in this build".into()),
-    }
-}
-
-/// The answer to an `Offload` while offload is not wired.
-pub(super) fn offload_not_available() -> FlowEvent {
-    FlowEvent::TransferFailed {
-        reason: "not_available".into(),
-        detail: "offload is not available in this build".into(),
-    }
-}
-
 impl Call {
     /// Carries out what the flow asked for, in order, until the call ends.
     pub(super) fn pump_flow(&mut self, now: Instant) {
@@ -72,8 +56,14 @@ impl Call {
     fn action(&mut self, action: FlowAction, now: Instant) {
         match action {
             // Playback and the caller's media.
-            FlowAction::Play { id, file } => self.play(id, &file),
-            FlowAction::Say { id, text } => self.say(id, text),
+            FlowAction::Play { id, file } => {
+                self.transcribe(|t| t.prompt(now, &file));
+                self.play(id, &file)
+            }
+            FlowAction::Say { id, text } => {
+                self.transcribe(|t| t.say(now, &text));
+                self.say(id, text)
+            }
             FlowAction::StopPlayback => {
                 if let Some(rtp) = self.rtp.as_mut() {
                     rtp.clear_audio();
@@ -106,11 +96,15 @@ impl Call {
             FlowAction::StartRecording => self.start_recording(now),
             FlowAction::StopRecording => self.stop_recording(now, true),
             // Forward.
-            FlowAction::Transfer { to } => self.start_transfer(&to, now),
-            FlowAction::Offload { .. } => {
-                warn!("offload requested but not available in this build");
-                self.flow_event(offload_not_available());
+            FlowAction::Transfer { to } => {
+                self.transcribe(|t| t.transfer_started(now, &to));
+                self.start_transfer(&to, now)
             }
+            FlowAction::Offload {
+                to,
+                headers,
+                context,
+            } => self.start_offload(to, headers, context, now),
             // The call's lifecycle (an external bot decides before answer).
             FlowAction::Answer => {
                 info!("bot answers");
@@ -223,10 +217,15 @@ impl Call {
     }
 
     fn listen(&mut self, id: u64, spec: crate::flow::ListenSpec) {
-        let Some(pool) = self.shared.speech.clone() else {
-            warn!(id, "listen requested but no recogniser is configured");
-            self.flow_event(listen_not_configured(id));
-            return;
+        let pool = match &self.shared.speech {
+            Ok(pool) => pool.clone(),
+            Err(e) => {
+                // Start-up logged why once; each listen says it at debug level only.
+                debug!(id, code = e.code(), error = %e, "listen failed over: no recogniser");
+                let outcome = e.outcome();
+                self.flow_event(FlowEvent::Speech { id, outcome });
+                return;
+            }
         };
         // One listen at a time: a new one replaces (stops) the old.
         self.listening = None;
@@ -246,10 +245,10 @@ impl Call {
                 self.listening = Some(handle);
             }
             Err(e) => {
-                warn!(id, error = %e, "listen failed over");
+                warn!(id, code = e.code(), error = %e, "listen failed over");
                 self.flow_event(FlowEvent::Speech {
                     id,
-                    outcome: SpeechOutcome::Error(e.to_string()),
+                    outcome: e.outcome(),
                 });
             }
         }
@@ -276,7 +275,9 @@ impl Call {
                 info!(id, %text, confidence, "speech: no match")
             }
             SpeechOutcome::Timeout => info!(id, "speech: no speech before the timeout"),
-            SpeechOutcome::Error(e) => warn!(id, error = %e, "speech: recogniser error"),
+            SpeechOutcome::Error(e) => {
+                warn!(id, code = %e.code, error = %e.message, "speech: recogniser error")
+            }
         }
     }
 
@@ -305,16 +306,12 @@ mod tests {
             } => assert_eq!(f.code, "not_configured"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            listen_not_configured(4),
-            FlowEvent::Speech {
-                id: 4,
-                outcome: SpeechOutcome::Error(_)
+        match crate::speech::SpeechError::Unavailable("no library".into()).outcome() {
+            SpeechOutcome::Error(f) => {
+                assert_eq!(f.code, "unavailable");
+                assert!(f.message.contains("no library"), "{}", f.message);
             }
-        ));
-        assert!(matches!(
-            offload_not_available(),
-            FlowEvent::TransferFailed { reason, .. } if reason == "not_available"
-        ));
+            other => panic!("{other:?}"),
+        }
     }
 }

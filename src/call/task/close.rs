@@ -109,6 +109,7 @@ impl Call {
     /// The call is over: stop recording, tell the flow, write the CDR, end the far leg.
     pub(super) fn finish(&mut self, reason: EndReason, now: Instant) {
         self.stop_recording(now, false);
+        self.transcribe(|t| t.ended(now, &reason.code()));
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(
                 FlowEvent::Ended {

@@ -25,6 +25,7 @@ mod close;
 mod far_leg;
 mod forward;
 mod media;
+mod offload;
 mod recording;
 mod setup;
 
@@ -128,6 +129,10 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// An offload waiting for its webhook before the transfer starts.
+    pending_offload: Option<forward::Target>,
+    /// What the bot said and the caller did (`GET /v1/calls/{id}/transcript`, mail reports).
+    transcript: Option<crate::integrations::transcript::SharedTranscript>,
 }
 
 impl Call {
@@ -188,6 +193,22 @@ impl Call {
             }
         }
         self.after_end().await;
+        // Written with the CDR, once late recording events are in.
+        if let Some(i) = self.shared.integrations.as_ref() {
+            if let Some(t) = i.transcripts.finish(&self.info.call_id) {
+                self.shared.store.submit(crate::store::Record::Transcript {
+                    call_id: self.info.call_id.clone(),
+                    transcript: (*t).clone(),
+                });
+            }
+        }
+    }
+
+    /// Adds to the call's transcript (IO-free; the lock is the API's, held for microseconds).
+    fn transcribe(&self, f: impl FnOnce(&mut crate::integrations::Transcript)) {
+        if let Some(t) = self.transcript.as_ref() {
+            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+        }
     }
 
     /// When the task must wake at the latest: the earliest timer of any part, within 1 s.
@@ -295,6 +316,8 @@ impl Call {
         if let FlowEvent::Dtmf { .. } = ev {
             self.dtmf_count += 1;
         }
+        let now = Instant::now();
+        self.transcribe(|t| crate::integrations::transcript::record_event(t, now, &ev));
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(ev, Instant::now(), Utc::now());
         }
@@ -333,6 +356,7 @@ impl Call {
             }
             Delivery::Transfer(input) => self.transfer_input(input),
             Delivery::Drop(why) => debug!(why, "inbox message dropped"),
+            Delivery::Offload => self.offload_notified(),
         }
     }
 

@@ -198,6 +198,14 @@ impl Call {
                 ..
             } => {
                 info!(recording = %id, duration_ms, %sha256, "recording ready");
+                if let Some(i) = self.shared.integrations.as_ref() {
+                    i.events.recording_ready(
+                        &self.info.call_id,
+                        &id.to_string(),
+                        *duration_ms,
+                        sha256,
+                    );
+                }
             }
             _ => {}
         }

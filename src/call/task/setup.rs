@@ -163,6 +163,10 @@ impl Call {
         }
         let (inbox_tx, inbox_rx) = inbox::inbox();
         let (rec_tx, rec_rx) = mpsc::unbounded_channel();
+        let transcript = shared
+            .integrations
+            .as_ref()
+            .map(|i| i.transcripts.open(&info.call_id, now, started_wall));
         Some(Call {
             shared,
             leg,
@@ -204,6 +208,8 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
+            pending_offload: None,
+            transcript,
         })
     }
 

@@ -32,6 +32,12 @@ pub const DEBIAN_MODEL_DIR: &str = "/usr/share/pocketsphinx/model/en-us";
 const CONFIDENCE_OFFSET: f32 = -3.0;
 const CONFIDENCE_SCALE: f32 = 3.0;
 
+/// The word decoder's arguments beyond the model's files.
+const WORD_ARGS: &[(&str, &str)] = &[];
+
+/// The phone loop's: narrow beams (it only needs the best path's score).
+const PHONE_ARGS: &[(&str, &str)] = &[("-lw", "2.0"), ("-beam", "1e-10"), ("-pbeam", "1e-10")];
+
 /// Common words allowed around a keyword in `keywords` mode.
 const FILLER_WORDS: &[&str] = &[
     "i", "a", "the", "to", "my", "me", "you", "your", "we", "is", "are", "was", "be", "can",
@@ -59,8 +65,8 @@ impl ModelPaths {
             if p.exists() {
                 Ok(p)
             } else {
-                Err(SpeechError::Engine(format!(
-                    "model file {} not found (install pocketsphinx-en-us)",
+                Err(SpeechError::Unavailable(format!(
+                    "model file {} not found; install it with `apt-get install pocketsphinx-en-us`",
                     p.display()
                 )))
             }
@@ -82,8 +88,28 @@ impl ModelPaths {
 /// are created one at a time. Decoding itself only touches the decoder.
 static INIT: Mutex<()> = Mutex::new(());
 
+/// Loads `libpocketsphinx.so.3` (once per process). The gateway calls this at start-up so a
+/// missing library is reported then, not at the first `listen`.
+pub fn load_library() -> Result<(), SpeechError> {
+    api().map(|_| ())
+}
+
+fn api() -> Result<&'static ffi::Api, SpeechError> {
+    ffi::api().map_err(|e| {
+        SpeechError::Unavailable(format!(
+            "cannot load {} ({e}); install it with `apt-get install libpocketsphinx3`",
+            ffi::POCKETSPHINX_LIB
+        ))
+    })
+}
+
 /// One `ps_decoder_t`, owned.
+///
+/// Every `unsafe` call below goes through `api`: function pointers resolved from the loaded
+/// library with the types of their C prototypes (ffi.rs), valid for the life of the process
+/// (the library is never unloaded). Each call's own conditions are stated where it is made.
 struct Decoder {
+    api: &'static ffi::Api,
     ps: NonNull<ffi::PsDecoder>,
 }
 
@@ -103,6 +129,7 @@ fn path_str(p: &Path) -> Result<&str, SpeechError> {
 
 impl Decoder {
     fn new(args: &[(&str, &str)]) -> Result<Self, SpeechError> {
+        let api = api()?;
         let owned: Vec<CString> = args
             .iter()
             .flat_map(|(k, v)| [cstring(k), cstring(v)])
@@ -115,9 +142,9 @@ impl Decoder {
         // (`owned`); cmd_ln_parse_r copies what it keeps and does not write through argv.
         // ps_args() returns a static table. A null result is handled below.
         let config = unsafe {
-            ffi::cmd_ln_parse_r(
+            (api.cmd_ln_parse_r)(
                 std::ptr::null_mut(),
-                ffi::ps_args(),
+                (api.ps_args)(),
                 argc,
                 argv.as_mut_ptr(),
                 1,
@@ -131,25 +158,25 @@ impl Decoder {
         // SAFETY: `config` is a valid config we own one reference to; ps_init takes its own
         // reference, so we drop ours whatever it returns.
         let ps = unsafe {
-            let ps = ffi::ps_init(config);
-            ffi::cmd_ln_free_r(config);
+            let ps = (api.ps_init)(config);
+            (api.cmd_ln_free_r)(config);
             ps
         };
         let ps = NonNull::new(ps).ok_or_else(|| {
             SpeechError::Engine("PocketSphinx could not load its model (see model_dir)".into())
         })?;
-        Ok(Decoder { ps })
+        Ok(Decoder { api, ps })
     }
 
     fn has_word(&mut self, word: &str) -> Result<bool, SpeechError> {
         let w = cstring(word)?;
         // SAFETY: valid decoder and C string; the returned string (or null) is ours to free.
         unsafe {
-            let pron = ffi::ps_lookup_word(self.ps.as_ptr(), w.as_ptr());
+            let pron = (self.api.ps_lookup_word)(self.ps.as_ptr(), w.as_ptr());
             if pron.is_null() {
                 return Ok(false);
             }
-            ffi::ckd_free(pron.cast());
+            (self.api.ckd_free)(pron.cast());
         }
         Ok(true)
     }
@@ -159,7 +186,7 @@ impl Decoder {
         let g = cstring(jsgf)?;
         // SAFETY: valid decoder and C strings; the decoder copies what it keeps. Replacing a
         // search of the same name frees the old one inside the decoder.
-        let rc = unsafe { ffi::ps_set_jsgf_string(self.ps.as_ptr(), n.as_ptr(), g.as_ptr()) };
+        let rc = unsafe { (self.api.ps_set_jsgf_string)(self.ps.as_ptr(), n.as_ptr(), g.as_ptr()) };
         if rc < 0 {
             return Err(SpeechError::Engine(
                 "the grammar could not be compiled".into(),
@@ -171,7 +198,7 @@ impl Decoder {
     fn set_search(&mut self, name: &str) -> Result<(), SpeechError> {
         let n = cstring(name)?;
         // SAFETY: valid decoder and C string.
-        let rc = unsafe { ffi::ps_set_search(self.ps.as_ptr(), n.as_ptr()) };
+        let rc = unsafe { (self.api.ps_set_search)(self.ps.as_ptr(), n.as_ptr()) };
         if rc < 0 {
             return Err(SpeechError::Engine(format!("no search named {name}")));
         }
@@ -181,25 +208,26 @@ impl Decoder {
     /// Decodes one whole utterance: (hypothesis, path score, frames).
     fn decode(&mut self, samples: &[i16]) -> Result<(String, i32, i32), SpeechError> {
         let ps = self.ps.as_ptr();
+        let api = self.api;
         // SAFETY: valid decoder; `samples` is a live slice of `len` i16 values that is only
         // read. ps_get_hyp's string belongs to the decoder and is copied before the next call.
         unsafe {
-            if ffi::ps_start_utt(ps) < 0 {
+            if (api.ps_start_utt)(ps) < 0 {
                 return Err(SpeechError::Engine("cannot start an utterance".into()));
             }
-            let rc = ffi::ps_process_raw(ps, samples.as_ptr(), samples.len(), 0, 1);
-            let end = ffi::ps_end_utt(ps);
+            let rc = (api.ps_process_raw)(ps, samples.as_ptr(), samples.len(), 0, 1);
+            let end = (api.ps_end_utt)(ps);
             if rc < 0 || end < 0 {
                 return Err(SpeechError::Engine("decoding failed".into()));
             }
             let mut score = 0;
-            let hyp = ffi::ps_get_hyp(ps, &mut score);
+            let hyp = (api.ps_get_hyp)(ps, &mut score);
             let text = if hyp.is_null() {
                 String::new()
             } else {
                 CStr::from_ptr(hyp).to_string_lossy().into_owned()
             };
-            Ok((text, score, ffi::ps_get_n_frames(ps)))
+            Ok((text, score, (api.ps_get_n_frames)(ps)))
         }
     }
 }
@@ -208,7 +236,7 @@ impl Drop for Decoder {
     fn drop(&mut self) {
         // SAFETY: we own the only reference; it is not used after this.
         unsafe {
-            ffi::ps_free(self.ps.as_ptr());
+            (self.api.ps_free)(self.ps.as_ptr());
         }
     }
 }
@@ -298,10 +326,47 @@ impl Upsampler {
     }
 }
 
+/// Decoder arguments on top of the model's: what the gateway uses, and what the bench
+/// (`cargo bench --bench speech`) varies to measure accuracy against CPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// Extra arguments for the word decoder (`("-dither", "yes")`, ...); a key given here
+    /// replaces the default's.
+    pub word_args: Vec<(String, String)>,
+    /// Extra arguments for the phone loop that gives the confidence.
+    pub phone_args: Vec<(String, String)>,
+    /// Without the phone loop the confidence is 1 for any phrase (no rejection at all).
+    pub phone_loop: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            word_args: Vec::new(),
+            phone_args: Vec::new(),
+            phone_loop: true,
+        }
+    }
+}
+
+/// `defaults` with `extra` merged in (a key in `extra` replaces the default's value).
+fn merge_args<'a>(
+    defaults: &[(&'a str, &'a str)],
+    extra: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut out: Vec<(&str, &str)> = defaults
+        .iter()
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+        .copied()
+        .collect();
+    out.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    out
+}
+
 /// The in-process recogniser.
 pub struct PocketSphinx {
     words: Decoder,
-    phones: Decoder,
+    phones: Option<Decoder>,
     up: Upsampler,
     has_lm: bool,
     /// The grammar the word decoder has loaded, to skip recompiling it.
@@ -316,21 +381,30 @@ pub struct PocketSphinx {
 impl PocketSphinx {
     /// Loads the model (a few hundred ms; done once per pool slot at start-up).
     pub fn new(model: &ModelPaths) -> Result<Self, SpeechError> {
+        Self::with_tuning(model, &Tuning::default())
+    }
+
+    /// [`PocketSphinx::new`] with other decoder arguments (the bench compares them).
+    pub fn with_tuning(model: &ModelPaths, tuning: &Tuning) -> Result<Self, SpeechError> {
         let hmm = path_str(&model.hmm)?;
         let dict = path_str(&model.dict)?;
         let mut word_args = vec![("-hmm", hmm), ("-dict", dict), ("-logfn", "/dev/null")];
+        word_args.extend_from_slice(WORD_ARGS);
         if let Some(lm) = &model.lm {
             word_args.push(("-lm", path_str(lm)?));
         }
-        let words = Decoder::new(&word_args)?;
-        let phones = Decoder::new(&[
-            ("-hmm", hmm),
-            ("-allphone", path_str(&model.phone_lm)?),
-            ("-lw", "2.0"),
-            ("-beam", "1e-10"),
-            ("-pbeam", "1e-10"),
-            ("-logfn", "/dev/null"),
-        ])?;
+        let words = Decoder::new(&merge_args(&word_args, &tuning.word_args))?;
+        let phones = if tuning.phone_loop {
+            let mut phone_args = vec![
+                ("-hmm", hmm),
+                ("-allphone", path_str(&model.phone_lm)?),
+                ("-logfn", "/dev/null"),
+            ];
+            phone_args.extend_from_slice(PHONE_ARGS);
+            Some(Decoder::new(&merge_args(&phone_args, &tuning.phone_args))?)
+        } else {
+            None
+        };
         Ok(PocketSphinx {
             words,
             phones,
@@ -438,13 +512,15 @@ impl Recognizer for PocketSphinx {
             Ok(())
         })?;
         let (text, word_score, frames) = self.words.decode(&self.audio)?;
-        let (_, phone_score, _) = self.phones.decode(&self.audio)?;
         let text = super::normalize(&text);
         let confidence = if text.is_empty() || frames <= 0 {
             0.0
-        } else {
+        } else if let Some(phones) = &mut self.phones {
+            let (_, phone_score, _) = phones.decode(&self.audio)?;
             let d = (word_score as f32 - phone_score as f32) / frames as f32;
             1.0 / (1.0 + (-(d - CONFIDENCE_OFFSET) / CONFIDENCE_SCALE).exp())
+        } else {
+            1.0
         };
         Ok(Hypothesis { text, confidence })
     }
