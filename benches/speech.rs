@@ -236,6 +236,8 @@ fn tuning() -> Tuning {
             arg_pairs("VOXGATE_BENCH_PHONE_ARGS")
         },
         phone_loop: !phone_off,
+        // VOXGATE_BENCH_DITHER=0 measures without it.
+        dither: std::env::var("VOXGATE_BENCH_DITHER").map_or(true, |v| v != "0"),
     }
 }
 

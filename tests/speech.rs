@@ -207,7 +207,10 @@ fn a_spoken_menu_word_reaches_its_dialog() {
     assert_eq!(e["text"], "billing", "{t:#}");
     assert_eq!(e["matched"], true, "{t:#}");
     let conf = e["confidence"].as_f64().unwrap_or(-1.0);
-    assert!((0.5..=1.0).contains(&conf), "transcript confidence {conf}: {t:#}");
+    assert!(
+        (0.5..=1.0).contains(&conf),
+        "transcript confidence {conf}: {t:#}"
+    );
     assert!(e["at"].is_string() && e["offset_ms"].is_u64(), "{t:#}");
     assert!(
         entries[..heard]
@@ -381,7 +384,12 @@ fn without_a_model_the_gateway_starts_and_listen_falls_back_to_keys() {
     let first = events
         .first()
         .unwrap_or_else(|| panic!("no event: {}", report(&gw, &out, &events)));
-    assert_eq!(first["dialog"], "keypad_only", "{}", report(&gw, &out, &events));
+    assert_eq!(
+        first["dialog"],
+        "keypad_only",
+        "{}",
+        report(&gw, &out, &events)
+    );
     assert_eq!(first["why"], "unavailable", "{first:#}");
     // Still the one warning: calls do not repeat it.
     assert_eq!(warnings().len(), 1, "{:#?}", warnings());

@@ -83,8 +83,7 @@ impl Listener {
             ListenMode::Keywords(_) => ListenMode::Keywords(phrases.clone()),
             ListenMode::Free => ListenMode::Free,
         };
-        rec.begin(&mode)
-            .map_err(|e| e.outcome())?;
+        rec.begin(&mode).map_err(|e| e.outcome())?;
         Ok(Listener {
             vad: Vad::new(cfg.vad.clone()),
             spec,
@@ -490,7 +489,9 @@ mod tests {
             &mut rec,
         )
         .err();
-        assert!(matches!(err, Some(SpeechOutcome::Error(f)) if f.message.contains("zzyzx") && f.code == "grammar"));
+        assert!(
+            matches!(err, Some(SpeechOutcome::Error(f)) if f.message.contains("zzyzx") && f.code == "grammar")
+        );
         let err = Listener::start(
             spec(ListenMode::Keywords(vec!["?!".into()])),
             ListenerConfig::default(),
@@ -498,7 +499,9 @@ mod tests {
             &mut Scripted::default(),
         )
         .err();
-        assert!(matches!(err, Some(SpeechOutcome::Error(f)) if f.message.contains("empty") && f.code == "grammar"));
+        assert!(
+            matches!(err, Some(SpeechOutcome::Error(f)) if f.message.contains("empty") && f.code == "grammar")
+        );
     }
 
     #[test]

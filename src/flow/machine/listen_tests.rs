@@ -238,12 +238,7 @@ fn a_recogniser_error_falls_back_to_the_keypad_or_the_error_path() {
     let mut h = Harness::flow("inactivity_s: 0", &flow("        on_error: err\n"));
     h.start();
     h.advance(1_000);
-    assert!(speech(
-        &mut h,
-        2,
-        failed("busy", "all recognisers busy")
-    )
-    .is_empty());
+    assert!(speech(&mut h, 2, failed("busy", "all recognisers busy")).is_empty());
     assert_eq!(h.dtmf("1").last(), Some(&say(3, "sales 1 dtmf 1")));
     // No key: the keypad wait ends at timeout_ms from the start.
     let mut h = Harness::flow("inactivity_s: 0", &flow("        on_error: err\n"));

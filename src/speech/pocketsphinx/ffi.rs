@@ -69,7 +69,8 @@ pub struct Api {
     pub ps_start_utt: unsafe extern "C" fn(*mut PsDecoder) -> c_int,
     /// `int ps_process_raw(ps_decoder_t *ps, int16 const *data, size_t n_samples,
     /// int no_search, int full_utt)`.
-    pub ps_process_raw: unsafe extern "C" fn(*mut PsDecoder, *const i16, usize, c_int, c_int) -> c_int,
+    pub ps_process_raw:
+        unsafe extern "C" fn(*mut PsDecoder, *const i16, usize, c_int, c_int) -> c_int,
     /// `int ps_end_utt(ps_decoder_t *ps)`.
     pub ps_end_utt: unsafe extern "C" fn(*mut PsDecoder) -> c_int,
     /// `char const *ps_get_hyp(ps_decoder_t *ps, int32 *out_best_score)`: the best hypothesis
