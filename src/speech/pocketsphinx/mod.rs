@@ -366,7 +366,7 @@ fn dither(samples: &mut [i16]) {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        if x % 4 == 0 {
+        if x.is_multiple_of(4) {
             *s = s.saturating_add(1);
         }
     }
