@@ -37,6 +37,21 @@ pub enum StartError {
     Integrations(String),
     #[error("{0}")]
     Store(String),
+    #[error("{0}")]
+    Trunk(#[from] crate::sip::register::TrunkError),
+}
+
+/// The flow new calls start with. With `flow.websocket_url` set the bot is external and no
+/// flow file is read: calls get an empty stand-in whose only use is resolving the prompt names
+/// the bot plays, under `prompts/` next to the flow file's directory (`sip-config/prompts` by
+/// default), as with the demo flow.
+fn load_flow(config: &Config) -> Result<Arc<FlowDefinition>, String> {
+    if config.flow.websocket_url.is_none() {
+        return FlowDefinition::load(&config.flow.file).map_err(|e| e.to_string());
+    }
+    const EXTERNAL: &str =
+        "name: external\nstart: bot\nprompts_dir: ../prompts\ndialogs:\n  bot:\n    - hangup\n";
+    FlowDefinition::from_str(EXTERNAL, &config.flow.file).map_err(|e| e.to_string())
 }
 
 /// Loads the recognisers and indexes the knowledge base, off the async workers.
@@ -105,6 +120,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     sip: Arc<SipServer>,
     config_path: PathBuf,
+    trunks: Arc<crate::sip::register::Trunks>,
 }
 
 impl Gateway {
@@ -113,8 +129,8 @@ impl Gateway {
         validated: Arc<Validated>,
         config_path: PathBuf,
     ) -> Result<Gateway, StartError> {
-        let flow =
-            FlowDefinition::load(&config.flow.file).map_err(|e| StartError::Flow(e.to_string()))?;
+        let flow = load_flow(&config).map_err(StartError::Flow)?;
+        let trunks = crate::sip::register::Trunks::new(&config.trunks)?;
         let rec_dir = config.recordings.dir.clone();
         match crate::media::recorder::recover_dir(&rec_dir) {
             Ok(report) => info!(?report, dir = %rec_dir.display(), "recordings checked"),
@@ -200,6 +216,8 @@ impl Gateway {
             calls: registry.clone(),
             store: store.clone(),
             metrics: crate::api::ApiState::prometheus(metrics),
+            trunks: trunks.clone(),
+            sessions: Arc::new(crate::api::console::Sessions::new()),
         };
         let listener = tokio::net::TcpListener::bind(validated.http_listen)
             .await
@@ -225,11 +243,14 @@ impl Gateway {
                 external_ip: validated.external_ip,
                 t1: Duration::from_millis(config.sip.t1_ms),
                 user_agent: config.sip.user_agent.clone(),
+                invite_auth: crate::sip::inbound_auth::TrunkChallenge::from_config(&config.trunks)
+                    .map(|c| Arc::new(c) as Arc<dyn crate::sip::inbound_auth::InviteAuth>),
             },
             registry.clone(),
         )
         .await?;
         shared.sip.set(sip.clone()).ok();
+        trunks.start(&sip);
         {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -256,19 +277,26 @@ impl Gateway {
                 }
             });
         }
-        info!(
-            flow = %config.flow.file.display(),
-            "voxgate ready"
-        );
+        match &config.flow.websocket_url {
+            Some(url) => info!(websocket_url = %url, "voxgate ready (external bot)"),
+            None => info!(flow = %config.flow.file.display(), "voxgate ready"),
+        }
         Ok(Gateway {
             shared,
             sip,
             config_path,
+            trunks,
         })
     }
 
     /// Reloads the flow file (SIGHUP). Running calls keep the version they started with.
     pub fn reload_flow(&self) -> Result<String, String> {
+        if self.shared.config.flow.websocket_url.is_some() {
+            return Err(
+                "flow.websocket_url is set: the bot is external, there is no flow file to reload"
+                    .into(),
+            );
+        }
         let path = self.shared.config.flow.file.clone();
         let def = FlowDefinition::load(&path).map_err(|e| e.to_string())?;
         *self.shared.flow.write().unwrap_or_else(|p| p.into_inner()) = def;
@@ -305,6 +333,9 @@ impl Gateway {
     pub async fn shutdown(&self, grace: Duration) {
         let registry = &self.shared.registry;
         registry.begin_shutdown();
+        // De-register from the trunks at once (they stop sending calls) while calls drain.
+        let trunks = self.trunks.clone();
+        let unregistered = tokio::spawn(async move { trunks.shutdown().await });
         info!(
             calls = registry.len(),
             grace_s = grace.as_secs(),
@@ -342,6 +373,7 @@ impl Gateway {
                 "records still waiting for the database at exit; they stay spooled for the next start"
             );
         }
+        unregistered.await.ok();
         self.sip.shutdown();
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod dtmf_info;
 pub mod guard;
+pub mod inbound_auth;
+pub mod register;
 pub mod sdp;
 pub mod server;
 pub mod sipfrag;
