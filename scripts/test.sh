@@ -11,13 +11,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio),
-# python3-aiosmtpd (SMTP server for the mail tests) ----------------------------------------
+# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts, test speech), sox
+# (audio), python3-aiosmtpd (SMTP server for the mail tests), libpocketsphinx3 +
+# pocketsphinx-en-us (speech recognition, loaded at run time) --------------------------------
 # chromium + nodejs/npm: the web console's browser test (tests/console.rs, Playwright).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+# Speech recognition (tests/speech.rs): the gateway loads libpocketsphinx.so.3 at run time
+# (no -dev package, nothing linked at build time) and its US English model.
+/sbin/ldconfig -p 2>/dev/null | grep -q 'libpocketsphinx\.so\.3 ' || missing+=(libpocketsphinx3)
+[[ -d /usr/share/pocketsphinx/model/en-us/en-us ]] || missing+=(pocketsphinx-en-us)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)

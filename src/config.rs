@@ -38,6 +38,8 @@ pub struct Config {
     pub flow: FlowConfig,
     pub transfer: TransferConfig,
     pub tts: TtsConfig,
+    pub speech: SpeechConfig,
+    pub knowledge_base: KnowledgeBaseConfig,
     /// Outbound HTTP and scripts of the integration steps (`api`, `code`).
     pub integrations: IntegrationsConfig,
     /// Where `json_builder` events and `recording.ready` are POSTed.
@@ -367,6 +369,132 @@ pub struct TtsConfig {
     pub binary: String,
 }
 
+/// Speech recognition for `listen` steps (docs/speech.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechConfig {
+    /// "pocketsphinx" (in-process, offline), "vosk" (a Vosk-protocol server over WebSocket)
+    /// or "off" (listen steps fail over at once).
+    pub engine: String,
+    /// Recognisers (threads); a listen beyond this many at once fails over at once.
+    pub pool_size: usize,
+    /// PocketSphinx model directory (Debian's pocketsphinx-en-us layout). When unset, the
+    /// Debian path is used if it exists, else speech is off with a warning.
+    pub model_dir: Option<PathBuf>,
+    /// Load the n-gram model so `listen` without grammar or keywords works (~70 MB each).
+    pub free_speech: bool,
+    /// Below this confidence (0..1) a hypothesis is a no-match.
+    pub min_confidence: f32,
+    /// Silence that ends an utterance.
+    pub end_silence_ms: u64,
+    /// A frame is speech when this many dB above the noise floor.
+    pub vad_threshold_db: f32,
+    /// 20 ms frames queued between the media path and a recogniser (dropped when full).
+    pub frame_queue: usize,
+    /// engine = "vosk": the server, e.g. "ws://127.0.0.1:2700".
+    pub server_url: Option<String>,
+    /// engine = "vosk": connect / answer timeout.
+    pub server_timeout_ms: u64,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        SpeechConfig {
+            engine: "pocketsphinx".into(),
+            pool_size: 2,
+            model_dir: None,
+            free_speech: false,
+            min_confidence: 0.5,
+            end_silence_ms: 700,
+            vad_threshold_db: 10.0,
+            frame_queue: 50,
+            server_url: None,
+            server_timeout_ms: 3000,
+        }
+    }
+}
+
+/// Documents for the `knowledge_base` step (docs/speech.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeBaseConfig {
+    /// A folder of Markdown / text documents, indexed at start-up and on SIGHUP.
+    pub dir: PathBuf,
+}
+
+impl Default for KnowledgeBaseConfig {
+    fn default() -> Self {
+        KnowledgeBaseConfig {
+            dir: PathBuf::from("sip-config/kb"),
+        }
+    }
+}
+
+impl SpeechConfig {
+    fn validate(&self, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        match self.engine.as_str() {
+            "off" | "vosk" | "pocketsphinx" => {}
+            other => {
+                return Err(bad(
+                    "speech.engine",
+                    format!("`{other}` is not one of \"pocketsphinx\", \"vosk\", \"off\""),
+                ))
+            }
+        }
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(bad("speech.pool_size", "must be between 1 and 64".into()));
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return Err(bad(
+                "speech.min_confidence",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if !(100..=5000).contains(&self.end_silence_ms) {
+            return Err(bad(
+                "speech.end_silence_ms",
+                "must be between 100 and 5000".into(),
+            ));
+        }
+        if !(3.0..=40.0).contains(&self.vad_threshold_db) {
+            return Err(bad(
+                "speech.vad_threshold_db",
+                "must be between 3 and 40".into(),
+            ));
+        }
+        if !(5..=1000).contains(&self.frame_queue) {
+            return Err(bad(
+                "speech.frame_queue",
+                "must be between 5 and 1000".into(),
+            ));
+        }
+        if self.engine == "vosk" {
+            match &self.server_url {
+                Some(u) if u.starts_with("ws://") => {}
+                Some(u) => {
+                    return Err(bad(
+                        "speech.server_url",
+                        format!("`{u}` must start with ws://"),
+                    ))
+                }
+                None => {
+                    return Err(bad(
+                        "speech.server_url",
+                        "must be set when speech.engine is \"vosk\"".into(),
+                    ))
+                }
+            }
+        }
+        if !(100..=60_000).contains(&self.server_timeout_ms) {
+            return Err(bad(
+                "speech.server_timeout_ms",
+                "must be between 100 and 60000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -377,6 +505,8 @@ impl Default for Config {
             flow: FlowConfig::default(),
             transfer: TransferConfig::default(),
             tts: TtsConfig::default(),
+            speech: SpeechConfig::default(),
+            knowledge_base: KnowledgeBaseConfig::default(),
             integrations: IntegrationsConfig::default(),
             events: EventsConfig::default(),
             mail: MailConfig::default(),
@@ -857,6 +987,7 @@ impl Config {
                 "must be set when flow.websocket_url is not".into(),
             ));
         }
+        self.speech.validate(&bad)?;
         let trunk = parse_trunk(&self.transfer.trunk).map_err(|r| bad("transfer.trunk", r))?;
         if !valid_node_name(&self.node.name) {
             return Err(bad(

@@ -31,6 +31,8 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("speech: {0}")]
+    Speech(String),
     #[error("{0}")]
     Integrations(String),
     #[error("{0}")]
@@ -50,6 +52,68 @@ fn load_flow(config: &Config) -> Result<Arc<FlowDefinition>, String> {
     const EXTERNAL: &str =
         "name: external\nstart: bot\nprompts_dir: ../prompts\ndialogs:\n  bot:\n    - hangup\n";
     FlowDefinition::from_str(EXTERNAL, &config.flow.file).map_err(|e| e.to_string())
+}
+
+/// Loads the recognisers and indexes the knowledge base, off the async workers.
+async fn start_speech_and_kb(
+    config: &Config,
+) -> Result<
+    (
+        Result<crate::speech::SpeechPool, crate::speech::SpeechError>,
+        Option<crate::kb::KbHandle>,
+    ),
+    StartError,
+> {
+    let speech_cfg = config.speech.clone();
+    let kb_dir = config.knowledge_base.dir.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let speech = crate::speech::start_pool(&speech_cfg);
+        let kb = crate::kb::load_dir(&kb_dir);
+        (speech, kb)
+    })
+    .await
+    .map_err(|e| StartError::Speech(format!("start-up task failed: {e}")))?;
+    // Speech that cannot start is not fatal: the gateway runs, and each `listen` fails over
+    // (keys, else on_error with error.detail_code) with the reason logged here once.
+    let speech = joined.0;
+    match &speech {
+        Ok(pool) => info!(
+            engine = pool.engine(),
+            recognisers = pool.size(),
+            "speech recognition ready"
+        ),
+        Err(crate::speech::SpeechError::Off) => {
+            info!("speech recognition is off; listen steps fail over to keys / on_error")
+        }
+        Err(e) => warn!(
+            code = e.code(),
+            "{e}; the gateway runs without it and listen steps fail over to keys / on_error \
+             (error.detail_code = {})",
+            e.code()
+        ),
+    }
+    let kb = match joined.1 {
+        Ok(report) => {
+            for (path, why) in &report.skipped {
+                warn!(file = %path.display(), reason = %why, "knowledge base: file skipped");
+            }
+            info!(
+                dir = %config.knowledge_base.dir.display(),
+                documents = report.kb.documents(),
+                passages = report.kb.passages(),
+                "knowledge base indexed"
+            );
+            Some(crate::kb::KbHandle::new(
+                config.knowledge_base.dir.clone(),
+                report.kb,
+            ))
+        }
+        Err(e) => {
+            warn!(error = %e, "knowledge base not loaded; knowledge_base steps will fail over");
+            None
+        }
+    };
+    Ok((speech, kb))
 }
 
 pub struct Gateway {
@@ -100,6 +164,7 @@ impl Gateway {
                 .with_binary(config.tts.binary.clone())
                 .with_prompt_cache(prompts.clone()),
         );
+        let (speech, kb) = start_speech_and_kb(&config).await?;
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
         let integrations = {
@@ -109,6 +174,17 @@ impl Gateway {
                 Arc::new(move |v| store.submit(crate::store::Record::Event(v))),
             )
             .map_err(|e| StartError::Integrations(e.to_string()))?
+        };
+        // The knowledge_base step is answered from the KB; every other request goes on to the
+        // integrations.
+        let integration_requests: Arc<dyn crate::call::executor::RequestExecutor> =
+            Arc::new(integrations.clone());
+        let requests: Arc<dyn crate::call::executor::RequestExecutor> = match kb.clone() {
+            Some(kb) => Arc::new(
+                crate::kb::KbExecutor::new(kb, Some(integration_requests))
+                    .with_transcripts(integrations.transcripts.clone()),
+            ),
+            None => integration_requests,
         };
         let shared = Arc::new(Shared {
             registry: registry.clone(),
@@ -124,7 +200,9 @@ impl Gateway {
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            requests: Some(Arc::new(integrations.clone())),
+            requests: Some(requests),
+            speech,
+            kb,
             integrations: Some(integrations.clone()),
             sip: std::sync::OnceLock::new(),
             config: config.clone(),
@@ -224,6 +302,26 @@ impl Gateway {
         *self.shared.flow.write().unwrap_or_else(|p| p.into_inner()) = def;
         let _ = &self.config_path;
         Ok(path.display().to_string())
+    }
+
+    /// Re-indexes the knowledge base (SIGHUP) on a blocking thread; calls keep answering from
+    /// the old index until the new one is swapped in.
+    pub async fn reload_kb(&self) -> Result<String, String> {
+        let Some(kb) = self.shared.kb.clone() else {
+            return Err("no knowledge base is loaded".into());
+        };
+        let report = tokio::task::spawn_blocking(move || kb.reload())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for (path, why) in &report.skipped {
+            warn!(file = %path.display(), reason = %why, "knowledge base: file skipped");
+        }
+        Ok(format!(
+            "{} documents, {} passages",
+            report.kb.documents(),
+            report.kb.passages()
+        ))
     }
 
     pub fn sip_addr(&self) -> SocketAddr {

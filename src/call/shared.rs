@@ -34,6 +34,11 @@ pub struct Shared {
     pub policy: DestinationPolicy,
     /// Runs integration steps (`FlowAction::Request`); `None` answers them `not_configured`.
     pub requests: Option<Arc<dyn RequestExecutor>>,
+    /// Recognisers for `FlowAction::Listen`, or why there are none (engine off, library or
+    /// model not installed): every listen then fails over at once with that error.
+    pub speech: Result<crate::speech::SpeechPool, crate::speech::SpeechError>,
+    /// The knowledge base (`[knowledge_base] dir`), reloaded on SIGHUP.
+    pub kb: Option<crate::kb::KbHandle>,
     /// The integration executors: the call's transcript store, `recording.ready` events,
     /// the offload webhook. `None` in builds/tests that do not start them.
     pub integrations: Option<crate::integrations::Integrations>,

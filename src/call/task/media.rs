@@ -56,6 +56,10 @@ impl Call {
                     if !self.flow_closed {
                         self.flow.caller_audio(&samples);
                     }
+                    if let Some(listen) = &self.listening {
+                        // Never blocks: a full queue drops the frame and counts it.
+                        listen.push(&samples);
+                    }
                     if let Some(far_rtp) = self.far.as_mut().and_then(|f| f.rtp.as_mut()) {
                         if self.bridged {
                             far_rtp.queue_audio(&samples);

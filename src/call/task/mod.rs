@@ -99,6 +99,8 @@ struct Call {
     inbox_tx: InboxSender,
     inbox_rx: mpsc::UnboundedReceiver<Inbox>,
     outstanding: Outstanding,
+    /// The running `listen`: dropping it stops the recogniser.
+    listening: Option<crate::speech::ListenHandle>,
     /// `Say` ids whose TTS is still being synthesised, and those a `StopPlayback` cut before
     /// their audio arrived (reported as interrupted instead of played).
     says_in_flight: std::collections::BTreeSet<u64>,
@@ -347,6 +349,9 @@ impl Call {
             Delivery::Flow(ev) => {
                 if let FlowEvent::PlaybackFailed { reason, .. } = &ev {
                     warn!(%reason, "say failed");
+                }
+                if let FlowEvent::Speech { id, outcome } = &ev {
+                    self.speech_done(*id, outcome);
                 }
                 self.flow_event(ev);
             }

@@ -189,6 +189,7 @@ impl Call {
             answer_at: plan.answer_at,
             inbox_tx,
             inbox_rx,
+            listening: None,
             outstanding: Outstanding::default(),
             says_in_flight: Default::default(),
             says_cut: Default::default(),
