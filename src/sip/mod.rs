@@ -1,6 +1,7 @@
 //! SIP: the facade over rsipstack (`server`), a raw-bytes guard in front of it (`guard`,
 //! `transport`), and the SIP bodies voxgate reads and writes (`sdp`, `sipfrag`, `dtmf_info`).
 
+pub mod access;
 pub mod dtmf_info;
 pub mod guard;
 pub mod sdp;
