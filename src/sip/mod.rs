@@ -7,6 +7,7 @@ pub mod guard;
 pub mod sdp;
 pub mod server;
 pub mod sipfrag;
+pub mod tcp;
 pub mod transport;
 
 pub use server::{

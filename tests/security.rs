@@ -1,0 +1,420 @@
+//! Issue 12 (robustness and security), end to end against the real binary: each test plays the
+//! attacker or the faulty network of one row of the issue's table. See docs/security.md.
+//!
+//! Sources other than 127.0.0.1 are other loopback addresses (127.0.0.7, 127.0.0.9, ...): on
+//! Linux the whole 127/8 is local, so a test can be "another host" without leaving loopback.
+
+mod common;
+
+use common::peer::{body, header, status, Peer};
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+const T5: Duration = Duration::from_secs(5);
+
+/// Greets and then collects digits forever: calls stay up until the test ends them.
+const HOLD_FLOW: &str = r#"
+name: test-hold
+start: main
+inactivity_s: 0
+prompts_dir: "{{PROMPTS_DIR}}"
+dialogs:
+  main:
+    - message: {file: greeting.wav, wait: false}
+    - goto: listen
+  listen:
+    - collect: {max_digits: 1, terminator: "", timeout_ms: 600000, default: listen, on_timeout: listen}
+"#;
+
+fn invite(p: &mut Peer, n: u32) -> String {
+    p.call_id = format!("sec-{n}-{}@{}", peer::rand_u32(), p.local().ip());
+    p.to_tag = None;
+    p.contact = None;
+    let offer = p.sdp(&p.media, "sendrecv");
+    p.request("INVITE", 1, &format!("inv{n}x{}", peer::rand_u32()), Some(&offer))
+}
+
+/// Every SIP message reaching `p` within `window`.
+fn drain(p: &Peer, window: Duration) -> Vec<String> {
+    let deadline = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = p.sock.recv_from(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    out
+}
+
+fn final_status_for(msgs: &[String], call_id: &str) -> Option<u16> {
+    msgs.iter()
+        .filter(|m| header(m, "Call-ID") == Some(call_id))
+        .filter_map(|m| status(m))
+        .find(|s| *s >= 200)
+}
+
+fn active_calls(gw: &Gateway) -> usize {
+    gw.get("/v1/calls").unwrap().json()["calls"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0)
+}
+
+// ---- toll fraud ------------------------------------------------------------------------------
+
+/// Row "Toll fraud", part 1: with `[sip] trusted` set, an INVITE from any other address gets 403
+/// and starts nothing (no call, no RTP, no recording); a trusted source still gets through.
+#[test]
+fn untrusted_source_gets_403_and_starts_nothing() {
+    let gw = Gateway::builder()
+        .flow_yaml(HOLD_FLOW)
+        .toml("[sip]\ntrusted = [\"127.0.0.1/32\"]")
+        .start();
+    assert!(
+        !gw.log_contains("trusted is not set"),
+        "no warning expected when trusted is set"
+    );
+    let mut attacker = Peer::bind(gw.sip_addr(), "127.0.0.7");
+    let inv = invite(&mut attacker, 1);
+    attacker.send(&inv);
+    let resp = attacker
+        .recv_until(T5, |m| status(m).is_some_and(|s| s >= 200))
+        .map(|(_, m)| m);
+    let resp = resp.unwrap_or_else(|| panic!("no final response\n{}", gw.log_tail(40)));
+    assert_eq!(status(&resp), Some(403), "{resp}");
+    assert_eq!(Peer::rtp_count(&attacker.media, Duration::from_millis(800)), 0);
+    assert_eq!(active_calls(&gw), 0);
+    let recs = gw.get("/v1/recordings").unwrap().json();
+    assert_eq!(recs["recordings"].as_array().map(|a| a.len()), Some(0));
+
+    let mut caller = Peer::new(gw.sip_addr());
+    caller.call();
+    assert_eq!(active_calls(&gw), 1, "a trusted source is still answered");
+    caller.bye(2);
+}
+
+/// CONTRACT §8: unset `trusted` accepts everyone and says so at start-up.
+#[test]
+fn unset_trusted_logs_a_warning_at_start() {
+    let gw = Gateway::builder().flow_yaml(HOLD_FLOW).start();
+    assert!(
+        gw.wait_for_log("trusted is not set", T5),
+        "{}",
+        gw.log_tail(30)
+    );
+}
+
+/// Row "Toll fraud", part 2: with the shipped defaults (`allow` includes +44), the demo flow's
+/// `5 <digits> #` to a UK premium-rate number is refused by the default deny list: no REFER,
+/// no INVITE to the trunk, a `transfer.failed ... denied` log line and a metric.
+#[test]
+fn premium_rate_forward_is_refused_by_default() {
+    let gw = Gateway::start_default();
+    let trunk = UdpSocket::bind(("127.0.0.1", gw.trunk_port)).unwrap();
+    trunk
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut caller = Peer::new(gw.sip_addr());
+    caller.call();
+    let mut cseq = 2;
+    for d in "5449098765432#".chars() {
+        caller.info_digit(cseq, d);
+        cseq += 1;
+    }
+    assert!(
+        gw.wait_for_log("transfer.failed", Duration::from_secs(10)),
+        "{}",
+        gw.log_tail(40)
+    );
+    let line = gw.log_lines("transfer.failed").join("\n");
+    assert!(
+        line.contains("denied") && line.contains("+449098765432"),
+        "{line}"
+    );
+    // Nothing went out: no REFER to the caller, no INVITE to the trunk.
+    let msgs = drain(&caller, Duration::from_secs(2));
+    assert!(
+        !msgs.iter().any(|m| m.starts_with("REFER ")),
+        "a REFER went out: {msgs:?}"
+    );
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = trunk.recv_from(&mut buf) {
+            panic!(
+                "the trunk got: {}",
+                String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("")
+            );
+        }
+    }
+    let metrics = gw.get_noauth("/metrics").unwrap().text();
+    assert!(
+        metrics.contains("voxgate_transfers_refused_total"),
+        "refusals are counted"
+    );
+    caller.bye(cseq);
+}
+
+// ---- reflection / floods ---------------------------------------------------------------------
+
+/// Row "Reflection / slot exhaustion", admission part: INVITEs that are never ACKed hold at
+/// most `max_unconfirmed_per_source` answered calls; the rest get 503 with Retry-After.
+#[test]
+fn unacked_invites_have_a_small_budget() {
+    let gw = Gateway::builder()
+        .flow_yaml(HOLD_FLOW)
+        .toml("[sip]\nmax_unconfirmed_per_source = 2\ninvite_rate_per_source = 0.0")
+        .start();
+    let mut p = Peer::bind(gw.sip_addr(), "127.0.0.9");
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let inv = invite(&mut p, n);
+        ids.push(p.call_id.clone());
+        p.send(&inv);
+    }
+    let msgs = drain(&p, Duration::from_secs(3));
+    let finals: Vec<Option<u16>> = ids.iter().map(|id| final_status_for(&msgs, id)).collect();
+    let answered = finals.iter().filter(|s| **s == Some(200)).count();
+    let busy = finals.iter().filter(|s| **s == Some(503)).count();
+    assert_eq!(answered, 2, "{finals:?}\n{}", gw.log_tail(30));
+    assert_eq!(busy, 4, "{finals:?}");
+    assert!(msgs
+        .iter()
+        .filter(|m| status(m) == Some(503))
+        .all(|m| header(m, "Retry-After").is_some()));
+    // Another source has its own budget.
+    let mut other = Peer::new(gw.sip_addr());
+    other.call();
+    other.bye(2);
+}
+
+/// Per-source INVITE rate limit: a burst beyond the limit gets 503 + Retry-After, a source that
+/// keeps going is ignored, and other sources are unaffected.
+#[test]
+fn invite_flood_is_rate_limited_per_source() {
+    let gw = Gateway::builder()
+        .flow_yaml(HOLD_FLOW)
+        .toml("[sip]\ninvite_rate_per_source = 0.5\ninvite_burst_per_source = 3\nmax_unconfirmed_per_source = 100\nmax_unconfirmed = 100")
+        .start();
+    let mut p = Peer::bind(gw.sip_addr(), "127.0.0.10");
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let inv = invite(&mut p, n);
+        ids.push(p.call_id.clone());
+        p.send(&inv);
+    }
+    let msgs = drain(&p, Duration::from_secs(3));
+    let finals: Vec<Option<u16>> = ids.iter().map(|id| final_status_for(&msgs, id)).collect();
+    assert_eq!(
+        finals.iter().filter(|s| **s == Some(200)).count(),
+        3,
+        "{finals:?}"
+    );
+    let limited = finals.iter().filter(|s| **s == Some(503)).count();
+    let silent = finals.iter().filter(|s| s.is_none()).count();
+    assert_eq!(limited, 3, "503 up to the burst size, then silence: {finals:?}");
+    assert_eq!(silent, 6, "{finals:?}");
+    assert!(gw.log_contains("SIP request refused"));
+    let mut other = Peer::new(gw.sip_addr());
+    other.call();
+    other.bye(2);
+}
+
+/// Scanners (by User-Agent) get no answer at all, to OPTIONS or INVITE.
+#[test]
+fn scanners_get_silence() {
+    let gw = Gateway::builder().flow_yaml(HOLD_FLOW).start();
+    let mut p = Peer::bind(gw.sip_addr(), "127.0.0.11");
+    let opt = p
+        .request("OPTIONS", 1, "scan1", None)
+        .replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nUser-Agent: friendly-scanner\r\n");
+    p.send(&opt);
+    let inv = invite(&mut p, 1).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nUser-Agent: sipvicious\r\n",
+    );
+    p.send(&inv);
+    let msgs = drain(&p, Duration::from_secs(2));
+    assert!(msgs.is_empty(), "{msgs:?}");
+    // The same OPTIONS without the scanner's name is answered.
+    p.send(&p.request("OPTIONS", 2, "scan2", None));
+    assert!(p.recv_until(T5, |m| status(m) == Some(200)).is_some());
+}
+
+// ---- fingerprinting --------------------------------------------------------------------------
+
+/// Row "Fingerprinting": no version in Server / User-Agent, and the bridged leg's Call-ID is
+/// ours (not the SIP library's domain).
+#[test]
+fn no_version_in_headers_and_own_call_id_on_the_bridged_leg() {
+    let gw = Gateway::builder()
+        .toml("[transfer]\nmode = \"bridge\"")
+        .start();
+    let trunk = UdpSocket::bind(("127.0.0.1", gw.trunk_port)).unwrap();
+    trunk
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut probe = Peer::new(gw.sip_addr());
+    probe.send(&probe.request("OPTIONS", 1, "fp1", None));
+    let (_, ok) = probe
+        .recv_until(T5, |m| status(m) == Some(200))
+        .expect("OPTIONS answered");
+    let server = header(&ok, "Server")
+        .or_else(|| header(&ok, "User-Agent"))
+        .unwrap_or("");
+    assert!(
+        !server.contains('/') && !server.contains(env!("CARGO_PKG_VERSION")),
+        "version leaked: {server:?}"
+    );
+    let mut caller = Peer::new(gw.sip_addr());
+    caller.call();
+    caller.info_digit(2, '1');
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut far_invite = None;
+    while Instant::now() < deadline && far_invite.is_none() {
+        if let Ok((n, _)) = trunk.recv_from(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.starts_with("INVITE ") {
+                far_invite = Some(m);
+            }
+        }
+    }
+    let far = far_invite.unwrap_or_else(|| panic!("no INVITE to the trunk\n{}", gw.log_tail(40)));
+    let call_id = header(&far, "Call-ID").unwrap_or("");
+    assert!(
+        !call_id.contains("restsend") && call_id.ends_with("@127.0.0.1"),
+        "{call_id}"
+    );
+    let ua = header(&far, "User-Agent").unwrap_or("");
+    assert!(!ua.contains('/'), "version leaked on the bridged leg: {ua}");
+    caller.bye(3);
+}
+
+// ---- dialog correctness ----------------------------------------------------------------------
+
+/// Row "INFO before the ACK": an INFO after our 200 and before the ACK is answered and its
+/// digit reaches the call.
+#[test]
+fn info_before_the_ack_is_answered_and_acted_on() {
+    let gw = Gateway::builder().flow_yaml(HOLD_FLOW).start();
+    let mut p = Peer::new(gw.sip_addr());
+    let inv = invite(&mut p, 1);
+    p.send(&inv);
+    p.recv_until(T5, |m| status(m) == Some(200))
+        .expect("200 for the INVITE");
+    let info = p
+        .request("INFO", 2, "early-info", Some("Signal=7\r\nDuration=160\r\n"))
+        .replace("application/sdp", "application/dtmf-relay");
+    p.send(&info);
+    let got = p.recv_until(Duration::from_secs(3), |m| {
+        status(m).is_some() && m.contains("2 INFO")
+    });
+    let (_, resp) = got.unwrap_or_else(|| panic!("INFO not answered\n{}", gw.log_tail(40)));
+    assert_eq!(status(&resp), Some(200), "{resp}");
+    assert!(
+        gw.wait_for_log("digit=7", T5),
+        "digit lost\n{}",
+        gw.log_tail(40)
+    );
+    p.send(&p.request("ACK", 1, "ack1", None));
+    p.bye(3);
+    let _ = body;
+}
+
+// ---- TCP -------------------------------------------------------------------------------------
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Is the server side of `s` closed (EOF or reset) within `within`?
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let deadline = Instant::now() + within;
+    let mut b = [0u8; 64];
+    while Instant::now() < deadline {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Row "Slowloris": connections that trickle bytes are closed at the header deadline, a source
+/// cannot open more than its cap, and the memory comes back. A real TCP call still works.
+#[test]
+fn slowloris_tcp_connections_are_cut_and_capped() {
+    let gw = Gateway::builder()
+        .flow_yaml(HOLD_FLOW)
+        .toml("[sip]\ntcp_header_timeout_s = 2\ntcp_max_connections_per_source = 4\ntcp_max_connections = 64")
+        .start();
+    let pid = gw.pid().unwrap();
+    let addr: SocketAddr = gw.sip_addr();
+    let rss_before = rss_kb(pid);
+    // 40 sources x 1 byte: every one is cut at the header deadline.
+    let mut conns: Vec<TcpStream> = (0..40)
+        .map(|i| socket_from(&format!("127.0.1.{}:0", i + 1), addr))
+        .collect();
+    for c in conns.iter_mut() {
+        c.write_all(b"I").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    for c in conns.iter_mut() {
+        let _ = c.write_all(b"N");
+    }
+    let rss_peak = rss_kb(pid);
+    let mut cut = 0;
+    for c in conns.iter_mut() {
+        if closed_within(c, Duration::from_secs(4)) {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 40, "every trickling connection is cut at the header deadline");
+    // Per-source cap: the 5th connection from one address is closed at once.
+    let mut same: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let fifth = same.last_mut().unwrap();
+    assert!(closed_within(fifth, Duration::from_secs(2)), "cap per source");
+    assert!(!closed_within(&mut same[0], Duration::from_millis(500)));
+    drop(same);
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = rss_kb(pid);
+    eprintln!("RSS kB: before {rss_before}, with 40 connections {rss_peak}, after {rss_after}");
+    assert!(
+        rss_after < rss_before + 4096,
+        "memory not returned: {rss_before} -> {rss_after} kB"
+    );
+    assert!(gw.log_contains("over the connection cap"));
+    // A real call over TCP still works.
+    require_sipp();
+    Sipp::uac("uac_short.xml", gw.sip_addr())
+        .tcp()
+        .run()
+        .assert_success();
+}
+
+/// A TCP connection from a chosen loopback address (another "host").
+fn socket_from(local: &str, to: SocketAddr) -> TcpStream {
+    let local: SocketAddr = local.parse().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&local.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
