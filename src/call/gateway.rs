@@ -1,9 +1,11 @@
-//! The running gateway: shared state for every call, start-up, the accept loop, flow reload
-//! and graceful shutdown (CONTRACT §1).
+//! The running gateway, and its composition root: builds the [`Shared`] services, starts
+//! HTTP and SIP, spawns a call task per INVITE, reloads the flow and drains on shutdown
+//! (CONTRACT §1).
 
 use super::cdr::JsonLines;
 use super::ports::PortAllocator;
 use super::registry::{Control, Registry};
+use super::shared::Shared;
 use crate::config::{Config, Validated};
 use crate::flow::FlowDefinition;
 use crate::media::prompts::PromptCache;
@@ -11,9 +13,9 @@ use crate::media::recorder::{ChannelMode, Recorder, RecorderConfig};
 use crate::media::tts::Tts;
 use crate::phone::DestinationPolicy;
 use crate::sip::{SipServer, SipServerConfig};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -30,37 +32,6 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
-}
-
-/// What every call shares.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub validated: Arc<Validated>,
-    pub registry: Arc<Registry>,
-    flow: RwLock<Arc<FlowDefinition>>,
-    pub prompts: Arc<PromptCache>,
-    pub tts: Arc<Tts>,
-    pub recorder: Recorder,
-    pub ports: PortAllocator,
-    pub cdrs: JsonLines,
-    pub events: Arc<JsonLines>,
-    /// The address written into SDP (external_ip when behind NAT).
-    pub advertised_ip: IpAddr,
-    /// Where forwards may go (`transfer.allow` / `transfer.deny`).
-    pub policy: DestinationPolicy,
-    sip: OnceLock<Arc<SipServer>>,
-}
-
-impl Shared {
-    /// The SIP stack, once it is up.
-    pub fn sip(&self) -> Option<Arc<SipServer>> {
-        self.sip.get().cloned()
-    }
-
-    /// The flow new calls start with; calls keep the version they started with.
-    pub fn flow(&self) -> Arc<FlowDefinition> {
-        self.flow.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
 }
 
 pub struct Gateway {
@@ -101,7 +72,7 @@ impl Gateway {
         let listen_ip = validated.sip_listen.ip();
         let shared = Arc::new(Shared {
             registry: registry.clone(),
-            flow: RwLock::new(flow),
+            flow: std::sync::RwLock::new(flow),
             prompts,
             tts,
             recorder: Recorder::new(rec_config),
@@ -114,7 +85,8 @@ impl Gateway {
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            sip: OnceLock::new(),
+            requests: None,
+            sip: std::sync::OnceLock::new(),
             config: config.clone(),
             validated: validated.clone(),
         });
@@ -158,7 +130,7 @@ impl Gateway {
             tokio::spawn(async move {
                 while let Some(call) = calls.recv().await {
                     let shared = shared.clone();
-                    tokio::spawn(super::session::run(shared, call));
+                    tokio::spawn(super::task::run(shared, call));
                 }
             });
         }

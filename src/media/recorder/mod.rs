@@ -33,8 +33,6 @@ pub use recovery::{recover_dir, RecoveryReport};
 pub use retention::sweep_retention;
 pub use sidecar::{RecordingMeta, RecordingStatus, Sidecar};
 
-use crate::flow::FlowEvent;
-
 /// Metric names, in one place so docs and dashboards can find them.
 pub mod metric {
     pub const STARTED: &str = "voxgate_recordings_started_total";
@@ -56,7 +54,7 @@ pub mod metric {
     }
 }
 
-/// What happened to a recording, for the call to pass on to its flow.
+/// What happened to a recording (the call passes it on to its flow; media knows no flow).
 ///
 /// Every `Recorder::start` produces exactly one `Started` or `Failed`. After `Started` come
 /// `Stopped` (when the call stops it) and then `Ready` or `Failed` from the writer.
@@ -80,29 +78,6 @@ pub enum RecorderEvent {
         /// Frames lost to a full writer queue (written as silence).
         overflow_frames: u64,
     },
-}
-
-impl From<RecorderEvent> for FlowEvent {
-    fn from(e: RecorderEvent) -> Self {
-        match e {
-            RecorderEvent::Started { id } => FlowEvent::RecordingStarted { id: id.to_string() },
-            RecorderEvent::Stopped { id } => FlowEvent::RecordingStopped { id: id.to_string() },
-            RecorderEvent::Failed { id, reason } => FlowEvent::RecordingFailed {
-                id: Some(id.to_string()),
-                reason,
-            },
-            RecorderEvent::Ready {
-                id,
-                duration_ms,
-                sha256,
-                ..
-            } => FlowEvent::RecordingReady {
-                id: id.to_string(),
-                duration_ms,
-                sha256,
-            },
-        }
-    }
 }
 
 /// Why a recording could not start or a directory could not be processed.

@@ -1,0 +1,50 @@
+//! What every call shares: configuration, the registry, prompt/TTS/recorder services, the CDR
+//! and event files, the forward policy and the SIP stack. Built once by the gateway (the
+//! composition root) and handed to each call task; it depends on neither.
+
+use super::cdr::JsonLines;
+use super::executor::RequestExecutor;
+use super::ports::PortAllocator;
+use super::registry::Registry;
+use crate::config::{Config, Validated};
+use crate::flow::FlowDefinition;
+use crate::media::prompts::PromptCache;
+use crate::media::recorder::Recorder;
+use crate::media::tts::Tts;
+use crate::phone::DestinationPolicy;
+use crate::sip::SipServer;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// What every call shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub validated: Arc<Validated>,
+    pub registry: Arc<Registry>,
+    pub(super) flow: RwLock<Arc<FlowDefinition>>,
+    pub prompts: Arc<PromptCache>,
+    pub tts: Arc<Tts>,
+    pub recorder: Recorder,
+    pub ports: PortAllocator,
+    pub cdrs: JsonLines,
+    pub events: Arc<JsonLines>,
+    /// The address written into SDP (external_ip when behind NAT).
+    pub advertised_ip: IpAddr,
+    /// Where forwards may go (`transfer.allow` / `transfer.deny`).
+    pub policy: DestinationPolicy,
+    /// Runs integration steps (`FlowAction::Request`); `None` answers them `not_configured`.
+    pub requests: Option<Arc<dyn RequestExecutor>>,
+    pub(super) sip: OnceLock<Arc<SipServer>>,
+}
+
+impl Shared {
+    /// The SIP stack, once it is up.
+    pub fn sip(&self) -> Option<Arc<SipServer>> {
+        self.sip.get().cloned()
+    }
+
+    /// The flow new calls start with; calls keep the version they started with.
+    pub fn flow(&self) -> Arc<FlowDefinition> {
+        self.flow.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

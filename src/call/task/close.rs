@@ -1,0 +1,233 @@
+//! Close conversation and the end of the call.
+//!
+//! Close conversation keeps an order bot builders rely on: stop recording, wait (bounded)
+//! for the recordings to finalize, write the CDR, then send BYE. The waiting is the IO-free
+//! [`Closing`]; "CDR before BYE" is [`bye_last`]. When the call is over, [`Call::finish`]
+//! tells the flow, logs the summary, writes the CDR and ends the far leg.
+
+use super::cdr::{self, CallFacts, RtpCounts};
+use super::Call;
+use crate::call::state::{Command, EndReason, Input};
+use crate::flow::FlowEvent;
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How long close conversation waits for recordings to finalize (rename + SHA-256) before
+/// the BYE goes out anyway.
+pub(super) const FINALIZE_WAIT: Duration = Duration::from_millis(700);
+
+/// After the call, how long the task waits for recordings to report `ready`.
+pub(super) const AFTER_END_WAIT: Duration = Duration::from_secs(3);
+
+/// Close conversation, waiting for recordings to finalize before CDR + BYE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Closing {
+    deadline: Instant,
+    cleared_session: bool,
+    had_recording: bool,
+}
+
+impl Closing {
+    /// The flow closed at `now` (recording already stopped).
+    pub fn begin(now: Instant, cleared_session: bool, had_recording: bool) -> Closing {
+        Closing {
+            deadline: now + FINALIZE_WAIT,
+            cleared_session,
+            had_recording,
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time for CDR + BYE: every recording has finalized, or the wait is over.
+    pub fn due(&self, now: Instant, unfinished_recordings: usize) -> bool {
+        unfinished_recordings == 0 || now >= self.deadline
+    }
+
+    /// The `conversation.closed` tracked event.
+    pub fn report(&self, finalized: bool, cdr_written: bool, bye_sent: bool) -> Value {
+        json!({
+            "variables_erased": self.cleared_session,
+            "recordings_finalized": finalized,
+            "cdr_written": cdr_written,
+            "bye_sent": bye_sent,
+        })
+    }
+}
+
+/// Orders the lifecycle's commands so that BYE goes out last (after `Finish` wrote the CDR).
+pub(super) fn bye_last(cmds: Vec<Command>) -> Vec<Command> {
+    let (byes, mut rest): (Vec<Command>, Vec<Command>) =
+        cmds.into_iter().partition(|c| *c == Command::SendBye);
+    rest.extend(byes);
+    rest
+}
+
+impl Call {
+    /// Close conversation: the flow has erased its variables; finalize recordings, write the
+    /// CDR, then BYE (the order bot builders rely on).
+    pub(super) fn close_conversation(&mut self, cleared_session: bool, now: Instant) {
+        let had_recording = self.recordings.is_recording();
+        self.stop_recording(now, false);
+        // Give the writer a moment to finalize (rename + sha256) so the file is complete
+        // before the caller sees the BYE; never longer than FINALIZE_WAIT.
+        self.closing = Some(Closing::begin(now, cleared_session, had_recording));
+    }
+
+    /// Second half of close conversation: CDR, then BYE, then the final event.
+    pub(super) fn finish_close(&mut self, c: Closing) {
+        let finalized = self.recordings.unfinished() == 0;
+        if !finalized {
+            warn!(
+                pending = self.recordings.unfinished(),
+                "recordings still finalizing at BYE time"
+            );
+        }
+        self.input(Input::Hangup(EndReason::FlowClosed));
+        let bye = matches!(self.state.end_reason(), Some(EndReason::FlowClosed));
+        info!(
+            variables_erased = c.cleared_session,
+            recordings_finalized = finalized,
+            had_recording = c.had_recording,
+            cdr_written = self.cdr_written,
+            bye_sent = bye,
+            "conversation closed"
+        );
+        self.shared.events.append_queued(json!({
+            "ts": Utc::now().to_rfc3339(),
+            "call_id": self.info.call_id,
+            "name": "conversation.closed",
+            "properties": c.report(finalized, self.cdr_written, bye),
+        }));
+    }
+
+    /// The call is over: stop recording, tell the flow, write the CDR, end the far leg.
+    pub(super) fn finish(&mut self, reason: EndReason, now: Instant) {
+        self.stop_recording(now, false);
+        if self.flow_started && !self.flow_closed {
+            self.flow.handle_event(
+                FlowEvent::Ended {
+                    reason: reason.code(),
+                },
+                now,
+                Utc::now(),
+            );
+        }
+        self.cancel_outstanding();
+        let rtp = self
+            .rtp
+            .as_ref()
+            .map(|r| {
+                let s = r.stats();
+                RtpCounts {
+                    sent: s.packets_sent,
+                    received: s.packets_received,
+                    lost: s.packets_lost,
+                }
+            })
+            .unwrap_or_default();
+        let media_ms = cdr::media_ms(self.state.answered_at(), now);
+        info!(
+            reason = %reason.code(),
+            rtp_tx_packets = rtp.sent,
+            rtp_rx_packets = rtp.received,
+            rtp_lost = rtp.lost,
+            media_ms,
+            dtmf = self.dtmf_count,
+            "call ended"
+        );
+        metrics::counter!("voxgate_calls_total", "outcome" => reason.code()).increment(1);
+        let record = cdr::record(&CallFacts {
+            info: &self.info,
+            started: self.started_wall,
+            answered: self.answered_wall,
+            ended: Utc::now(),
+            reason: &reason,
+            media_ms,
+            codec: self.negotiated.as_ref().map(|n| n.codec.name()),
+            transfer: self.forward.outcome(),
+            recording_ids: self.recordings.ids(),
+            rtp,
+            dtmf_digits: self.dtmf_count,
+        });
+        self.cdr_written = self.shared.cdrs.append_or_log("CDR", &record);
+        self.rtp = None;
+        self.end_far();
+    }
+
+    /// After the call: give recordings a moment to finish so `recording.ready` is logged
+    /// and reaches the flow.
+    pub(super) async fn after_end(&mut self) {
+        let deadline = Instant::now() + AFTER_END_WAIT;
+        while self.recordings.unfinished() > 0 {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.rec_rx.recv()).await {
+                Ok(Some(e)) => self.on_recorder_event(e),
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::state::CallState;
+
+    fn ms(b: Instant, n: u64) -> Instant {
+        b + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn close_waits_for_recordings_but_never_past_700ms() {
+        let b = Instant::now();
+        let c = Closing::begin(b, true, true);
+        assert_eq!(c.deadline(), ms(b, 700));
+        assert!(!c.due(ms(b, 100), 1), "recording still finalizing");
+        assert!(c.due(ms(b, 120), 0), "finalized: go at once");
+        assert!(!c.due(ms(b, 699), 2));
+        assert!(c.due(ms(b, 700), 2), "bounded wait");
+    }
+
+    #[test]
+    fn close_without_recording_is_due_at_once() {
+        let b = Instant::now();
+        assert!(Closing::begin(b, false, false).due(b, 0));
+    }
+
+    #[test]
+    fn the_cdr_is_written_before_the_bye() {
+        // A confirmed call closed by the flow: the lifecycle says BYE then Finish; the call
+        // carries them out with Finish (CDR) first.
+        let b = Instant::now();
+        let mut s = CallState::new(b);
+        s.handle(Input::Answer, b);
+        s.handle(Input::Acked, b);
+        let cmds = s.handle(Input::Hangup(EndReason::FlowClosed), ms(b, 5));
+        assert_eq!(
+            bye_last(cmds),
+            vec![Command::Finish(EndReason::FlowClosed), Command::SendBye]
+        );
+        // Commands without a BYE keep their order.
+        let cmds = vec![Command::SendAnswer, Command::StartMedia];
+        assert_eq!(bye_last(cmds.clone()), cmds);
+    }
+
+    #[test]
+    fn the_close_report_says_what_succeeded() {
+        let c = Closing::begin(Instant::now(), true, true);
+        assert_eq!(
+            c.report(false, true, true),
+            json!({
+                "variables_erased": true,
+                "recordings_finalized": false,
+                "cdr_written": true,
+                "bye_sent": true,
+            })
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! The far leg: the B2BUA leg of a forward in bridge mode (in the call code, "bridge" means
+//! only this). Its INVITE to the trunk, its SIP events, its media, and relaying its audio and
+//! DTMF to the caller (the caller's side of the relay is in `media`).
+
+use super::caller_leg::holds;
+use super::Call;
+use crate::call::state::{EndReason, Input};
+use crate::call::transfer::TransferInput;
+use crate::media::codec::Codec;
+use crate::media::rtp::{RtpEvent, RtpSession};
+use crate::phone::E164;
+use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
+use crate::sip::{CallLeg, LegEnd, LegEvent, OutgoingInvite};
+use std::net::IpAddr;
+use std::time::Instant;
+use tracing::{info, warn, Instrument};
+
+/// The B2BUA leg towards the trunk.
+pub(super) struct FarLeg {
+    pub leg: CallLeg,
+    pub rtp: Option<RtpSession>,
+    pub local: LocalMedia,
+    pub answered: bool,
+    pub ended: bool,
+}
+
+/// What the INVITE to the trunk says.
+#[derive(Debug, Clone)]
+pub(super) struct BridgeParams<'a> {
+    pub number: &'a E164,
+    /// The trunk's `host:port`.
+    pub trunk: &'a str,
+    /// `[transfer] caller_id`, if set.
+    pub caller_id: Option<&'a str>,
+    /// The caller's From URI.
+    pub caller_uri: &'a str,
+    /// The URI the caller dialled (our side), for `Diversion`.
+    pub called_uri: &'a str,
+    pub advertised_ip: IpAddr,
+    pub credential: Option<(String, String)>,
+}
+
+/// The INVITE for the far leg, with our offer for `local`.
+pub(super) fn bridge_invite(
+    p: &BridgeParams,
+    codecs: &[Codec],
+    local: &LocalMedia,
+) -> OutgoingInvite {
+    let from = match p.caller_id {
+        Some(id) => format!("sip:{id}@{}", p.advertised_ip),
+        None if !p.caller_uri.is_empty() => p.caller_uri.to_string(),
+        None => format!("sip:anonymous@{}", p.advertised_ip),
+    };
+    OutgoingInvite {
+        target: format!("sip:{}@{}", p.number, p.trunk),
+        from,
+        from_display: None,
+        sdp: sdp::build_offer(codecs, 101, local, Direction::SendRecv),
+        headers: vec![(
+            "Diversion".into(),
+            format!("<{}>;reason=unconditional", p.called_uri),
+        )],
+        credential: p.credential.clone(),
+    }
+}
+
+/// The far side's re-INVITE (hold/unhold): our answer, if its offer is usable. Our SDP
+/// version goes up either way.
+pub(super) fn far_reoffer(
+    offer: Option<&str>,
+    codecs: &[Codec],
+    local: &mut LocalMedia,
+) -> Option<Negotiated> {
+    local.version += 1;
+    offer
+        .and_then(|t| SessionDescription::parse(t).ok())
+        .and_then(|o| sdp::negotiate_answer(&o, codecs, local).ok())
+}
+
+/// The far leg's dialog ended: once bridged, the caller's call ends with it (unless we
+/// ended it ourselves).
+pub(super) fn far_ended(end: &LegEnd, bridged: bool) -> Option<Input> {
+    (bridged && *end != LegEnd::LocalHangup).then_some(Input::Hangup(EndReason::FarEndHangup))
+}
+
+/// A response on the far leg's INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FarResponse {
+    Progress(u16),
+    Answered,
+    Rejected(u16),
+}
+
+/// What a far-leg response does: (answered, ended) flags to set, and the forward's input.
+/// Its SDP (early media or the answer) starts or updates the far leg's media first.
+pub(super) fn far_response(r: FarResponse) -> (bool, bool, TransferInput) {
+    match r {
+        FarResponse::Progress(status) => (false, false, TransferInput::BridgeProgress(status)),
+        FarResponse::Answered => (true, false, TransferInput::BridgeAnswered),
+        FarResponse::Rejected(status) => (false, true, TransferInput::BridgeFailed(status)),
+    }
+}
+
+impl Call {
+    /// B2BUA: INVITE the trunk with our offer on a fresh media port.
+    pub(super) fn start_bridge(&mut self, number: &E164) {
+        let Some(sip) = self.shared.sip() else {
+            self.transfer_input(TransferInput::BridgeFailed(0));
+            return;
+        };
+        let shared = self.shared.clone();
+        let (sock, rtcp) = match shared.ports.allocate() {
+            Ok(p) => p,
+            _ => {
+                warn!("no RTP port for the bridged leg");
+                self.transfer_input(TransferInput::BridgeFailed(0));
+                return;
+            }
+        };
+        let local = LocalMedia {
+            addr: shared.advertised_ip,
+            port: sock.local_addr().map(|a| a.port()).unwrap_or(0),
+            session_id: rand::random::<u32>() as u64,
+            version: 1,
+        };
+        let cfg = &shared.config.transfer;
+        let trunk = shared.validated.trunk.host_port();
+        let params = BridgeParams {
+            number,
+            trunk: &trunk,
+            caller_id: cfg.caller_id.as_deref(),
+            caller_uri: &self.info.from_uri,
+            called_uri: &self.info.to_uri,
+            advertised_ip: shared.advertised_ip,
+            credential: cfg.username.clone().zip(cfg.password.clone()),
+        };
+        let req = bridge_invite(&params, &shared.validated.codecs, &local);
+        info!(target = %req.target, "bridging: INVITE to the trunk");
+        match sip.invite(req) {
+            Ok((leg, events)) => {
+                self.far = Some(FarLeg {
+                    leg,
+                    rtp: None,
+                    local,
+                    answered: false,
+                    ended: false,
+                });
+                self.far_events = Some(events);
+                self.far_sock = Some(sock);
+                self.far_rtcp = Some(rtcp);
+            }
+            Err(e) => {
+                warn!(error = %e, "could not send the INVITE to the trunk");
+                self.transfer_input(TransferInput::BridgeFailed(0));
+            }
+        }
+    }
+
+    /// The forward gave up on the far leg (ring timeout, caller gone): CANCEL it.
+    pub(super) fn cancel_far(&mut self) {
+        if let Some(far) = self.far.as_mut() {
+            far.ended = true;
+            let leg = far.leg.clone();
+            tokio::spawn(async move { leg.cancel().await.ok() }.in_current_span());
+        }
+        self.drop_far();
+    }
+
+    /// Forgets the far leg, unless the caller is connected to it.
+    pub(super) fn drop_far(&mut self) {
+        if !self.bridged {
+            self.far = None;
+            self.far_events = None;
+            self.far_sock = None;
+            self.far_rtcp = None;
+        }
+    }
+
+    /// The caller hung up: end the far leg too (BYE once answered, CANCEL before).
+    pub(super) async fn hangup_far(&mut self) {
+        if let Some(far) = self.far.as_mut() {
+            if !far.ended {
+                far.ended = true;
+                let r = if far.answered {
+                    far.leg.bye().await
+                } else {
+                    far.leg.cancel().await
+                };
+                if let Err(e) = r {
+                    warn!(error = %e, "could not end the far leg");
+                }
+            }
+        }
+    }
+
+    /// The call is over: end the far leg without waiting for the answer.
+    pub(super) fn end_far(&mut self) {
+        if let Some(far) = self.far.as_mut() {
+            if !far.ended {
+                far.ended = true;
+                let leg = far.leg.clone();
+                let answered = far.answered;
+                tokio::spawn(
+                    async move {
+                        let r = if answered {
+                            leg.bye().await
+                        } else {
+                            leg.cancel().await
+                        };
+                        if let Err(e) = r {
+                            warn!(error = %e, "could not end the far leg");
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+    }
+
+    /// Starts the far leg's media from its SDP answer (early media or the 200).
+    fn far_media(&mut self, sdp_text: &str) {
+        let Some(far) = self.far.as_mut() else { return };
+        let parsed = SessionDescription::parse(sdp_text)
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                sdp::accept_answer(&self.shared.validated.codecs, &a).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(n) => {
+                if let Some(rtp) = far.rtp.as_mut() {
+                    if let Some(addr) = n.remote {
+                        rtp.set_remote(addr);
+                    }
+                    rtp.set_codec(n.codec, n.payload_type, n.telephone_event_pt);
+                    return;
+                }
+                info!(codec = n.codec.name(), remote = ?n.remote, "far leg media");
+                far.rtp = Some(RtpSession::new(
+                    super::media::rtp_config(&self.shared, &n),
+                    Instant::now(),
+                ));
+            }
+            Err(why) => warn!(%why, "far leg SDP unusable"),
+        }
+    }
+
+    fn far_response(&mut self, r: FarResponse, sdp: Option<String>) {
+        let (answered, ended, input) = far_response(r);
+        if let Some(far) = self.far.as_mut() {
+            far.answered |= answered;
+            far.ended |= ended;
+        }
+        if let Some(sdp) = sdp {
+            // Early media (ringback, announcements) is relayed to the caller too.
+            self.far_media(&sdp);
+        }
+        self.transfer_input(input);
+    }
+
+    pub(super) fn on_far_event(&mut self, ev: LegEvent) {
+        match ev {
+            LegEvent::Progress { status, sdp } => {
+                info!(status, "far leg progress");
+                self.far_response(FarResponse::Progress(status), sdp);
+            }
+            LegEvent::Answered { sdp } => {
+                info!("far leg answered");
+                if sdp.is_none() {
+                    warn!("far leg 200 OK without SDP");
+                }
+                self.far_response(FarResponse::Answered, sdp);
+            }
+            LegEvent::Rejected { status } => {
+                info!(status, "far leg refused");
+                self.far_response(FarResponse::Rejected(status), None);
+            }
+            LegEvent::Terminated(end) => {
+                info!(?end, "far leg ended");
+                if let Some(far) = self.far.as_mut() {
+                    far.ended = true;
+                }
+                if let Some(input) = far_ended(&end, self.bridged) {
+                    self.input(input);
+                }
+            }
+            LegEvent::Offer { sdp, reply } => {
+                // re-INVITE from the far side (hold/unhold): answer with our side's SDP.
+                let Some(far) = self.far.as_mut() else { return };
+                let answer = far_reoffer(
+                    sdp.as_deref(),
+                    &self.shared.validated.codecs,
+                    &mut far.local,
+                );
+                let body = match &answer {
+                    Some(n) => {
+                        if let Some(rtp) = far.rtp.as_mut() {
+                            if let Some(a) = n.remote {
+                                rtp.set_remote(a);
+                            }
+                            rtp.set_hold(holds(n));
+                        }
+                        Some(n.answer.clone())
+                    }
+                    None => None,
+                };
+                tokio::spawn(async move {
+                    match body {
+                        Some(b) => reply
+                            .respond(
+                                200,
+                                vec![("Content-Type".into(), "application/sdp".into())],
+                                Some(b.into_bytes()),
+                            )
+                            .await
+                            .ok(),
+                        None => reply.respond(488, vec![], None).await.ok(),
+                    }
+                });
+            }
+            LegEvent::Info {
+                reply,
+                content_type,
+                body,
+            } => {
+                if let Ok(d) = crate::sip::dtmf_info::parse_info_dtmf(&content_type, &body) {
+                    if let Some(rtp) = self.rtp.as_mut() {
+                        rtp.send_dtmf(d.digit, d.duration_ms.unwrap_or(100)).ok();
+                    }
+                }
+                tokio::spawn(async move { reply.respond(200, vec![], None).await.ok() });
+            }
+            LegEvent::Notify { reply, .. } => {
+                tokio::spawn(async move { reply.respond(200, vec![], None).await.ok() });
+            }
+            LegEvent::Confirmed { .. } => {}
+        }
+    }
+
+    /// Relays the far leg's audio to the caller (early media and the bridged call).
+    pub(super) fn pump_far(&mut self, now: Instant) {
+        let Some(far) = self.far.as_mut() else { return };
+        let Some(rtp) = far.rtp.as_mut() else { return };
+        if let Some(sock) = self.far_sock.as_ref() {
+            while let Some(t) = rtp.poll_transmit(now) {
+                let s = if t.rtcp {
+                    self.far_rtcp.as_ref().unwrap_or(sock)
+                } else {
+                    sock
+                };
+                s.try_send_to(&t.payload, t.dest).ok();
+            }
+        }
+        while let Some(ev) = rtp.poll_event() {
+            match ev {
+                RtpEvent::Audio {
+                    samples,
+                    lost: false,
+                    ..
+                } => {
+                    if let Some(caller) = self.rtp.as_mut() {
+                        caller.queue_audio(&samples);
+                    }
+                }
+                RtpEvent::Dtmf(d) => {
+                    if let Some(caller) = self.rtp.as_mut() {
+                        caller.send_dtmf(d.digit, d.duration_ms.max(40)).ok();
+                    }
+                }
+                RtpEvent::Inactive { .. } if self.bridged => {
+                    warn!("no RTP from the far leg: ending the bridged call");
+                    self.input(Input::Hangup(EndReason::RtpTimeout));
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phone::{parse_e164, ParseOptions};
+
+    fn local() -> LocalMedia {
+        LocalMedia {
+            addr: "192.0.2.1".parse().unwrap(),
+            port: 30000,
+            session_id: 9,
+            version: 1,
+        }
+    }
+
+    fn params<'a>(
+        number: &'a E164,
+        caller_id: Option<&'a str>,
+        caller_uri: &'a str,
+    ) -> BridgeParams<'a> {
+        BridgeParams {
+            number,
+            trunk: "10.1.1.1:5060",
+            caller_id,
+            caller_uri,
+            called_uri: "sip:bot@192.0.2.1",
+            advertised_ip: "192.0.2.1".parse().unwrap(),
+            credential: Some(("u".into(), "p".into())),
+        }
+    }
+
+    #[test]
+    fn the_far_invite_goes_to_the_trunk_with_diversion_and_our_offer() {
+        let n = parse_e164("+3225551212", &ParseOptions::default()).unwrap();
+        let req = bridge_invite(
+            &params(&n, None, "sip:alice@10.0.0.9"),
+            &[Codec::Pcma],
+            &local(),
+        );
+        assert_eq!(req.target, "sip:+3225551212@10.1.1.1:5060");
+        assert_eq!(
+            req.from, "sip:alice@10.0.0.9",
+            "the caller's identity by default"
+        );
+        assert_eq!(
+            req.headers,
+            vec![(
+                "Diversion".to_string(),
+                "<sip:bot@192.0.2.1>;reason=unconditional".to_string()
+            )]
+        );
+        assert!(
+            req.sdp.contains("m=audio 30000 RTP/AVP 8 101"),
+            "{}",
+            req.sdp
+        );
+        assert_eq!(req.credential, Some(("u".into(), "p".into())));
+    }
+
+    #[test]
+    fn the_far_caller_id_is_configured_or_the_caller_or_anonymous() {
+        let n = parse_e164("+3225551212", &ParseOptions::default()).unwrap();
+        let with_id = bridge_invite(
+            &params(&n, Some("+3220000000"), "sip:alice@x"),
+            &[Codec::Pcmu],
+            &local(),
+        );
+        assert_eq!(with_id.from, "sip:+3220000000@192.0.2.1");
+        let anonymous = bridge_invite(&params(&n, None, ""), &[Codec::Pcmu], &local());
+        assert_eq!(anonymous.from, "sip:anonymous@192.0.2.1");
+    }
+
+    #[test]
+    fn the_far_reoffer_is_answered_or_refused() {
+        let mut l = local();
+        let offer = "v=0\r\no=- 1 2 IN IP4 10.1.1.2\r\ns=-\r\nc=IN IP4 10.1.1.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendonly\r\n";
+        let n = far_reoffer(Some(offer), &[Codec::Pcmu], &mut l).expect("answer");
+        assert!(holds(&n), "the far side put us on hold");
+        assert_eq!(l.version, 2);
+        assert!(far_reoffer(Some("junk"), &[Codec::Pcmu], &mut l).is_none());
+        assert!(far_reoffer(None, &[Codec::Pcmu], &mut l).is_none());
+    }
+
+    #[test]
+    fn far_responses_drive_the_forward() {
+        assert_eq!(
+            far_response(FarResponse::Progress(183)),
+            (false, false, TransferInput::BridgeProgress(183))
+        );
+        assert_eq!(
+            far_response(FarResponse::Answered),
+            (true, false, TransferInput::BridgeAnswered)
+        );
+        assert_eq!(
+            far_response(FarResponse::Rejected(486)),
+            (false, true, TransferInput::BridgeFailed(486))
+        );
+    }
+
+    #[test]
+    fn the_far_end_hanging_up_ends_a_bridged_call_only() {
+        assert_eq!(
+            far_ended(&LegEnd::RemoteBye, true),
+            Some(Input::Hangup(EndReason::FarEndHangup))
+        );
+        assert_eq!(
+            far_ended(&LegEnd::RemoteBye, false),
+            None,
+            "still ringing: the forward decides"
+        );
+        assert_eq!(far_ended(&LegEnd::LocalHangup, true), None, "we ended it");
+    }
+}

@@ -1,0 +1,371 @@
+//! The task that runs one call, from INVITE to the CDR: a thin tokio shell that owns the
+//! call's sockets, channels and clock, and feeds the IO-free parts that decide.
+//!
+//! Split by job (each file holds its job's IO-free decisions with their tests, and the few
+//! lines of shell that carry them out):
+//! * [`setup`]: admission, SDP offer/answer, when to ring and answer, media start.
+//! * [`caller_leg`]: requests inside the caller's dialog (ACK, INFO, re-INVITE/UPDATE,
+//!   NOTIFY, BYE/CANCEL).
+//! * [`media`]: the caller's RTP session: sending, receiving, fan-out of caller audio.
+//! * [`actions`]: the one dispatch over `FlowAction`, delegating to the jobs below; the
+//!   plug-in point for step executors.
+//! * [`recording`]: start/stop and the recorder's events.
+//! * [`forward`]: forward-call validation and policy, and the forward's outcome.
+//! * [`far_leg`]: the B2BUA leg of a bridged forward ("bridge" means only this here).
+//! * [`cdr`]: the call detail record from the call's facts.
+//! * [`close`]: close conversation (recordings, CDR, then BYE) and the end of the call.
+//!
+//! Async results (TTS, the REFER transaction, integration steps, speech) come back through
+//! the call's [`Inbox`](crate::call::inbox::Inbox).
+
+mod actions;
+mod caller_leg;
+mod cdr;
+mod close;
+mod far_leg;
+mod forward;
+mod media;
+mod recording;
+mod setup;
+
+use super::inbox::{self, Delivery, Inbox, InboxSender, Outstanding};
+use super::registry::Control;
+use super::shared::Shared;
+use super::state::{CallState, Command, Input, Phase};
+use crate::flow::driver::FlowDriver;
+use crate::flow::{FlowDefinition, FlowEvent};
+use crate::media::recorder::align::CallerAligner;
+use crate::media::recorder::{ActiveRecording, RecorderEvent};
+use crate::media::rtp::RtpSession;
+use crate::sip::sdp::{LocalMedia, Negotiated};
+use crate::sip::{CallLeg, IncomingCall, InviteInfo, LegEvent};
+use chrono::Utc;
+use close::Closing;
+use far_leg::FarLeg;
+use forward::Forward;
+use recording::Recordings;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Runs a call from INVITE to the end, then removes it from the registry.
+pub async fn run(shared: Arc<Shared>, incoming: IncomingCall) {
+    let call_id = incoming.info.call_id.clone();
+    let span = info_span!("call", call_id = %call_id);
+    async move {
+        let mut call = match Call::setup(shared.clone(), incoming).await {
+            Some(c) => c,
+            None => return,
+        };
+        call.run().await;
+        shared.registry.remove(&call_id);
+    }
+    .instrument(span)
+    .await
+}
+
+struct Call {
+    shared: Arc<Shared>,
+    leg: CallLeg,
+    info: InviteInfo,
+    events: mpsc::UnboundedReceiver<LegEvent>,
+    control: mpsc::UnboundedReceiver<Control>,
+    state: CallState,
+
+    // The caller's media.
+    rtp_sock: UdpSocket,
+    rtcp_sock: UdpSocket,
+    local: LocalMedia,
+    /// Our SDP: the answer to their offer, or our offer when the INVITE had none.
+    local_sdp: String,
+    negotiated: Option<Negotiated>,
+    rtp: Option<RtpSession>,
+    /// Caller audio released by the jitter buffer, waiting for the next recording slot.
+    caller_frames: CallerAligner,
+    /// Recording slots so far: one per audio frame sent to the caller.
+    rec_slot: u64,
+
+    // The flow (embedded engine or external bot).
+    flow: FlowDriver,
+    flow_def: Arc<FlowDefinition>,
+    flow_started: bool,
+    flow_closed: bool,
+    answer_at: Option<Instant>,
+
+    // Async results.
+    inbox_tx: InboxSender,
+    inbox_rx: mpsc::UnboundedReceiver<Inbox>,
+    outstanding: Outstanding,
+
+    // Recording.
+    rec_tx: mpsc::UnboundedSender<RecorderEvent>,
+    rec_rx: mpsc::UnboundedReceiver<RecorderEvent>,
+    recordings: Recordings<ActiveRecording>,
+
+    // Forward and the bridged far leg.
+    forward: Forward,
+    far: Option<FarLeg>,
+    far_events: Option<mpsc::UnboundedReceiver<LegEvent>>,
+    far_sock: Option<UdpSocket>,
+    far_rtcp: Option<UdpSocket>,
+    /// The caller is connected to the far leg; the bot is gone.
+    bridged: bool,
+
+    // Facts for the CDR, and the end.
+    started_wall: chrono::DateTime<Utc>,
+    answered_wall: Option<chrono::DateTime<Utc>>,
+    dtmf_count: u32,
+    /// Close conversation waiting for recordings to finalize before CDR + BYE.
+    closing: Option<Closing>,
+    cdr_written: bool,
+}
+
+impl Call {
+    async fn run(&mut self) {
+        let mut rtp_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 2048];
+        let mut far_buf = vec![0u8; 2048];
+        let mut far_rtcp_buf = vec![0u8; 2048];
+        loop {
+            let now = Instant::now();
+            self.drive(now);
+            if self.state.is_ended() {
+                break;
+            }
+            let deadline = self.next_deadline(now);
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_leg_event(ev).await,
+                    None => self.input(Input::DialogFailed("SIP stack dropped the dialog".into())),
+                },
+                r = self.rtp_sock.recv_from(&mut rtp_buf) => {
+                    if let Ok((n, from)) = r {
+                        if let Some(rtp) = self.rtp.as_mut() {
+                            rtp.handle_datagram(&rtp_buf[..n], from, Instant::now());
+                        }
+                    }
+                }
+                r = self.rtcp_sock.recv_from(&mut rtcp_buf) => {
+                    if let Ok((n, from)) = r {
+                        if let Some(rtp) = self.rtp.as_mut() {
+                            rtp.handle_rtcp(&rtcp_buf[..n], from, Instant::now());
+                        }
+                    }
+                }
+                ev = recv_leg(&mut self.far_events) => match ev {
+                    Some(ev) => self.on_far_event(ev),
+                    None => self.far_events = None,
+                },
+                r = recv_udp(&self.far_sock, &mut far_buf) => {
+                    if let (Ok((n, from)), Some(far)) = (r, self.far.as_mut()) {
+                        if let Some(rtp) = far.rtp.as_mut() {
+                            rtp.handle_datagram(&far_buf[..n], from, Instant::now());
+                        }
+                    }
+                }
+                r = recv_udp(&self.far_rtcp, &mut far_rtcp_buf) => {
+                    if let (Ok((n, from)), Some(far)) = (r, self.far.as_mut()) {
+                        if let Some(rtp) = far.rtp.as_mut() {
+                            rtp.handle_rtcp(&far_rtcp_buf[..n], from, Instant::now());
+                        }
+                    }
+                }
+                Some(c) = self.control.recv() => self.on_control(c),
+                Some(m) = self.inbox_rx.recv() => self.on_inbox(m),
+                Some(e) = self.rec_rx.recv() => self.on_recorder_event(e),
+                io = self.flow.next_io() => self.flow.handle_io(io, Instant::now()),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+        self.after_end().await;
+    }
+
+    /// When the task must wake at the latest: the earliest timer of any part, within 1 s.
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let flow = if self.flow_started {
+            self.flow.poll_timeout()
+        } else {
+            None
+        };
+        earliest(
+            now,
+            [
+                self.answer_at
+                    .filter(|_| self.state.phase() == Phase::Offered),
+                self.closing.as_ref().map(|c| c.deadline()),
+                self.forward.leave_at(),
+                self.rtp.as_ref().and_then(|r| r.poll_timeout()),
+                self.forward.poll_timeout(),
+                self.far
+                    .as_ref()
+                    .and_then(|f| f.rtp.as_ref())
+                    .and_then(|r| r.poll_timeout()),
+                flow,
+            ],
+        )
+    }
+
+    /// Runs every state machine up to `now` and carries out what they ask for.
+    fn drive(&mut self, now: Instant) {
+        if self.forward.take_leave(now) {
+            self.input(Input::Hangup(super::state::EndReason::Transferred));
+        }
+        if let Some(c) = self.closing.take() {
+            if c.due(now, self.recordings.unfinished()) {
+                self.finish_close(c);
+            } else {
+                self.closing = Some(c);
+            }
+        }
+        if self.state.phase() == Phase::Offered {
+            if let Some(at) = self.answer_at {
+                if now >= at {
+                    self.answer_at = None;
+                    self.input(Input::Answer);
+                }
+            }
+        }
+        if let Some(rtp) = self.rtp.as_mut() {
+            rtp.handle_timeout(now);
+        }
+        if let Some(rtp) = self.far.as_mut().and_then(|f| f.rtp.as_mut()) {
+            rtp.handle_timeout(now);
+        }
+        let out = self.forward.handle_timeout(now);
+        self.transfer_outputs(out, now);
+        self.pump_rtp(now);
+        self.pump_far(now);
+        if self.flow_started && !self.flow_closed {
+            self.flow.handle_timeout(now);
+        }
+        self.pump_flow(now);
+    }
+
+    /// Feeds the call lifecycle and carries out its commands (the CDR before the BYE).
+    fn input(&mut self, input: Input) {
+        let now = Instant::now();
+        debug!(?input, phase = ?self.state.phase(), "call input");
+        let cmds = close::bye_last(self.state.handle(input, now));
+        for cmd in cmds {
+            self.command(cmd, now);
+        }
+    }
+
+    fn command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::SendAnswer => self.send_answer(),
+            Command::SendReject(code) => {
+                self.leg.reject(code, None).ok();
+                info!(status = code, "INVITE answered with a failure");
+            }
+            Command::StartMedia => {
+                if let Some(n) = self.negotiated.clone() {
+                    self.start_media(&n, now);
+                }
+                // Without an offer, media and the flow start when the ACK brings the answer.
+            }
+            Command::SendBye => {
+                let leg = self.leg.clone();
+                tokio::spawn(
+                    async move {
+                        match leg.bye().await {
+                            Ok(()) => info!("BYE sent and answered"),
+                            Err(e) => warn!(error = %e, "BYE failed"),
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+            Command::Finish(reason) => self.finish(reason, now),
+        }
+    }
+
+    /// Hands an event to the flow, unless it has not started or is already closed.
+    fn flow_event(&mut self, ev: FlowEvent) {
+        if let FlowEvent::Dtmf { .. } = ev {
+            self.dtmf_count += 1;
+        }
+        if self.flow_started && !self.flow_closed {
+            self.flow.handle_event(ev, Instant::now(), Utc::now());
+        }
+    }
+
+    fn on_control(&mut self, c: Control) {
+        info!(?c, "control");
+        match c {
+            Control::Pause => {
+                self.set_summary(|s| s.paused = true);
+                self.flow_event(FlowEvent::Paused);
+            }
+            Control::Resume => {
+                self.set_summary(|s| s.paused = false);
+                self.flow_event(FlowEvent::Resumed);
+            }
+            Control::Hangup => self.input(Input::Hangup(super::state::EndReason::Shutdown)),
+        }
+    }
+
+    fn on_inbox(&mut self, msg: Inbox) {
+        match inbox::route(msg, &mut self.outstanding) {
+            Delivery::Audio { id, samples } => self.queue_audio(id, &samples),
+            Delivery::Flow(ev) => {
+                if let FlowEvent::PlaybackFailed { reason, .. } = &ev {
+                    warn!(%reason, "say failed");
+                }
+                self.flow_event(ev);
+            }
+            Delivery::Transfer(input) => self.transfer_input(input),
+            Delivery::Drop(why) => debug!(why, "inbox message dropped"),
+        }
+    }
+
+    /// Changes this call's summary in the registry (`GET /v1/calls`).
+    fn set_summary(&self, f: impl FnOnce(&mut super::registry::CallSummary)) {
+        self.shared.registry.update(&self.info.call_id, f);
+    }
+}
+
+/// The earliest of `timers`, but no later than 1 s from `now` and never before it.
+fn earliest<const N: usize>(now: Instant, timers: [Option<Instant>; N]) -> Instant {
+    let cap = now + Duration::from_secs(1);
+    timers
+        .into_iter()
+        .flatten()
+        .fold(cap, |d, t| d.min(t))
+        .max(now)
+}
+
+async fn recv_leg(rx: &mut Option<mpsc::UnboundedReceiver<LegEvent>>) -> Option<LegEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_udp(
+    sock: &Option<UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_wakes_for_the_earliest_timer_within_a_second() {
+        let b = Instant::now();
+        let ms = |n| b + Duration::from_millis(n);
+        assert_eq!(earliest(b, [None, None]), ms(1000));
+        assert_eq!(earliest(b, [Some(ms(300)), Some(ms(20)), None]), ms(20));
+        assert_eq!(earliest(b, [Some(ms(5000))]), ms(1000));
+        // A timer already past wakes at once, never in the past.
+        assert_eq!(earliest(ms(50), [Some(ms(10))]), ms(50));
+    }
+}
