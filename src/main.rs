@@ -56,10 +56,6 @@ fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let (config, validated) = Config::load(&args.config)?;
     let grace = Duration::from_secs(config.shutdown_grace_s);
-    voxgate::sip::server::set_limits(voxgate::sip::server::SipLimits::from_config(
-        &config.sip,
-        &validated,
-    ));
     let gateway = Gateway::start(Arc::new(config), Arc::new(validated), args.config.clone())
         .await
         .context("start-up failed")?;

@@ -418,3 +418,89 @@ fn socket_from(local: &str, to: SocketAddr) -> TcpStream {
     s.connect(&to.into()).unwrap();
     s.into()
 }
+
+// ---- media -----------------------------------------------------------------------------------
+
+fn rtp_packet(ssrc: u32, seq: u16, ts: u32, byte: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend(std::iter::repeat_n(byte, 160));
+    p
+}
+
+/// The gateway's media address from its SDP answer.
+fn sdp_media_addr(sdp: &str) -> SocketAddr {
+    let ip = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .unwrap()
+        .trim();
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+/// Row "RTP hijack / injection": during a call, RTP with a new SSRC from another port of the
+/// same host neither takes the stream nor receives the call's audio; it is counted and logged
+/// once, and the real caller keeps getting the audio.
+#[test]
+fn rtp_from_a_foreign_port_cannot_take_the_stream() {
+    let gw = Gateway::builder().flow_yaml(HOLD_FLOW).start();
+    let mut p = Peer::new(gw.sip_addr());
+    let inv = invite(&mut p, 1);
+    p.send(&inv);
+    let (_, ok) = p
+        .recv_until(T5, |m| status(m) == Some(200))
+        .expect("200 for the INVITE");
+    let gw_media = sdp_media_addr(body(&ok));
+    p.send(&p.request("ACK", 1, "ack1", None));
+    // The caller talks from its SDP address all along.
+    let caller_media = p.media.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seq = 1u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = caller_media.send_to(&rtp_packet(0x1111, seq, u32::from(seq) * 160, 0xff), gw_media);
+                seq = seq.wrapping_add(1);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // The attacker: same host, another port, its own SSRC, 100 packets.
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    attacker
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    for seq in 0..100u16 {
+        attacker
+            .send_to(&rtp_packet(0xBAD, seq, u32::from(seq) * 160, 0x00), gw_media)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stolen = Peer::rtp_count(&attacker, Duration::from_secs(1));
+    let caller_rx = Peer::rtp_count(&p.media, Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    talker.join().unwrap();
+    assert_eq!(stolen, 0, "the attacker received the call's audio");
+    assert!(caller_rx > 20, "the caller lost its audio ({caller_rx} packets in 1 s)");
+    let foreign_logs = gw.log_count("RTP from a foreign source dropped");
+    assert_eq!(foreign_logs, 1, "logged once a minute, not per packet");
+    assert!(!gw.log_contains("remote SSRC changed"), "{}", gw.log_tail(20));
+    let metrics = gw.get_noauth("/metrics").unwrap().text();
+    let foreign: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("voxgate_rtp_foreign_packets_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(foreign >= 100.0, "foreign packets counted: {foreign}");
+    p.bye(2);
+}

@@ -120,6 +120,7 @@ impl Gateway {
                 external_ip: validated.external_ip,
                 t1: Duration::from_millis(config.sip.t1_ms),
                 user_agent: config.sip.user_agent.clone(),
+                limits: crate::sip::server::SipLimits::from_config(&config.sip, &validated),
             },
             registry.clone(),
         )

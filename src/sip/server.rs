@@ -18,7 +18,7 @@ use rsipstack::transport::TransportLayer;
 use rsipstack::EndpointBuilder;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,8 @@ pub struct SipServerConfig {
     pub external_ip: Option<IpAddr>,
     pub t1: Duration,
     pub user_agent: String,
+    /// Access control and TCP limits.
+    pub limits: SipLimits,
 }
 
 /// Who may call and how much (docs/security.md): access control for new INVITEs and the
@@ -82,14 +84,6 @@ impl SipLimits {
             },
         }
     }
-}
-
-static LIMITS: OnceLock<SipLimits> = OnceLock::new();
-
-/// Sets the limits the next [`SipServer::start`] uses (the binary calls this once, from the
-/// config; without it the defaults apply). Returns false when they were already set.
-pub fn set_limits(limits: SipLimits) -> bool {
-    LIMITS.set(limits).is_ok()
 }
 
 /// Decides whether a new INVITE may become a call. Returns the refusal (status, Retry-After
@@ -362,7 +356,7 @@ impl SipServer {
         // voxgate reads TCP itself (deadlines, caps): see `tcp`.
         let tcp_listener =
             super::tcp::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?;
-        let limits = LIMITS.get().cloned().unwrap_or_default();
+        let limits = config.limits.clone();
 
         let option = EndpointOption {
             t1: config.t1,
