@@ -504,3 +504,123 @@ fn rtp_from_a_foreign_port_cannot_take_the_stream() {
     assert!(foreign >= 100.0, "foreign packets counted: {foreign}");
     p.bye(2);
 }
+
+// ---- disk full -------------------------------------------------------------------------------
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A small tmpfs mounted for one test; unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: std::path::PathBuf, size: &str) -> SmallFs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn recordings(gw: &Gateway) -> Vec<serde_json::Value> {
+    gw.get("/v1/recordings").unwrap().json()["recordings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Row "Disk full": a recording that runs out of space ends `failed` with its reason (in the
+/// API at once, and on disk, so a restart does not turn it into `recovered`); a recording that
+/// cannot start is still listed as failed; DELETE works on failed recordings; no temp files.
+#[test]
+fn disk_full_recordings_end_failed_with_a_reason() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let mut gw = Gateway::builder().prepare();
+    let mnt = gw.dir().join("small");
+    let _fs = SmallFs::mount(mnt.clone(), "96k");
+    // Point the recordings at the small filesystem.
+    let cfg = std::fs::read_to_string(&gw.config_path).unwrap();
+    let cfg = cfg
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("dir = ") && l.contains("recordings") {
+                format!("dir = {:?}", mnt.display().to_string())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&gw.config_path, cfg).unwrap();
+    gw.start();
+
+    // Call 1 records until the disk is full (96 KiB is ~3 s of stereo audio).
+    let mut caller = Peer::new(gw.sip_addr());
+    caller.call();
+    assert!(
+        gw.wait_for_log("recording failed", Duration::from_secs(15)),
+        "{}",
+        gw.log_tail(30)
+    );
+    caller.bye(2);
+    std::thread::sleep(Duration::from_millis(500));
+    let recs = recordings(&gw);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["status"], "failed", "{recs:?}");
+    let reason = recs[0]["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.to_lowercase().contains("space"), "{reason}");
+    let first = recs[0]["id"].as_str().unwrap().to_string();
+
+    // Call 2: its recording cannot start; it is listed as failed all the same.
+    let mut caller2 = Peer::new(gw.sip_addr());
+    caller2.call();
+    std::thread::sleep(Duration::from_millis(800));
+    let recs = recordings(&gw);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert!(recs.iter().all(|r| r["status"] == "failed"), "{recs:?}");
+    caller2.bye(2);
+
+    // A restart does not turn the first into `recovered`.
+    gw.kill9();
+    gw.start();
+    let again = recordings(&gw);
+    let r1 = again
+        .iter()
+        .find(|r| r["id"] == first.as_str())
+        .unwrap_or_else(|| panic!("{again:?}"));
+    assert_eq!(r1["status"], "failed", "{again:?}");
+    assert!(r1["reason"].as_str().unwrap_or("").to_lowercase().contains("space"));
+
+    // DELETE frees the space; nothing temporary is left behind.
+    let del = gw.delete(&format!("/v1/recordings/{first}")).unwrap();
+    assert_eq!(del.status, 204, "{}", del.text());
+    let leftovers: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") || n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    gw.kill9();
+}
