@@ -164,6 +164,33 @@ pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
         }
     }
     let mut tagged = false;
+    // RFC 2543 INVITEs may lack Contact; the remote target is then the From URI (RFC 3261
+    // §8.2.2.3 / §12.1.1 need one to build the dialog).
+    if !is_response && lines[0].starts_with("INVITE ") {
+        let has = |names: &[&str]| {
+            lines.iter().skip(1).any(|l| {
+                l.split_once(':')
+                    .is_some_and(|(n, _)| names.contains(&n.trim().to_ascii_lowercase().as_str()))
+            })
+        };
+        let rfc2543 = lines.iter().skip(1).any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| {
+                matches!(n.trim().to_ascii_lowercase().as_str(), "via" | "v")
+                    && !v.to_ascii_lowercase().contains("branch=z9hg4bk")
+            })
+        });
+        if rfc2543 && !has(&["contact", "m"]) {
+            let from_uri = lines.iter().skip(1).find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                matches!(n.trim().to_ascii_lowercase().as_str(), "from" | "f")
+                    .then(|| super::server::uri_of(v.trim()))
+            });
+            if let Some(uri) = from_uri.filter(|u| u.starts_with("sip")) {
+                lines.push(format!("Contact: <{uri}>"));
+                tagged = true;
+            }
+        }
+    }
     if !is_response {
         let call_id = lines
             .iter()

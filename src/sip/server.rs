@@ -796,8 +796,21 @@ async fn new_call(
     }
     let (state_tx, state_rx) = d.dialog_layer.new_dialog_state_channel();
     let mut dialog =
-        d.dialog_layer
-            .get_or_create_server_invite(&tx, state_tx, None, Some(contact))?;
+        match d
+            .dialog_layer
+            .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+        {
+            Ok(dialog) => dialog,
+            Err(e) => {
+                // An INVITE we cannot make a dialog of is still answered (RFC 3261 §8.2).
+                let reason = e.to_string();
+                tokio::spawn(async move {
+                    let headers = vec![Header::Other("Warning".into(), format!("399 voxgate \"{}\"", reason.replace('"', "'")))];
+                    tx.reply_with(StatusCode::BadRequest, headers, None).await.ok();
+                });
+                return Err(SipError::Stack(e.to_string()));
+            }
+        };
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let span = info_span!("call", call_id = %info.call_id);
     let early = EarlyRequests {
