@@ -624,3 +624,77 @@ fn disk_full_recordings_end_failed_with_a_reason() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     gw.kill9();
 }
+
+// ---- admission and confirmation --------------------------------------------------------------
+
+/// Row "`max_calls` not enforced for INVITEs that arrive together": 8 INVITEs at once with
+/// `max_calls = 5` -> exactly 5 answered, 3 get 503 with Retry-After.
+#[test]
+fn max_calls_holds_for_simultaneous_invites() {
+    let gw = Gateway::builder()
+        .flow_yaml(HOLD_FLOW)
+        .toml("[sip]\nmax_calls = 5\ninvite_rate_per_source = 0.0\nmax_unconfirmed_per_source = 50\nmax_unconfirmed = 50")
+        .start();
+    let mut p = Peer::new(gw.sip_addr());
+    let mut batch = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        batch.push(invite(&mut p, n));
+        ids.push(p.call_id.clone());
+    }
+    for inv in &batch {
+        p.send(inv);
+    }
+    let msgs = drain(&p, Duration::from_secs(3));
+    let finals: Vec<Option<u16>> = ids.iter().map(|id| final_status_for(&msgs, id)).collect();
+    assert_eq!(
+        finals.iter().filter(|s| **s == Some(200)).count(),
+        5,
+        "{finals:?}\n{}",
+        gw.log_tail(30)
+    );
+    assert_eq!(finals.iter().filter(|s| **s == Some(503)).count(), 3, "{finals:?}");
+    assert!(msgs
+        .iter()
+        .filter(|m| status(m) == Some(503))
+        .all(|m| header(m, "Retry-After").is_some()));
+}
+
+/// Row "Reflection / slot exhaustion": INVITEs that are never ACKed get no RTP at all (nothing
+/// goes to an address that has not confirmed the dialog), leave no recording, and end at
+/// Timer H (64*T1; T1 = 100 ms here).
+#[test]
+fn unacked_invites_get_no_media_and_no_recording() {
+    let gw = Gateway::builder()
+        .toml("[sip]\nt1_ms = 100\nmax_unconfirmed_per_source = 30\ninvite_rate_per_source = 0.0")
+        .start();
+    let mut p = Peer::bind(gw.sip_addr(), "127.0.0.9");
+    for n in 0..8 {
+        let inv = invite(&mut p, n);
+        p.send(&inv);
+    }
+    // Every INVITE's SDP names the same media socket: count what reaches it.
+    let rtp = Peer::rtp_count(&p.media, Duration::from_secs(3));
+    assert_eq!(rtp, 0, "RTP sent before the ACK");
+    // Timer H: 6.4 s after the 200; the calls end as NoAck.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && active_calls(&gw) > 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(active_calls(&gw), 0, "{}", gw.log_tail(30));
+    let recs = gw.get("/v1/recordings").unwrap().json();
+    assert_eq!(
+        recs["recordings"].as_array().map(|a| a.len()),
+        Some(0),
+        "{recs}"
+    );
+    let left: Vec<_> = std::fs::read_dir(gw.recordings_dir())
+        .map(|d| d.filter_map(|e| e.ok()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    // A caller that does ACK gets its media.
+    let mut caller = Peer::new(gw.sip_addr());
+    caller.call();
+    assert!(Peer::rtp_count(&caller.media, Duration::from_secs(1)) > 10);
+    caller.bye(2);
+}

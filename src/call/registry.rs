@@ -1,10 +1,10 @@
 //! The set of live calls: admission (capacity, shutdown), a summary per call for
 //! `GET /v1/calls`, and a control channel to each call task.
 
-use crate::sip::Admission;
+use crate::sip::{Admission, Reservation};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
@@ -42,6 +42,8 @@ struct Entry {
 pub struct Registry {
     calls: Mutex<HashMap<String, Entry>>,
     max_calls: usize,
+    /// Slots reserved by admitted INVITEs, held until their calls end (atomic admission).
+    slots: Arc<AtomicUsize>,
     shutting_down: AtomicBool,
     emptied: Notify,
 }
@@ -51,6 +53,7 @@ impl Registry {
         Arc::new(Registry {
             calls: Mutex::new(HashMap::new()),
             max_calls,
+            slots: Arc::new(AtomicUsize::new(0)),
             shutting_down: AtomicBool::new(false),
             emptied: Notify::new(),
         })
@@ -149,16 +152,25 @@ impl Registry {
 }
 
 impl Admission for Registry {
-    fn admit(&self) -> Option<(u16, u32)> {
+    fn admit(&self) -> Result<Reservation, (u16, u32)> {
         if self.is_shutting_down() {
             metrics::counter!("voxgate_invites_refused_total", "reason" => "shutdown").increment(1);
-            return Some((503, 30));
+            return Err((503, 30));
         }
-        if self.len() >= self.max_calls {
+        // Reserve in one atomic step: INVITEs that arrive together each see the others.
+        let reserved = self
+            .slots
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_calls).then_some(n + 1)
+            });
+        if reserved.is_err() {
             metrics::counter!("voxgate_invites_refused_total", "reason" => "capacity").increment(1);
-            return Some((503, 5));
+            return Err((503, 5));
         }
-        None
+        let slots = self.slots.clone();
+        Ok(Reservation::new(move || {
+            slots.fetch_sub(1, Ordering::SeqCst);
+        }))
     }
 }
 
@@ -202,14 +214,25 @@ mod tests {
 
     #[test]
     fn capacity_and_shutdown_admission() {
-        let r = Registry::new(1);
-        assert_eq!(r.admit(), None);
-        let _rx = r.insert(summary("c1"));
-        assert_eq!(r.admit(), Some((503, 5)));
-        r.remove("c1");
-        assert_eq!(r.admit(), None);
+        let r = Registry::new(2);
+        let a = r.admit().expect("first slot");
+        let _b = r.admit().expect("second slot");
+        // Reserved slots count before any call is in the registry (INVITEs arriving together).
+        assert_eq!(r.admit().err(), Some((503, 5)));
+        drop(a);
+        let _c = r.admit().expect("a freed slot is reusable");
         r.begin_shutdown();
-        assert_eq!(r.admit(), Some((503, 30)));
+        assert_eq!(r.admit().err(), Some((503, 30)));
+    }
+
+    #[test]
+    fn simultaneous_admissions_never_exceed_the_limit() {
+        let r = Registry::new(5);
+        let granted: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| r.admit().ok())).collect();
+            hs.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(granted.len(), 5);
     }
 
     #[test]

@@ -163,6 +163,10 @@ pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
             spaced = true;
         }
     }
+    // `head` ends with the blank line: the split left two empty strings at the end.
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
     let mut tagged = false;
     // RFC 2543 INVITEs may lack Contact; the remote target is then the From URI (RFC 3261
     // §8.2.2.3 / §12.1.1 need one to build the dialog).
@@ -223,10 +227,6 @@ pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
     }
     if !folded && !tagged && !spaced {
         return None;
-    }
-    // `head` ends with the blank line: the split left two empty strings at the end.
-    while lines.last().is_some_and(|l| l.is_empty()) {
-        lines.pop();
     }
     let mut out = lines.join("\r\n");
     out.push_str("\r\n\r\n");

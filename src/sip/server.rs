@@ -86,10 +86,34 @@ impl SipLimits {
     }
 }
 
-/// Decides whether a new INVITE may become a call. Returns the refusal (status, Retry-After
-/// seconds) when it may not: over capacity, or shutting down.
+/// Decides whether a new INVITE may become a call: reserves its slot at once (so INVITEs that
+/// arrive together cannot all pass a check the first of them has not yet filled), or returns
+/// the refusal (status, Retry-After seconds): over capacity, or shutting down.
 pub trait Admission: Send + Sync {
-    fn admit(&self) -> Option<(u16, u32)>;
+    fn admit(&self) -> Result<Reservation, (u16, u32)>;
+}
+
+/// A reserved call slot, held for the whole call; released when dropped.
+pub struct Reservation(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Reservation {
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Reservation {
+        Reservation(Some(Box::new(release)))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reservation")
+    }
 }
 
 /// The INVITE as the rest of voxgate sees it.
@@ -114,6 +138,8 @@ pub struct IncomingCall {
     pub leg: CallLeg,
     pub info: InviteInfo,
     pub events: mpsc::UnboundedReceiver<LegEvent>,
+    /// The call's slot under `max_calls`; keep it until the call ends.
+    pub slot: Reservation,
 }
 
 /// Why a leg ended, as far as SIP is concerned.
@@ -597,18 +623,21 @@ async fn dispatch(
                         continue;
                     }
                 };
-                if let Some((status, retry_after)) = d.admission.admit() {
-                    info!(call_id = %call_id_of(&tx), status, "INVITE refused");
-                    tokio::spawn(async move {
-                        let headers =
-                            vec![Header::Other("Retry-After".into(), retry_after.to_string())];
-                        tx.reply_with(StatusCode::from(status), headers, None)
-                            .await
-                            .ok();
-                    });
-                    continue;
-                }
-                if let Err(e) = new_call(&d, tx, source, unconfirmed).await {
+                let slot = match d.admission.admit() {
+                    Ok(slot) => slot,
+                    Err((status, retry_after)) => {
+                        info!(call_id = %call_id_of(&tx), status, "INVITE refused");
+                        tokio::spawn(async move {
+                            let headers =
+                                vec![Header::Other("Retry-After".into(), retry_after.to_string())];
+                            tx.reply_with(StatusCode::from(status), headers, None)
+                                .await
+                                .ok();
+                        });
+                        continue;
+                    }
+                };
+                if let Err(e) = new_call(&d, tx, source, unconfirmed, slot).await {
                     warn!(error = %e, "could not set up a call for an INVITE");
                 }
             }
@@ -768,6 +797,7 @@ async fn new_call(
     mut tx: Transaction,
     source: Option<SocketAddr>,
     unconfirmed: Unconfirmed,
+    slot: Reservation,
 ) -> Result<(), SipError> {
     let transport_name = match tx.connection.as_ref() {
         Some(rsipstack::transport::SipConnection::Channel(c))
@@ -848,6 +878,7 @@ async fn new_call(
         leg,
         info,
         events: events_rx,
+        slot,
     };
     d.calls
         .send(call)

@@ -120,6 +120,8 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// This call's slot under `max_calls` (released when the task ends).
+    _slot: crate::sip::Reservation,
 }
 
 impl Call {
@@ -261,10 +263,13 @@ impl Call {
                 info!(status = code, "INVITE answered with a failure");
             }
             Command::StartMedia => {
-                if let Some(n) = self.negotiated.clone() {
-                    self.start_media(&n, now);
+                // At the ACK. Without an offer in the INVITE, the ACK's answer already
+                // started media (`accept_ack_answer`).
+                if self.rtp.is_none() {
+                    if let Some(n) = self.negotiated.clone() {
+                        self.start_media(&n, now);
+                    }
                 }
-                // Without an offer, media and the flow start when the ACK brings the answer.
             }
             Command::SendBye => {
                 let leg = self.leg.clone();

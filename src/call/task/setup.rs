@@ -94,7 +94,12 @@ impl Call {
     /// Registers the call, binds its media sockets and negotiates SDP. Returns None when the
     /// INVITE was refused (the response has been sent).
     pub(super) async fn setup(shared: Arc<Shared>, incoming: IncomingCall) -> Option<Call> {
-        let IncomingCall { leg, info, events } = incoming;
+        let IncomingCall {
+            leg,
+            info,
+            events,
+            slot,
+        } = incoming;
         let now = Instant::now();
         let started_wall = Utc::now();
         info!(
@@ -200,6 +205,7 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
+            _slot: slot,
         })
     }
 
