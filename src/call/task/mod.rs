@@ -120,6 +120,8 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// Digits that arrived before the flow started (handed over when it starts).
+    early_dtmf: Vec<FlowEvent>,
     /// This call's slot under `max_calls` (released when the task ends).
     _slot: crate::sip::Reservation,
 }
@@ -294,6 +296,10 @@ impl Call {
         }
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(ev, Instant::now(), Utc::now());
+        } else if !self.flow_closed && matches!(ev, FlowEvent::Dtmf { .. }) {
+            // A digit typed between our 200 and the caller's ACK (INFO) waits for the flow,
+            // which starts at the ACK.
+            self.early_dtmf.push(ev);
         }
     }
 

@@ -205,6 +205,7 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
+            early_dtmf: Vec::new(),
             _slot: slot,
         })
     }
@@ -237,6 +238,9 @@ impl Call {
             self.flow_started = true;
             let ev = FlowEvent::Started(session_info(&self.info, n.codec.name()));
             self.flow.handle_event(ev, now, Utc::now());
+        }
+        for ev in std::mem::take(&mut self.early_dtmf) {
+            self.flow_event(ev);
         }
     }
 
