@@ -229,7 +229,7 @@ impl Default for SipConfig {
                 "pplsip".into(),
             ],
             tcp_header_timeout_s: 5,
-            tcp_idle_timeout_s: 120,
+            tcp_idle_timeout_s: 300,
             tcp_max_connections_per_source: 16,
             tcp_max_connections: 512,
         }
