@@ -16,6 +16,9 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+# Security tests: nftables (SIP loss in network namespaces), iproute2 (ip netns), mount (tmpfs).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
 if ((${#missing[@]})); then
@@ -61,5 +64,24 @@ cargo clippy --all-targets -- -D warnings
 
 echo "==> cargo test (release)"
 cargo test --release --all-targets -- --test-threads="${VOXGATE_TEST_THREADS:-4}"
+
+# --- fuzz smoke run (docs/security.md) ------------------------------------------------------
+# A few seconds per parser from the committed corpus; long runs are documented, not in CI.
+if [[ ${VOXGATE_SKIP_FUZZ:-0} != 1 ]]; then
+    echo "==> fuzz smoke run"
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+    for t in sip_guard sdp rtp_session bodies; do
+        work=$(mktemp -d)
+        cp tests/fuzz/corpus/"$t"/* "$work"/
+        if ! cargo fuzz run --fuzz-dir tests/fuzz -s none "$t" "$work" -- \
+            -max_total_time="${VOXGATE_FUZZ_SECONDS:-10}" -print_final_stats=1 >"$work.log" 2>&1; then
+            tail -n 40 "$work.log" >&2
+            echo "error: fuzz target $t failed" >&2
+            exit 1
+        fi
+        echo "$t: $(grep -m1 'stat::number_of_executed_units' "$work.log" || echo 'no stats')"
+        rm -rf "$work" "$work.log"
+    done
+fi
 
 echo "==> all checks passed"
