@@ -21,6 +21,14 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
+# Scale-out test (tests/scale_out.rs): Kamailio in front, PostgreSQL behind (initdb/pg_ctl
+# under /usr/lib/postgresql/<version>/bin, run as the postgres user via runuser).
+command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The Twilio tests run a pipecat bot (tests/ecosystem) from a venv made below.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${missing[*]}"
@@ -35,6 +43,20 @@ fi
 if [[ $(id -u) -ne 0 ]]; then
     # SIPp's play_pcap_audio (RFC 4733 DTMF in the scenarios) opens a raw socket.
     echo "warning: not root; SIPp scenarios that replay DTMF pcaps will fail" >&2
+fi
+
+# --- Python packages for the ecosystem test: pipecat, pinned, in target/ecosystem-venv ------
+eco_venv=target/ecosystem-venv
+eco_check='import pipecat.serializers.twilio, fastapi, uvicorn'
+if ! "$eco_venv/bin/python" -c "$eco_check" >/dev/null 2>&1 \
+    || ! cmp -s tests/ecosystem/requirements.txt "$eco_venv/requirements.txt"; then
+    echo "==> installing pipecat into $eco_venv (tests/ecosystem/requirements.txt)"
+    rm -rf "$eco_venv"
+    python3 -m venv "$eco_venv"
+    "$eco_venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+        -r tests/ecosystem/requirements.txt
+    "$eco_venv/bin/python" -c "$eco_check" >/dev/null
+    cp tests/ecosystem/requirements.txt "$eco_venv/requirements.txt"
 fi
 
 # --- versions -------------------------------------------------------------------------------
@@ -54,6 +76,10 @@ fi
 echo "${sipp_banner# }"
 first_line espeak-ng --version
 first_line sox --version
+first_line kamailio -v
+first_line "$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n1)" --version
+first_line python3 --version
+{ "$eco_venv/bin/pip" show pipecat-ai 2>/dev/null || true; } | sed -n 's/^Version: /pipecat-ai /p'
 
 # --- checks ---------------------------------------------------------------------------------
 echo "==> cargo fmt --check"

@@ -42,6 +42,33 @@ pub struct Config {
     pub shutdown_grace_s: u64,
     /// Where CDRs (one JSON line per call) and tracked events are appended.
     pub data_dir: PathBuf,
+    /// This node's name, written into every record (CONTRACT §10).
+    pub node: NodeConfig,
+    /// Where records go: the embedded files (default) or a shared PostgreSQL (CONTRACT §10).
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Letters, digits, '.', '_' and '-'; the host name when unset.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:pass@host:port/db`; unset keeps the embedded files in `data_dir`.
+    pub url: Option<String>,
+    /// Read the URL from this environment variable instead (keeps the password out of the file).
+    pub url_env: Option<String>,
+    /// Records waiting for the database are spooled to `data_dir/spool`, up to this size.
+    pub spool_max_mb: u64,
+    /// Give up a connection attempt or a query after this long (the record stays spooled).
+    pub timeout_ms: u64,
+    /// PEM file with the CA that signed the server's certificate (`sslmode=require|verify-full`);
+    /// the public web roots are used when unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +132,15 @@ pub struct RecordingsConfig {
     /// "stereo" (caller left, bot/far leg right) or "mixed" (mono).
     pub channels: String,
     pub retention_days: Option<u64>,
+    /// Shared storage every node can read: `file:///mnt/recordings` (a directory all nodes
+    /// mount) or `s3://bucket/prefix` (S3-compatible). Finished recordings are copied there
+    /// and checked by SHA-256. Unset: recordings stay on the node that made them.
+    pub shared_url: Option<String>,
+    /// S3 endpoint for S3-compatible stores (MinIO, Ceph, ...); AWS when unset.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Allow a plain-http endpoint (a local test store).
+    pub s3_allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +168,79 @@ pub struct FlowConfig {
     pub websocket_reconnect_attempts: u32,
     /// Events kept for `resume {last_seq}` after a reconnect.
     pub websocket_replay_buffer: usize,
+    /// The largest message from the bot that is used (larger: `too_large` error; over twice
+    /// this the socket is closed with 1009).
+    pub websocket_max_message_bytes: usize,
+    /// Twilio mode: signs the upgrade with `X-Twilio-Signature` as Twilio does. A secret.
+    pub twilio_auth_token: Option<String>,
+    /// Twilio mode: the `accountSid` in `start`/`stop` (AC + 32 hex).
+    pub twilio_account_sid: Option<String>,
+    /// Twilio mode: static `customParameters`, like `<Parameter name value>`.
+    pub twilio_parameters: std::collections::BTreeMap<String, String>,
+    /// Twilio mode: INVITE headers copied into `customParameters` (under the name given).
+    pub twilio_parameter_headers: Vec<String>,
+}
+
+impl FlowConfig {
+    /// The WebSocket message limit and the Twilio keys; (key, reason) on error.
+    fn check_websocket_limits(&self) -> Result<(), (&'static str, String)> {
+        use crate::flow::websocket::{protocol, twilio};
+        let range = protocol::MAX_MESSAGE_BYTES_RANGE;
+        if !range.contains(&self.websocket_max_message_bytes) {
+            return Err((
+                "flow.websocket_max_message_bytes",
+                format!(
+                    "{} is not between {} and {}",
+                    self.websocket_max_message_bytes,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        if let Some(sid) = &self.twilio_account_sid {
+            if !twilio::is_sid("AC", sid) {
+                return Err((
+                    "flow.twilio_account_sid",
+                    format!("`{sid}` is not AC followed by 32 lower-case hex digits"),
+                ));
+            }
+        }
+        if self.twilio_auth_token.as_deref() == Some("") {
+            return Err(("flow.twilio_auth_token", "must not be empty".into()));
+        }
+        for (name, value) in &self.twilio_parameters {
+            if name.chars().count() + value.chars().count() > twilio::MAX_PARAMETER_CHARS {
+                return Err((
+                    "flow.twilio_parameters",
+                    format!(
+                        "`{name}`: name and value together exceed Twilio's {} characters",
+                        twilio::MAX_PARAMETER_CHARS
+                    ),
+                ));
+            }
+            if name.is_empty() || twilio::BUILTIN_PARAMETERS.contains(&name.as_str()) {
+                return Err((
+                    "flow.twilio_parameters",
+                    format!(
+                        "`{name}` is empty or one voxgate sets itself ({})",
+                        twilio::BUILTIN_PARAMETERS.join(", ")
+                    ),
+                ));
+            }
+        }
+        for h in &self.twilio_parameter_headers {
+            let valid = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b));
+            if !valid || twilio::BUILTIN_PARAMETERS.contains(&h.as_str()) {
+                return Err((
+                    "flow.twilio_parameter_headers",
+                    format!("`{h}` is not a SIP header name voxgate can copy"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -200,6 +309,54 @@ impl Default for Config {
             tts: TtsConfig::default(),
             shutdown_grace_s: 10,
             data_dir: PathBuf::from("data"),
+            node: NodeConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: default_node_name(),
+        }
+    }
+}
+
+/// The host name (Linux), or "voxgate".
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_node_name(h))
+        .unwrap_or_else(|| "voxgate".to_string())
+}
+
+fn valid_node_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            url_env: None,
+            spool_max_mb: 1024,
+            timeout_ms: 5000,
+            ca_file: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The database URL from `url` or `url_env`, if any.
+    pub fn resolved_url(&self) -> Option<String> {
+        match &self.url_env {
+            Some(var) => std::env::var(var).ok().filter(|v| !v.trim().is_empty()),
+            None => self.url.clone(),
         }
     }
 }
@@ -262,6 +419,10 @@ impl Default for RecordingsConfig {
             dir: PathBuf::from("recordings"),
             channels: "stereo".into(),
             retention_days: None,
+            shared_url: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
         }
     }
 }
@@ -282,6 +443,12 @@ impl Default for FlowConfig {
             websocket_fallback_number: None,
             websocket_reconnect_attempts: 3,
             websocket_replay_buffer: 512,
+            websocket_max_message_bytes:
+                crate::flow::websocket::protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            twilio_auth_token: None,
+            twilio_account_sid: None,
+            twilio_parameters: Default::default(),
+            twilio_parameter_headers: Vec::new(),
         }
     }
 }
@@ -495,6 +662,9 @@ impl Config {
                     "must be set when a websocket failure policy is \"forward\"".into(),
                 ));
             }
+            self.flow
+                .check_websocket_limits()
+                .map_err(|(k, r)| bad(k, r))?;
         } else if self.flow.file.as_os_str().is_empty() {
             return Err(bad(
                 "flow.file",
@@ -502,6 +672,53 @@ impl Config {
             ));
         }
         let trunk = parse_trunk(&self.transfer.trunk).map_err(|r| bad("transfer.trunk", r))?;
+        if !valid_node_name(&self.node.name) {
+            return Err(bad(
+                "node.name",
+                format!(
+                    "`{}` must be 1-64 letters, digits, '.', '_' or '-'",
+                    self.node.name
+                ),
+            ));
+        }
+        if self.store.url.is_some() && self.store.url_env.is_some() {
+            return Err(bad(
+                "store.url_env",
+                "set either store.url or store.url_env, not both".into(),
+            ));
+        }
+        if let Some(var) = &self.store.url_env {
+            if self.store.resolved_url().is_none() {
+                return Err(bad(
+                    "store.url_env",
+                    format!("the environment variable `{var}` is not set"),
+                ));
+            }
+        }
+        if let Some(url) = self.store.resolved_url() {
+            crate::store::postgres::check_url(&url).map_err(|r| {
+                bad(
+                    if self.store.url_env.is_some() {
+                        "store.url_env"
+                    } else {
+                        "store.url"
+                    },
+                    r,
+                )
+            })?;
+        }
+        if self.store.spool_max_mb == 0 {
+            return Err(bad("store.spool_max_mb", "must be at least 1".into()));
+        }
+        if !(100..=600_000).contains(&self.store.timeout_ms) {
+            return Err(bad(
+                "store.timeout_ms",
+                "must be between 100 and 600000".into(),
+            ));
+        }
+        if let Some(url) = &self.recordings.shared_url {
+            crate::store::objects::check_url(url).map_err(|r| bad("recordings.shared_url", r))?;
+        }
         for (key, list) in [
             ("transfer.allow", &self.transfer.allow),
             ("transfer.deny", &self.transfer.deny),
@@ -646,6 +863,22 @@ allow = ["+32"]
             ("[recordings]\nchannels = \"quad\"", "recordings.channels"),
             ("[rtp]\ncodecs = [\"opus\"]", "rtp.codecs"),
             ("[flow]\nwebsocket_url = \"http://x\"", "flow.websocket_url"),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\nwebsocket_max_message_bytes = 100",
+                "flow.websocket_max_message_bytes",
+            ),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\ntwilio_account_sid = \"AC12\"",
+                "flow.twilio_account_sid",
+            ),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\ntwilio_parameters = { from = \"x\" }",
+                "flow.twilio_parameters",
+            ),
+            (
+                "[flow]\nwebsocket_url = \"ws://x\"\ntwilio_parameter_headers = [\"a b\"]",
+                "flow.twilio_parameter_headers",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "bad.toml").unwrap_err().to_string();

@@ -11,3 +11,4 @@ pub mod flow;
 pub mod media;
 pub mod phone;
 pub mod sip;
+pub mod store;

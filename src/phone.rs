@@ -628,13 +628,21 @@ mod tests {
         let deny: Vec<String> = DEFAULT_DENY.iter().map(|s| s.to_string()).collect();
         let p = DestinationPolicy::new(vec!["+44".into(), "+1".into(), "+32".into()], deny)
             .expect("the default deny list is valid");
-        for n in ["+449098765432", "+448712345678", "+19005551234", "+88161234567"] {
+        for n in [
+            "+449098765432",
+            "+448712345678",
+            "+19005551234",
+            "+88161234567",
+        ] {
             let e: E164 = match n.parse() {
                 Ok(e) => e,
                 Err(_) => E164(n.to_string()),
             };
             assert!(
-                matches!(p.check(&e), Err(PolicyError::Denied { .. }) | Err(PolicyError::NotAllowed { .. })),
+                matches!(
+                    p.check(&e),
+                    Err(PolicyError::Denied { .. }) | Err(PolicyError::NotAllowed { .. })
+                ),
                 "{n} must be refused"
             );
         }
@@ -643,6 +651,8 @@ mod tests {
         let ok: E164 = "+3225551212".parse().unwrap();
         assert_eq!(p.check(&ok), Ok(()));
         let premium = E164("+449098765432".into());
-        assert!(matches!(p.check(&premium), Err(PolicyError::Denied { prefix, .. }) if prefix == "+449"));
+        assert!(
+            matches!(p.check(&premium), Err(PolicyError::Denied { prefix, .. }) if prefix == "+449")
+        );
     }
 }

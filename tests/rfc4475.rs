@@ -240,9 +240,15 @@ fn torture_set_over_udp_in_a_network_namespace() {
         }
         let finals: Vec<u16> = statuses.iter().copied().filter(|s| *s >= 200).collect();
         let answered = !statuses.is_empty();
-        let liberal = ["liberal", "both acceptable", "or ignore", "may answer", "tolerated"]
-            .iter()
-            .any(|w| c.expected.contains(w));
+        let liberal = [
+            "liberal",
+            "both acceptable",
+            "or ignore",
+            "may answer",
+            "tolerated",
+        ]
+        .iter()
+        .any(|w| c.expected.contains(w));
         let is_response = bytes.starts_with(b"SIP/2.0");
         let ok = if c.name == "test" {
             true
@@ -262,12 +268,15 @@ fn torture_set_over_udp_in_a_network_namespace() {
         if ok {
             ok_count += 1;
         } else {
-            failures.push(format!("{}: got {statuses:?}; expected: {}", c.name, c.expected));
+            failures.push(format!(
+                "{}: got {statuses:?}; expected: {}",
+                c.name, c.expected
+            ));
         }
     }
     eprintln!("{}\n{ok_count}/50 as RFC 4475 asks", report.join("\n"));
     assert!(
-        gw.get_noauth("/healthz").map(|r| r.status) .ok() == Some(200),
+        gw.get_noauth("/healthz").map(|r| r.status).ok() == Some(200),
         "the gateway must survive the torture set"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));

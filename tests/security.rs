@@ -33,7 +33,12 @@ fn invite(p: &mut Peer, n: u32) -> String {
     p.to_tag = None;
     p.contact = None;
     let offer = p.sdp(&p.media, "sendrecv");
-    p.request("INVITE", 1, &format!("inv{n}x{}", peer::rand_u32()), Some(&offer))
+    p.request(
+        "INVITE",
+        1,
+        &format!("inv{n}x{}", peer::rand_u32()),
+        Some(&offer),
+    )
 }
 
 /// Every SIP message reaching `p` within `window`.
@@ -85,7 +90,10 @@ fn untrusted_source_gets_403_and_starts_nothing() {
         .map(|(_, m)| m);
     let resp = resp.unwrap_or_else(|| panic!("no final response\n{}", gw.log_tail(40)));
     assert_eq!(status(&resp), Some(403), "{resp}");
-    assert_eq!(Peer::rtp_count(&attacker.media, Duration::from_millis(800)), 0);
+    assert_eq!(
+        Peer::rtp_count(&attacker.media, Duration::from_millis(800)),
+        0
+    );
     assert_eq!(active_calls(&gw), 0);
     let recs = gw.get("/v1/recordings").unwrap().json();
     assert_eq!(recs["recordings"].as_array().map(|a| a.len()), Some(0));
@@ -146,7 +154,10 @@ fn premium_rate_forward_is_refused_by_default() {
         if let Ok((n, _)) = trunk.recv_from(&mut buf) {
             panic!(
                 "the trunk got: {}",
-                String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("")
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
             );
         }
     }
@@ -215,7 +226,10 @@ fn invite_flood_is_rate_limited_per_source() {
     );
     let limited = finals.iter().filter(|s| **s == Some(503)).count();
     let silent = finals.iter().filter(|s| s.is_none()).count();
-    assert_eq!(limited, 3, "503 up to the burst size, then silence: {finals:?}");
+    assert_eq!(
+        limited, 3,
+        "503 up to the burst size, then silence: {finals:?}"
+    );
     assert_eq!(silent, 6, "{finals:?}");
     assert!(gw.log_contains("SIP request refused"));
     let mut other = Peer::new(gw.sip_addr());
@@ -228,9 +242,10 @@ fn invite_flood_is_rate_limited_per_source() {
 fn scanners_get_silence() {
     let gw = Gateway::builder().flow_yaml(HOLD_FLOW).start();
     let mut p = Peer::bind(gw.sip_addr(), "127.0.0.11");
-    let opt = p
-        .request("OPTIONS", 1, "scan1", None)
-        .replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nUser-Agent: friendly-scanner\r\n");
+    let opt = p.request("OPTIONS", 1, "scan1", None).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nUser-Agent: friendly-scanner\r\n",
+    );
     p.send(&opt);
     let inv = invite(&mut p, 1).replace(
         "Max-Forwards: 70\r\n",
@@ -319,7 +334,12 @@ dialogs:
     p.recv_until(T5, |m| status(m) == Some(200))
         .expect("200 for the INVITE");
     let info = p
-        .request("INFO", 2, "early-info", Some("Signal=7\r\nDuration=160\r\n"))
+        .request(
+            "INFO",
+            2,
+            "early-info",
+            Some("Signal=7\r\nDuration=160\r\n"),
+        )
         .replace("application/sdp", "application/dtmf-relay");
     p.send(&info);
     let got = p.recv_until(Duration::from_secs(3), |m| {
@@ -362,8 +382,9 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
         match s.read(&mut b) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return true,
         }
     }
@@ -399,13 +420,17 @@ fn slowloris_tcp_connections_are_cut_and_capped() {
             cut += 1;
         }
     }
-    assert_eq!(cut, 40, "every trickling connection is cut at the header deadline");
+    assert_eq!(
+        cut, 40,
+        "every trickling connection is cut at the header deadline"
+    );
     // Per-source cap: the 5th connection from one address is closed at once.
-    let mut same: Vec<TcpStream> = (0..5)
-        .map(|_| TcpStream::connect(addr).unwrap())
-        .collect();
+    let mut same: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let fifth = same.last_mut().unwrap();
-    assert!(closed_within(fifth, Duration::from_secs(2)), "cap per source");
+    assert!(
+        closed_within(fifth, Duration::from_secs(2)),
+        "cap per source"
+    );
     assert!(!closed_within(&mut same[0], Duration::from_millis(500)));
     drop(same);
     drop(conns);
@@ -482,7 +507,10 @@ fn rtp_from_a_foreign_port_cannot_take_the_stream() {
         std::thread::spawn(move || {
             let mut seq = 1u16;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = caller_media.send_to(&rtp_packet(0x1111, seq, u32::from(seq) * 160, 0xff), gw_media);
+                let _ = caller_media.send_to(
+                    &rtp_packet(0x1111, seq, u32::from(seq) * 160, 0xff),
+                    gw_media,
+                );
                 seq = seq.wrapping_add(1);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -496,7 +524,10 @@ fn rtp_from_a_foreign_port_cannot_take_the_stream() {
         .unwrap();
     for seq in 0..100u16 {
         attacker
-            .send_to(&rtp_packet(0xBAD, seq, u32::from(seq) * 160, 0x00), gw_media)
+            .send_to(
+                &rtp_packet(0xBAD, seq, u32::from(seq) * 160, 0x00),
+                gw_media,
+            )
             .unwrap();
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -505,10 +536,17 @@ fn rtp_from_a_foreign_port_cannot_take_the_stream() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     talker.join().unwrap();
     assert_eq!(stolen, 0, "the attacker received the call's audio");
-    assert!(caller_rx > 20, "the caller lost its audio ({caller_rx} packets in 1 s)");
+    assert!(
+        caller_rx > 20,
+        "the caller lost its audio ({caller_rx} packets in 1 s)"
+    );
     let foreign_logs = gw.log_count("RTP from a foreign source dropped");
     assert_eq!(foreign_logs, 1, "logged once a minute, not per packet");
-    assert!(!gw.log_contains("remote SSRC changed"), "{}", gw.log_tail(20));
+    assert!(
+        !gw.log_contains("remote SSRC changed"),
+        "{}",
+        gw.log_tail(20)
+    );
     let metrics = gw.get_noauth("/metrics").unwrap().text();
     let foreign: f64 = metrics
         .lines()
@@ -625,7 +663,11 @@ fn disk_full_recordings_end_failed_with_a_reason() {
         .find(|r| r["id"] == first.as_str())
         .unwrap_or_else(|| panic!("{again:?}"));
     assert_eq!(r1["status"], "failed", "{again:?}");
-    assert!(r1["reason"].as_str().unwrap_or("").to_lowercase().contains("space"));
+    assert!(r1["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase()
+        .contains("space"));
 
     // DELETE frees the space; nothing temporary is left behind.
     let del = gw.delete(&format!("/v1/recordings/{first}")).unwrap();
@@ -668,7 +710,11 @@ fn max_calls_holds_for_simultaneous_invites() {
         "{finals:?}\n{}",
         gw.log_tail(30)
     );
-    assert_eq!(finals.iter().filter(|s| **s == Some(503)).count(), 3, "{finals:?}");
+    assert_eq!(
+        finals.iter().filter(|s| **s == Some(503)).count(),
+        3,
+        "{finals:?}"
+    );
     assert!(msgs
         .iter()
         .filter(|m| status(m) == Some(503))

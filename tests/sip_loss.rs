@@ -48,11 +48,31 @@ impl Net {
         let vb = format!("vl{id}b{tag}");
         let ok = sh(&["ip", "netns", "add", &net.a])
             && sh(&["ip", "netns", "add", &net.b])
-            && sh(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb])
+            && sh(&[
+                "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+            ])
             && sh(&["ip", "link", "set", &va, "netns", &net.a])
             && sh(&["ip", "link", "set", &vb, "netns", &net.b])
-            && sh(&["ip", "-n", &net.a, "addr", "add", &format!("{}/24", net.ip_a), "dev", &va])
-            && sh(&["ip", "-n", &net.b, "addr", "add", &format!("{}/24", net.ip_b), "dev", &vb])
+            && sh(&[
+                "ip",
+                "-n",
+                &net.a,
+                "addr",
+                "add",
+                &format!("{}/24", net.ip_a),
+                "dev",
+                &va,
+            ])
+            && sh(&[
+                "ip",
+                "-n",
+                &net.b,
+                "addr",
+                "add",
+                &format!("{}/24", net.ip_b),
+                "dev",
+                &vb,
+            ])
             && sh(&["ip", "-n", &net.a, "link", "set", &va, "up"])
             && sh(&["ip", "-n", &net.b, "link", "set", &vb, "up"])
             && sh(&["ip", "-n", &net.a, "link", "set", "lo", "up"])
@@ -70,12 +90,22 @@ impl Net {
         );
         let file = std::env::temp_dir().join(format!("vgloss-{}-{port}.nft", std::process::id()));
         std::fs::write(&file, rules).is_ok()
-            && sh(&["ip", "netns", "exec", &self.a, "nft", "-f", &file.display().to_string()])
+            && sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.a,
+                "nft",
+                "-f",
+                &file.display().to_string(),
+            ])
     }
 
     fn dropped(&self) -> String {
         Command::new("ip")
-            .args(["netns", "exec", &self.a, "nft", "list", "table", "inet", "vgloss"])
+            .args([
+                "netns", "exec", &self.a, "nft", "list", "table", "inet", "vgloss",
+            ])
             .output()
             .map(|o| {
                 String::from_utf8_lossy(&o.stdout)
@@ -148,8 +178,22 @@ dialogs:
         .arg(format!("{}:{sip_port}", net.ip_a))
         .args(["-sf", "uac_short.xml", "-i", &net.ip_b, "-mi", &net.ip_b])
         .args(["-m", &calls.to_string(), "-r", "5", "-l", "20"])
-        .args(["-nostdin", "-timeout", "180s", "-timeout_error", "-recv_timeout", "40000"])
-        .args(["-trace_err", "-error_file", &std::env::temp_dir().join(format!("vgloss-{tag}.err")).display().to_string()])
+        .args([
+            "-nostdin",
+            "-timeout",
+            "180s",
+            "-timeout_error",
+            "-recv_timeout",
+            "40000",
+        ])
+        .args([
+            "-trace_err",
+            "-error_file",
+            &std::env::temp_dir()
+                .join(format!("vgloss-{tag}.err"))
+                .display()
+                .to_string(),
+        ])
         .current_dir(sipp_dir())
         .output()
         .expect("run sipp");

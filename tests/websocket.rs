@@ -140,11 +140,19 @@ enum Script {
     Drop,
     /// Twilio Media Streams: send audio and a mark, never decide anything.
     Twilio,
+    /// Answer, send 7 s of audio in one binary message and a mark; hang up when it comes back.
+    Utterance,
 }
 
 #[derive(Default)]
 struct Seen {
     texts: Vec<Value>,
+    /// Arrival of each text message (same order as `texts`).
+    arrivals: Vec<Instant>,
+    /// When the Utterance script sent its audio.
+    utterance_sent: Option<Instant>,
+    /// The gateway's close frame status, when one came.
+    gateway_close: Option<u16>,
     schema_errors: Vec<String>,
     /// (connection number, arrival) of each binary frame and its size.
     binary: Vec<(usize, Instant, usize)>,
@@ -259,6 +267,7 @@ async fn serve(tcp: tokio::net::TcpStream, conn: usize, script: Script, seen: Ar
                     s.schema_errors.push(e);
                 }
                 s.texts.push(v.clone());
+                s.arrivals.push(Instant::now());
                 got = Some(v);
             }
             Some(Message::Binary(b)) => {
@@ -267,7 +276,11 @@ async fn serve(tcp: tokio::net::TcpStream, conn: usize, script: Script, seen: Ar
                     .binary
                     .push((conn, Instant::now(), b.len()));
             }
-            Some(Message::Close(_)) => return,
+            Some(Message::Close(f)) => {
+                seen.lock().unwrap().gateway_close = f.map(|f| u16::from(f.code));
+                // Keep reading: the reply goes out, then the stream ends.
+                continue;
+            }
             _ => {}
         }
         let is = |t: &str| got.as_ref().map(|v| v["type"] == t).unwrap_or(false);
@@ -335,6 +348,24 @@ async fn serve(tcp: tokio::net::TcpStream, conn: usize, script: Script, seen: Ar
             Script::Drop if conn == 1 && started.elapsed() > Duration::from_millis(1000) => {
                 // Drop without a close frame: the TCP connection just goes away.
                 return;
+            }
+            Script::Utterance if is("session.start") => {
+                tx.send(send(json!({"type":"answer"}))).await.ok();
+                // 7 s of a 300 Hz tone in one binary message (112 000 bytes).
+                let audio: Vec<u8> = (0..56_000)
+                    .flat_map(|i| {
+                        let t = i as f64 / 8000.0;
+                        (((t * 300.0 * std::f64::consts::TAU).sin() * 8000.0) as i16).to_le_bytes()
+                    })
+                    .collect();
+                tx.send(Message::Binary(audio.into())).await.ok();
+                tx.send(send(json!({"type":"mark","name":"utterance"})))
+                    .await
+                    .ok();
+                seen.lock().unwrap().utterance_sent = Some(Instant::now());
+            }
+            Script::Utterance if is("playback.mark") => {
+                tx.send(send(json!({"type":"hangup"}))).await.ok();
             }
             Script::Twilio
                 if !acted && got.as_ref().map(|v| v["event"] == "start").unwrap_or(false) =>
@@ -617,4 +648,66 @@ fn twilio_mode_bot_runs_unchanged() {
     assert_eq!(bot.of_type("mark")[0]["mark"]["name"], "tw-mark");
     let end = call_end(&gw);
     assert!(end.rtp_tx_packets >= 45, "tx {}", end.rtp_tx_packets);
+    // The caller hung up: `stop` is the last message, then a close frame (1000).
+    assert_eq!(events.last().map(String::as_str), Some("stop"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bot.seen.lock().unwrap().gateway_close.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bot.seen.lock().unwrap().gateway_close, Some(1000));
+}
+
+#[test]
+fn native_bot_gets_continuous_audio_through_silence_and_plays_a_whole_utterance() {
+    require_sipp();
+    let bot = Bot::start(Script::Utterance);
+    let gw = gateway(&bot, "");
+    Sipp::uac("caller_then_silent.xml", gw.sip_addr())
+        .key("customer", "c-7")
+        .timeout_s(40)
+        .run()
+        .assert_success();
+    assert!(bot.wait_for("session.end", Duration::from_secs(10)));
+    bot.assert_schema_clean();
+    assert!(
+        bot.of_type("error").is_empty(),
+        "{:#?}",
+        bot.of_type("error")
+    );
+    let s = bot.seen.lock().unwrap();
+    // The 7 s message (over the old 64 KiB limit) played whole before its mark came back.
+    let i = s
+        .texts
+        .iter()
+        .position(|v| v["type"] == "playback.mark")
+        .expect("mark");
+    assert_eq!(s.texts[i]["name"], "utterance");
+    assert_eq!(s.texts[i]["cleared"], false);
+    let played = s.arrivals[i] - s.utterance_sent.unwrap();
+    assert!(
+        played >= Duration::from_millis(6900),
+        "mark after {played:?}"
+    );
+    // Caller audio kept coming at 50 frames a second after the caller fell silent (3 s).
+    let bins = &s.binary;
+    let t0 = bins[0].1;
+    let last = bins.last().unwrap().1;
+    let secs = (last - t0).as_secs();
+    assert!(secs >= 6, "audio for only {secs} s");
+    for k in 1..secs {
+        let from = t0 + Duration::from_secs(k);
+        let n = bins
+            .iter()
+            .filter(|b| b.1 >= from && b.1 < from + Duration::from_secs(1))
+            .count();
+        assert!((40..=60).contains(&n), "{n} frames in second {k}");
+    }
+    assert!(bins.iter().all(|b| b.2 == 320));
+    // After session.end the gateway closed the socket with a close frame.
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bot.seen.lock().unwrap().gateway_close.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bot.seen.lock().unwrap().gateway_close, Some(1000));
 }

@@ -2,7 +2,8 @@
 //! endpoints for recordings, calls, CDRs and events (CONTRACT §5; docs/http-api.md).
 //!
 //! The API reads state through narrow seams (the recordings dir, the [`CallsView`] trait, the
-//! JSON-lines files, a metrics render closure) so it can be tested without a running gateway.
+//! [`crate::store::Store`], a metrics render closure) so it can be tested without a running
+//! gateway.
 
 mod auth;
 mod calls;
@@ -46,12 +47,11 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct ApiState {
     /// Bearer token for `/v1/`; an empty token locks `/v1/` entirely.
     pub token: String,
+    /// This node's recordings dir: audio made here is served from it.
     pub recordings_dir: PathBuf,
     pub calls: Arc<dyn CallsView>,
-    /// CDRs, one JSON object per line.
-    pub cdr_file: PathBuf,
-    /// Tracked events, one JSON object per line.
-    pub events_file: PathBuf,
+    /// CDRs, events, transcripts and recording metadata (embedded files or PostgreSQL).
+    pub store: Arc<dyn crate::store::Store>,
     pub metrics: MetricsRender,
 }
 

@@ -1,6 +1,8 @@
-//! `/v1/recordings`: list, metadata, audio download and delete. The sidecars in the
-//! recordings dir are the source of truth; ids from the URL are validated before any path is
-//! built, so nothing outside the dir can be reached.
+//! `/v1/recordings`: list, metadata, audio download and delete. The metadata comes from the
+//! store (the sidecars in the recordings dir, or every node's recordings in PostgreSQL); the
+//! audio from this node's recordings dir when it was made here, else from shared storage.
+//! Ids from the URL are validated before any path or key is built, so nothing outside the
+//! dir can be reached.
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -20,24 +22,11 @@ use super::error::blocking;
 use super::ranges::{self, RangeOutcome};
 use super::{parse_limit, query_map, ApiError, ApiState};
 use crate::media::recorder::sidecar::parse_rfc3339;
-use crate::media::recorder::store::{self, RecordingPaths};
+use crate::media::recorder::store::RecordingPaths;
 use crate::media::recorder::{RecordingId, RecordingStatus, Sidecar};
 
-/// Size of a canonical WAV header, to estimate a live recording's duration.
-const WAV_HEADER: u64 = 44;
-
-/// Parsed `GET /v1/recordings` query.
-#[derive(Debug, Default, PartialEq)]
-pub struct ListQuery {
-    pub call_id: Option<String>,
-    /// Inclusive lower bound on `started_at`.
-    pub since: Option<DateTime<Utc>>,
-    /// Exclusive upper bound on `started_at`.
-    pub until: Option<DateTime<Utc>>,
-    pub limit: usize,
-    /// Resume after this (started_at ms, id) sort key.
-    pub after: Option<(i64, String)>,
-}
+/// Parsed `GET /v1/recordings` query (the store's query type).
+pub use crate::store::RecordingQuery as ListQuery;
 
 impl ListQuery {
     pub fn parse(params: &HashMap<String, String>) -> Result<Self, ApiError> {
@@ -53,73 +42,20 @@ impl ListQuery {
                 })
                 .transpose()
         };
+        let after = match params.get("cursor") {
+            None => None,
+            Some(c) => Some(crate::store::decode_cursor(c).ok_or_else(|| {
+                ApiError::BadRequest("`cursor` is not a cursor returned by this API".into())
+            })?),
+        };
         Ok(ListQuery {
             call_id: params.get("call_id").cloned(),
             since: time("since")?,
             until: time("until")?,
             limit: parse_limit(params)?,
-            after: params.get("cursor").map(|c| decode_cursor(c)).transpose()?,
+            after,
         })
     }
-}
-
-/// Cursors are opaque to clients: hex of `<started_at ms>|<id>`, the sort key of the last item
-/// returned. Resuming "after a key" keeps pages stable while recordings come and go.
-fn encode_cursor(key: &(i64, String)) -> String {
-    hex::encode(format!("{}|{}", key.0, key.1))
-}
-
-fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
-    let bad = || ApiError::BadRequest("`cursor` is not a cursor returned by this API".into());
-    let raw = hex::decode(c).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (ms, id) = text.split_once('|').ok_or_else(bad)?;
-    let ms = ms.parse().map_err(|_| bad())?;
-    let id = RecordingId::parse(id).ok_or_else(bad)?;
-    Ok((ms, id.to_string()))
-}
-
-fn sort_key(s: &Sidecar) -> (i64, String) {
-    let ms = s
-        .started_at_utc()
-        .map_or(i64::MIN, |t| t.timestamp_millis());
-    (ms, s.id.clone())
-}
-
-/// Filters, sorts newest first and cuts one page; returns the page and the next cursor.
-pub fn page(items: Vec<Sidecar>, q: &ListQuery) -> (Vec<Sidecar>, Option<String>) {
-    let mut items: Vec<_> = items
-        .into_iter()
-        .filter(|s| q.call_id.as_ref().is_none_or(|c| &s.call_id == c))
-        .filter(|s| {
-            let t = s.started_at_utc();
-            q.since.is_none_or(|since| t.is_some_and(|t| t >= since))
-                && q.until.is_none_or(|until| t.is_some_and(|t| t < until))
-        })
-        .map(|s| (sort_key(&s), s))
-        .filter(|(k, _)| q.after.as_ref().is_none_or(|after| k < after))
-        .collect();
-    items.sort_by(|a, b| b.0.cmp(&a.0));
-    let more = items.len() > q.limit;
-    items.truncate(q.limit);
-    let next = more
-        .then(|| items.last().map(|(k, _)| encode_cursor(k)))
-        .flatten();
-    (items.into_iter().map(|(_, s)| s).collect(), next)
-}
-
-/// While recording, the sidecar's size fields are still zero: report the `.part` size instead.
-fn live_view(dir: &FsPath, mut s: Sidecar) -> Sidecar {
-    if s.status == RecordingStatus::Recording {
-        if let Some(id) = RecordingId::parse(&s.id) {
-            if let Ok(m) = std::fs::metadata(RecordingPaths::new(dir, &id).part) {
-                s.bytes = m.len();
-                let per_ms = u64::from(s.channels) * 2 * u64::from(s.sample_rate) / 1000;
-                s.duration_ms = m.len().saturating_sub(WAV_HEADER) / per_ms.max(1);
-            }
-        }
-    }
-    s
 }
 
 fn id_from(path: Result<Path<String>, PathRejection>) -> Result<RecordingId, ApiError> {
@@ -128,13 +64,11 @@ fn id_from(path: Result<Path<String>, PathRejection>) -> Result<RecordingId, Api
     RecordingId::parse(&raw).ok_or_else(not_found)
 }
 
-async fn load(dir: PathBuf, id: RecordingId) -> Result<Sidecar, ApiError> {
-    blocking(move || match store::read_sidecar(&dir, &id) {
-        Ok(Some(s)) => Ok(live_view(&dir, s)),
-        Ok(None) => Err(ApiError::NotFound(format!("no recording {id}"))),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    })
-    .await
+async fn load(st: &ApiState, id: &RecordingId) -> Result<Sidecar, ApiError> {
+    st.store
+        .recording(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no recording {id}")))
 }
 
 pub async fn list(
@@ -142,18 +76,7 @@ pub async fn list(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = ListQuery::parse(&query_map(query)?)?;
-    let dir = st.recordings_dir.clone();
-    let all = blocking(move || {
-        store::list(&dir)
-            .map(|v| {
-                v.into_iter()
-                    .map(|s| live_view(&dir, s))
-                    .collect::<Vec<_>>()
-            })
-            .map_err(|e| ApiError::Internal(e.to_string()))
-    })
-    .await?;
-    let (items, next) = page(all, &q);
+    let (items, next) = st.store.recordings(&q).await?;
     Ok(Json(json!({"recordings": items, "next_cursor": next})))
 }
 
@@ -162,7 +85,7 @@ pub async fn get_one(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Sidecar>, ApiError> {
     let id = id_from(path)?;
-    Ok(Json(load(st.recordings_dir.clone(), id).await?))
+    Ok(Json(load(&st, &id).await?))
 }
 
 pub async fn delete(
@@ -170,23 +93,28 @@ pub async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_from(path)?;
-    let s = load(st.recordings_dir.clone(), id.clone()).await?;
+    let s = load(&st, &id).await?;
     if s.status == RecordingStatus::Recording {
         return Err(ApiError::Conflict(format!(
             "recording {id} is still in progress; stop it first"
         )));
     }
-    let dir = st.recordings_dir.clone();
-    let deleted = id.clone();
-    blocking(move || store::delete(&dir, &deleted).map_err(|e| ApiError::Internal(e.to_string())))
-        .await?;
+    st.store.delete_recording(&id).await?;
     tracing::info!(recording = %id, "recording deleted via API");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The file to serve and its validator.
+/// Where the audio comes from.
+enum AudioSource {
+    /// A file in this node's recordings dir.
+    Local(PathBuf),
+    /// The verified copy in shared storage (made on another node, or moved off this one).
+    Shared(String),
+}
+
+/// The audio to serve and its validator.
 struct AudioFile {
-    path: PathBuf,
+    source: AudioSource,
     len: u64,
     etag: String,
 }
@@ -227,10 +155,26 @@ fn pick_audio(dir: &FsPath, id: &RecordingId, s: &Sidecar) -> Result<AudioFile, 
         }
     };
     Ok(AudioFile {
-        path,
+        source: AudioSource::Local(path),
         len: meta.len(),
         etag,
     })
+}
+
+/// The shared copy of a finished recording, if there is one.
+async fn shared_audio(st: &ApiState, s: &Sidecar) -> Result<Option<AudioFile>, ApiError> {
+    let (Some(shared), Some(key), Some(sha)) = (st.store.shared(), &s.shared_key, &s.sha256) else {
+        return Ok(None);
+    };
+    let len = shared
+        .size(key)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(len.map(|len| AudioFile {
+        source: AudioSource::Shared(key.clone()),
+        len,
+        etag: format!("\"{sha}\""),
+    }))
 }
 
 /// `GET|HEAD /v1/recordings/{id}/audio` with Range, ETag and If-None-Match / If-Range.
@@ -241,10 +185,23 @@ pub async fn audio(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = id_from(path)?;
-    let s = load(st.recordings_dir.clone(), id.clone()).await?;
+    let s = load(&st, &id).await?;
     let dir = st.recordings_dir.clone();
-    let pick_id = id.clone();
-    let file = blocking(move || pick_audio(&dir, &pick_id, &s)).await?;
+    let (pick_id, pick_s) = (id.clone(), s.clone());
+    let file = match blocking(move || pick_audio(&dir, &pick_id, &pick_s)).await {
+        Ok(f) => f,
+        Err(ApiError::NotFound(msg)) => match shared_audio(&st, &s).await? {
+            Some(f) => f,
+            None if !s.node.is_empty() && s.node != st.store.node() => {
+                return Err(ApiError::NotFound(format!(
+                    "recording {id} was made on node {} and is not in shared storage (yet)",
+                    s.node
+                )))
+            }
+            None => return Err(ApiError::NotFound(msg)),
+        },
+        Err(e) => return Err(e),
+    };
     let etag = HeaderValue::from_str(&file.etag)
         .map_err(|e| ApiError::Internal(format!("bad etag: {e}")))?;
     let text = |name| {
@@ -290,10 +247,23 @@ pub async fn audio(
             return Ok(r);
         }
     };
-    let body = if method == Method::HEAD {
+    let body = if method == Method::HEAD || len == 0 {
         Body::empty()
     } else {
-        file_body(&file.path, start, len).await?
+        match &file.source {
+            AudioSource::Local(path) => file_body(path, start, len).await?,
+            AudioSource::Shared(key) => {
+                let shared = st
+                    .store
+                    .shared()
+                    .ok_or_else(|| ApiError::Internal("shared storage vanished".into()))?;
+                let stream = shared
+                    .stream(key, start..start + len)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                Body::from_stream(stream)
+            }
+        }
     };
     resp.status(status)
         .header(header::CONTENT_TYPE, "audio/wav")
@@ -334,18 +304,6 @@ async fn file_body(path: &FsPath, start: u64, len: u64) -> Result<Body, ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::recorder::{ChannelMode, RecordingMeta};
-    use chrono::TimeZone;
-
-    fn rec(call: &str, secs: i64) -> Sidecar {
-        let at = Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap();
-        let id = RecordingId::generate(at);
-        let meta = RecordingMeta {
-            call_id: call.into(),
-            ..Default::default()
-        };
-        Sidecar::new_recording(id.as_str(), &meta, at, ChannelMode::Stereo)
-    }
 
     fn q(pairs: &[(&str, &str)]) -> Result<ListQuery, ApiError> {
         ListQuery::parse(
@@ -372,45 +330,5 @@ mod tests {
             assert!(matches!(err, ApiError::BadRequest(_)), "{bad:?}");
             assert!(err.to_string().contains(bad.0), "{err}");
         }
-    }
-
-    #[test]
-    fn pages_are_newest_first_and_stable() {
-        let items: Vec<_> = (0..7)
-            .map(|i| rec(if i % 2 == 0 { "a" } else { "b" }, i))
-            .collect();
-        let mut query = q(&[("limit", "3")]).unwrap();
-        let (p1, c1) = page(items.clone(), &query);
-        assert_eq!(
-            p1.iter().map(|s| &s.id).collect::<Vec<_>>(),
-            [&items[6].id, &items[5].id, &items[4].id]
-        );
-        // A newer recording arriving between pages does not shift the next page.
-        let mut grown = items.clone();
-        grown.push(rec("a", 100));
-        query.after = Some(decode_cursor(&c1.unwrap()).unwrap());
-        let (p2, c2) = page(grown.clone(), &query);
-        assert_eq!(p2[0].id, items[3].id);
-        query.after = Some(decode_cursor(&c2.unwrap()).unwrap());
-        let (p3, c3) = page(grown, &query);
-        assert_eq!(p3.len(), 1);
-        assert_eq!(p3[0].id, items[0].id);
-        assert_eq!(c3, None);
-    }
-
-    #[test]
-    fn filters_by_call_and_time() {
-        let items: Vec<_> = (0..6)
-            .map(|i| rec(if i < 3 { "a" } else { "b" }, i * 60))
-            .collect();
-        let since = items[1].started_at.clone();
-        let until = items[4].started_at.clone();
-        let (p, _) = page(
-            items.clone(),
-            &q(&[("since", &since), ("until", &until)]).unwrap(),
-        );
-        assert_eq!(p.len(), 3, "since inclusive, until exclusive");
-        let (p, _) = page(items, &q(&[("call_id", "a")]).unwrap());
-        assert!(p.iter().all(|s| s.call_id == "a") && p.len() == 3);
     }
 }

@@ -98,8 +98,12 @@ fn fixture() -> Fixture {
         token: TOKEN.into(),
         recordings_dir: dir.clone(),
         calls: calls.clone(),
-        cdr_file: root.join("cdrs.jsonl"),
-        events_file: root.join("events.jsonl"),
+        store: Arc::new(crate::store::file::FileStore::new(
+            "node-t".into(),
+            root.clone(),
+            dir.clone(),
+            None,
+        )),
         metrics: Arc::new(|| "# TYPE voxgate_up gauge\nvoxgate_up 1\n".to_string()),
     };
     Fixture {

@@ -2,7 +2,6 @@
 //! HTTP and SIP, spawns a call task per INVITE, reloads the flow and drains on shutdown
 //! (CONTRACT §1).
 
-use super::cdr::JsonLines;
 use super::ports::PortAllocator;
 use super::registry::{Control, Registry};
 use super::shared::Shared;
@@ -32,6 +31,8 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("{0}")]
+    Store(String),
 }
 
 pub struct Gateway {
@@ -58,9 +59,22 @@ impl Gateway {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .map_err(|e| StartError::Metrics(e.to_string()))?;
+        // After recovery, so recovered recordings are offered to the store in their final state.
+        let store = crate::store::open(&config)
+            .await
+            .map_err(StartError::Store)?;
         let mut rec_config = RecorderConfig::new(rec_dir.clone());
         if config.recordings.channels == "mixed" {
             rec_config.channels = ChannelMode::Mixed;
+        }
+        rec_config.node = config.node.name.clone();
+        {
+            let store = store.clone();
+            rec_config.sink = Some(crate::media::recorder::RecordingSink(Arc::new(
+                move |s: &crate::media::recorder::Sidecar| {
+                    store.submit(crate::store::Record::Recording(Box::new(s.clone())))
+                },
+            )));
         }
         let prompts = Arc::new(PromptCache::new());
         let tts = Arc::new(
@@ -77,8 +91,7 @@ impl Gateway {
             tts,
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
-            cdrs: JsonLines::new(config.data_dir.join("cdrs.jsonl")),
-            events: Arc::new(JsonLines::new(config.data_dir.join("events.jsonl"))),
+            store: store.clone(),
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(
                 config.transfer.allow.clone(),
@@ -96,8 +109,7 @@ impl Gateway {
             token: config.http.token.clone(),
             recordings_dir: rec_dir.clone(),
             calls: registry.clone(),
-            cdr_file: shared.cdrs.path().to_path_buf(),
-            events_file: shared.events.path().to_path_buf(),
+            store: store.clone(),
             metrics: crate::api::ApiState::prometheus(metrics),
         };
         let listener = tokio::net::TcpListener::bind(validated.http_listen)
@@ -209,6 +221,13 @@ impl Gateway {
             warn!(
                 pending = self.shared.recorder.pending(),
                 "some recordings were still finalizing at exit"
+            );
+        }
+        let store = &self.shared.store;
+        if !store.flush(Duration::from_secs(10)).await {
+            warn!(
+                status = ?store.status(),
+                "records still waiting for the database at exit; they stay spooled for the next start"
             );
         }
         self.sip.shutdown();

@@ -3,7 +3,6 @@
 //! Imports flow one way: `gateway` (composition root) builds [`shared::Shared`] and spawns a
 //! [`task`] per call; the task uses `shared`, `state`, `transfer`, `inbox`, `executor`.
 
-pub mod cdr;
 pub mod executor;
 pub mod gateway;
 pub mod inbox;

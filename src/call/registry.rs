@@ -172,6 +172,10 @@ impl Admission for Registry {
             slots.fetch_sub(1, Ordering::SeqCst);
         }))
     }
+
+    fn draining(&self) -> bool {
+        self.is_shutting_down()
+    }
 }
 
 impl crate::api::CallsView for Registry {
@@ -221,8 +225,10 @@ mod tests {
         assert_eq!(r.admit().err(), Some((503, 5)));
         drop(a);
         let _c = r.admit().expect("a freed slot is reusable");
+        assert!(!r.draining(), "full is not draining: OPTIONS stay 200");
         r.begin_shutdown();
         assert_eq!(r.admit().err(), Some((503, 30)));
+        assert!(r.draining(), "OPTIONS answer 503 from now on");
     }
 
     #[test]

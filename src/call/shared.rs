@@ -1,8 +1,7 @@
-//! What every call shares: configuration, the registry, prompt/TTS/recorder services, the CDR
-//! and event files, the forward policy and the SIP stack. Built once by the gateway (the
+//! What every call shares: configuration, the registry, prompt/TTS/recorder services, the
+//! store (CDRs, events, recording metadata), the forward policy and the SIP stack. Built once by the gateway (the
 //! composition root) and handed to each call task; it depends on neither.
 
-use super::cdr::JsonLines;
 use super::executor::RequestExecutor;
 use super::ports::PortAllocator;
 use super::registry::Registry;
@@ -26,8 +25,9 @@ pub struct Shared {
     pub tts: Arc<Tts>,
     pub recorder: Recorder,
     pub ports: PortAllocator,
-    pub cdrs: JsonLines,
-    pub events: Arc<JsonLines>,
+    /// CDRs, events, transcripts and recording metadata: the embedded files or the shared
+    /// PostgreSQL (`[store] url`). `submit` never blocks.
+    pub store: Arc<dyn crate::store::Store>,
     /// The address written into SDP (external_ip when behind NAT).
     pub advertised_ip: IpAddr,
     /// Where forwards may go (`transfer.allow` / `transfer.deny`).

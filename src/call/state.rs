@@ -211,10 +211,7 @@ mod tests {
     fn normal_call_caller_hangs_up() {
         let b = Instant::now();
         let mut c = CallState::new(b);
-        assert_eq!(
-            c.handle(Input::Answer, t(10, b)),
-            vec![Command::SendAnswer]
-        );
+        assert_eq!(c.handle(Input::Answer, t(10, b)), vec![Command::SendAnswer]);
         assert_eq!(c.handle(Input::Acked, t(20, b)), vec![Command::StartMedia]);
         assert_eq!(c.phase(), Phase::Confirmed);
         assert_eq!(

@@ -72,13 +72,11 @@ impl Collector {
         }
     }
 
-    /// After a pause the caller gets the full time again rather than an instant timeout.
-    pub fn restart_timers(&mut self, now: Instant) {
-        self.deadline = if self.digits.is_empty() {
-            self.rules.timeout.map(|t| now + t)
-        } else {
-            Some(now + self.rules.inter_digit_timeout)
-        };
+    /// After a pause the timers continue with the time that was left (they stood still).
+    pub fn shift(&mut self, by: Duration) {
+        if let Some(d) = &mut self.deadline {
+            *d += by;
+        }
     }
 }
 
@@ -185,12 +183,14 @@ mod tests {
     }
 
     #[test]
-    fn restart_after_pause_gives_full_time() {
+    fn shift_after_pause_keeps_the_time_left() {
         let t0 = Instant::now();
         let mut c = Collector::new(rules(4, Some('#'), Some(1000)), t0);
-        let later = t0 + Duration::from_secs(60);
-        c.restart_timers(later);
-        assert_eq!(c.poll_timeout(), Some(later + Duration::from_millis(1000)));
-        assert_eq!(c.handle_timeout(later), None);
+        c.shift(Duration::from_secs(60));
+        assert_eq!(
+            c.poll_timeout(),
+            Some(t0 + Duration::from_secs(60) + Duration::from_millis(1000))
+        );
+        assert_eq!(c.handle_timeout(t0 + Duration::from_secs(60)), None);
     }
 }

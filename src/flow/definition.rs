@@ -13,6 +13,8 @@ use super::collect::CollectRules;
 use super::expr::{Expr, VarPath};
 use super::session::Scope;
 use super::template::Template;
+use super::value::ValueTpl;
+use super::{ListenMode, TableOp};
 
 /// Index of a dialog inside its [`FlowDefinition`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,8 +31,12 @@ pub struct FlowDefinition {
     pub(crate) variables: Map<String, Value>,
     pub(crate) prompts_dir: PathBuf,
     pub(crate) on_error: Option<DialogId>,
+    /// What the caller hears before the conversation closes on an error nobody handles.
+    pub(crate) error_prompt: Option<Content>,
     pub(crate) dialogs: Vec<Dialog>,
     pub(crate) by_name: HashMap<String, DialogId>,
+    /// Load-time warnings (also logged): the flow runs, but an author should look.
+    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -70,26 +76,148 @@ pub(crate) enum Step {
         variable: VarPath,
         on_error: Option<DialogId>,
     },
-    Set(Vec<(VarPath, Expr)>),
-    ClearSession(Scope),
+    Set(Vec<(VarPath, ValueTpl)>),
+    ClearSession(Clear),
     Delay(Duration),
-    PauseBot,
+    PauseBot {
+        /// `max_ms`: the bot resumes by itself after this (None: only an operator resumes it).
+        max: Option<Duration>,
+        on_timeout: Option<DialogId>,
+        hold: Option<Content>,
+    },
     GetTime {
         variable: VarPath,
-        offset_minutes: i32,
+        /// `timezone` / `timezone_offset` / `offset_minutes`; None: `offset` equals `utc`.
+        zone: Option<super::clock::Zone>,
     },
     TrackEvent {
         name: Template,
-        properties: Vec<(String, Expr)>,
+        properties: Vec<(String, ValueTpl)>,
     },
     StartRecording,
     StopRecording,
     Forward {
-        to: Expr,
+        to: ValueTpl,
         on_failure: Option<DialogId>,
     },
     Close(Scope),
     Hangup,
+    /// `api`, `code`, `json_builder`, `send_mail`, `mail_report`, `table`, `knowledge_base`.
+    Request(Box<RequestStep>),
+    Offload(Box<OffloadStep>),
+    Listen(Box<ListenStep>),
+}
+
+/// What `clear_session` erases.
+#[derive(Debug, Clone)]
+pub(crate) enum Clear {
+    Scope(Scope),
+    /// `{variables: [a, b.c]}`: just these.
+    Paths(Vec<VarPath>),
+}
+
+/// Settings every waiting integration step shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    /// The flow gives up after this (and goes to the error path).
+    pub timeout: Duration,
+    /// The step's own error dialog (before the flow's `on_error`).
+    pub on_error: Option<DialogId>,
+    /// A prompt looped while the step waits.
+    pub hold: Option<Content>,
+}
+
+/// An integration step run by the call side ([`crate::flow::FlowAction::Request`]).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestStep {
+    pub kind: StepKind,
+    pub waiting: Waiting,
+    pub save_as: Option<VarPath>,
+    pub spec: RequestSpec,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum RequestSpec {
+    Api {
+        method: String,
+        url: Template,
+        headers: Vec<(String, ValueTpl)>,
+        query: Vec<(String, ValueTpl)>,
+        body: Option<ValueTpl>,
+        auth: Option<AuthSpec>,
+    },
+    Code {
+        source: Arc<str>,
+        memory_kb: u32,
+    },
+    Dispatch {
+        payload: ValueTpl,
+    },
+    Mail {
+        to: Vec<ValueTpl>,
+        cc: Vec<ValueTpl>,
+        subject: Template,
+        body: Template,
+        report: bool,
+    },
+    Table {
+        op: TableOp,
+        table: String,
+        filter: Vec<(String, ValueTpl)>,
+        values: Vec<(String, ValueTpl)>,
+    },
+    KnowledgeBase {
+        question: ValueTpl,
+        source: Option<ValueTpl>,
+        min_score: f64,
+        on_no_answer: Option<DialogId>,
+        /// Speak the answer (TTS) before going on.
+        say: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum AuthSpec {
+    Basic {
+        username: Template,
+        password: Template,
+    },
+    Bearer {
+        token: Template,
+    },
+}
+
+/// `offload`: hand the caller to a human agent.
+#[derive(Debug, Clone)]
+pub(crate) struct OffloadStep {
+    pub to: ValueTpl,
+    pub headers: Vec<(String, ValueTpl)>,
+    /// Variables sent as context; `None`: every flow variable.
+    pub context: Option<Vec<VarPath>>,
+    pub on_failure: Option<DialogId>,
+    pub waiting: Waiting,
+}
+
+/// `listen`: speech with a keypad fallback.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenStep {
+    pub mode: ListenMode,
+    pub max_speech: Duration,
+    pub barge_in: bool,
+    pub save_as: Option<VarPath>,
+    /// Spoken phrases (normalised) to dialogs, in file order.
+    pub phrases: Vec<(String, DialogId)>,
+    /// Keypad input to dialogs.
+    pub keys: BTreeMap<String, DialogId>,
+    /// Keypad rules (the first-key wait is the listen's `timeout_ms`).
+    pub keypad: CollectRules,
+    /// Where keypad input is stored, as `collect.variable`.
+    pub variable: Option<VarPath>,
+    pub default: Option<DialogId>,
+    pub on_no_match: Option<DialogId>,
+    pub on_timeout: Option<DialogId>,
+    /// `timeout_ms` is the wait for speech or a key; `on_error`, `hold` as other steps.
+    pub waiting: Waiting,
 }
 
 /// The step types, by the names flow files use.
@@ -111,10 +239,19 @@ pub enum StepKind {
     Forward,
     Close,
     Hangup,
+    Api,
+    Code,
+    JsonBuilder,
+    SendMail,
+    MailReport,
+    Table,
+    Offload,
+    Listen,
+    KnowledgeBase,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 16] = [
+    pub const ALL: [StepKind; 25] = [
         StepKind::Message,
         StepKind::Collect,
         StepKind::Condition,
@@ -131,6 +268,15 @@ impl StepKind {
         StepKind::Forward,
         StepKind::Close,
         StepKind::Hangup,
+        StepKind::Api,
+        StepKind::Code,
+        StepKind::JsonBuilder,
+        StepKind::SendMail,
+        StepKind::MailReport,
+        StepKind::Table,
+        StepKind::Offload,
+        StepKind::Listen,
+        StepKind::KnowledgeBase,
     ];
 
     pub fn name(self) -> &'static str {
@@ -151,6 +297,15 @@ impl StepKind {
             StepKind::Forward => "forward",
             StepKind::Close => "close",
             StepKind::Hangup => "hangup",
+            StepKind::Api => "api",
+            StepKind::Code => "code",
+            StepKind::JsonBuilder => "json_builder",
+            StepKind::SendMail => "send_mail",
+            StepKind::MailReport => "mail_report",
+            StepKind::Table => "table",
+            StepKind::Offload => "offload",
+            StepKind::Listen => "listen",
+            StepKind::KnowledgeBase => "knowledge_base",
         }
     }
 
@@ -166,6 +321,17 @@ impl std::fmt::Display for StepKind {
 }
 
 impl Step {
+    /// True if the step names its own error dialog (for the "no error path" warning).
+    pub fn has_own_error_path(&self) -> bool {
+        match self {
+            Step::GotoVariable { on_error, .. } => on_error.is_some(),
+            Step::Request(r) => r.waiting.on_error.is_some(),
+            Step::Offload(o) => o.waiting.on_error.is_some() || o.on_failure.is_some(),
+            Step::Listen(l) => l.waiting.on_error.is_some(),
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> StepKind {
         match self {
             Step::Message { .. } => StepKind::Message,
@@ -176,7 +342,7 @@ impl Step {
             Step::Set(_) => StepKind::Set,
             Step::ClearSession(_) => StepKind::ClearSession,
             Step::Delay(_) => StepKind::Delay,
-            Step::PauseBot => StepKind::PauseBot,
+            Step::PauseBot { .. } => StepKind::PauseBot,
             Step::GetTime { .. } => StepKind::GetTime,
             Step::TrackEvent { .. } => StepKind::TrackEvent,
             Step::StartRecording => StepKind::StartRecording,
@@ -184,6 +350,9 @@ impl Step {
             Step::Forward { .. } => StepKind::Forward,
             Step::Close(_) => StepKind::Close,
             Step::Hangup => StepKind::Hangup,
+            Step::Request(r) => r.kind,
+            Step::Offload(_) => StepKind::Offload,
+            Step::Listen(_) => StepKind::Listen,
         }
     }
 }
@@ -230,6 +399,11 @@ impl FlowDefinition {
         } else {
             self.prompts_dir.join(p)
         }
+    }
+
+    /// Load-time warnings (for example: no error path anywhere).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn dialog_names(&self) -> impl Iterator<Item = &str> {

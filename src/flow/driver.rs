@@ -47,6 +47,32 @@ impl FlowDriver {
         }
     }
 
+    /// True while the embedded bot is paused (an operator, or its own `pause_bot`); `None`
+    /// for an external bot, which reports nothing of the kind.
+    pub fn is_paused(&self) -> Option<bool> {
+        match self {
+            FlowDriver::Embedded(m) => Some(m.is_paused()),
+            FlowDriver::External(_) => None,
+        }
+    }
+
+    /// The embedded bot's summary and step log for the CDR
+    /// (`{"flow", "steps_ok", "steps_failed", "failures", "steps_not_logged", "end", "steps"}`).
+    pub fn cdr_json(&self) -> Option<serde_json::Value> {
+        match self {
+            FlowDriver::Embedded(m) => {
+                let mut v = m.summary().to_json();
+                v["steps"] = m
+                    .step_log()
+                    .iter()
+                    .map(super::machine::StepRecord::to_json)
+                    .collect();
+                Some(v)
+            }
+            FlowDriver::External(_) => None,
+        }
+    }
+
     /// Caller audio for an external bot (the embedded engine does not listen).
     pub fn caller_audio(&mut self, samples: &[i16]) {
         if let FlowDriver::External(b) = self {

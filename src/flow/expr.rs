@@ -1,20 +1,35 @@
-//! The flow expression language: a small, total (never panicking) parser and evaluator.
+//! The flow expression language: a small, total (never panicking) parser and evaluator, close
+//! to Chatlayer's expression syntax.
 //!
-//! Flows need conditions and computed values (`choice == "1"`, `"+" + digits`) but must not be
-//! able to run arbitrary code or hang a call, so this is a deliberately tiny language over JSON
-//! values: literals, variable paths, arithmetic, comparisons, boolean logic and a few functions.
+//! Flows need conditions and computed values (`choice == "1"`, `'+' + digits`,
+//! `IF(count > 2, 'agent', 'menu')`) but must not be able to run arbitrary code or hang a call,
+//! so this is a deliberately small language over JSON values: literals (numbers, text, `true`,
+//! `false`, `null`, lists `[1, 'a']`, objects `{'name': 'Ann'}`), variable paths with member and
+//! index access (`users[0].name`, `items.0`), arithmetic, comparisons, boolean logic, a
+//! conditional (`c ? a : b` or `IF(c, a, b)`) and Chatlayer's upper-case built-in functions.
 //! Expressions are parsed once at load time; evaluation only fails with an [`ExprError`].
+//!
+//! Missing values behave as in Chatlayer: an unset variable reads as `null`, which joins text
+//! as nothing (`'Hello ' + name`) and counts as 0 in arithmetic (`count + 1`).
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Number, Value};
 use thiserror::Error;
+
+mod functions;
+
+use functions::Func;
 
 /// Longest expression source accepted, in characters (hostile-input guard).
 pub const MAX_EXPR_LEN: usize = 2048;
 /// Deepest nesting accepted (parentheses, operators, calls); bounds evaluation recursion too.
 pub const MAX_DEPTH: usize = 64;
+/// Longest text or list an expression may build (hostile-input guard for APPEND, REPEAT...).
+pub const MAX_VALUE_LEN: usize = 100_000;
 
 /// Why an expression could not be parsed or evaluated.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -45,7 +60,36 @@ fn syntax(column: usize, message: impl Into<String>) -> ExprError {
     }
 }
 
-/// A dotted variable path such as `call.from` or `now.utc.hours`.
+thread_local! {
+    static CLOCK: Cell<Option<DateTime<Utc>>> = const { Cell::new(None) };
+}
+
+/// Sets the wall clock that `NOW()` and the date functions read while it lives. The flow
+/// machine sets it from the time the call side passes in, so evaluation stays deterministic.
+pub struct ClockGuard {
+    previous: Option<DateTime<Utc>>,
+}
+
+impl ClockGuard {
+    pub fn set(now: DateTime<Utc>) -> Self {
+        let previous = CLOCK.with(|c| c.replace(Some(now)));
+        Self { previous }
+    }
+}
+
+impl Drop for ClockGuard {
+    fn drop(&mut self) {
+        CLOCK.with(|c| c.set(self.previous));
+    }
+}
+
+/// The wall clock set by [`ClockGuard`], else the system clock.
+pub(crate) fn clock_now() -> DateTime<Utc> {
+    CLOCK.with(Cell::get).unwrap_or_else(Utc::now)
+}
+
+/// A dotted variable path such as `call.from` or `now.utc.hours` (a write target or a
+/// lookup; expressions themselves may also index with `[...]`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VarPath {
     segments: Vec<String>,
@@ -137,56 +181,24 @@ enum BinOp {
     Ge,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Func {
-    Len,
-    Str,
-    Num,
-    Upper,
-    Lower,
-    Trim,
-    Contains,
-    StartsWith,
-}
-
-impl Func {
-    fn by_name(name: &str) -> Option<(Func, usize)> {
-        Some(match name {
-            "len" => (Func::Len, 1),
-            "str" => (Func::Str, 1),
-            "num" => (Func::Num, 1),
-            "upper" => (Func::Upper, 1),
-            "lower" => (Func::Lower, 1),
-            "trim" => (Func::Trim, 1),
-            "contains" => (Func::Contains, 2),
-            "starts_with" => (Func::StartsWith, 2),
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Func::Len => "len",
-            Func::Str => "str",
-            Func::Num => "num",
-            Func::Upper => "upper",
-            Func::Lower => "lower",
-            Func::Trim => "trim",
-            Func::Contains => "contains",
-            Func::StartsWith => "starts_with",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     Lit(Value),
-    Var(VarPath),
+    /// A variable (the root of a path).
+    Var(String),
+    /// `x.name` (also `x.0`).
+    Member(Box<Node>, String),
+    /// `x[expr]`.
+    Index(Box<Node>, Box<Node>),
+    List(Vec<Node>),
+    Object(Vec<(String, Node)>),
     Neg(Box<Node>),
     Not(Box<Node>),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
     Bin(BinOp, Box<Node>, Box<Node>),
+    /// `c ? a : b` and `IF(c, a, b)`: only the chosen side is evaluated.
+    Cond(Box<Node>, Box<Node>, Box<Node>),
     Call(Func, Vec<Node>),
 }
 
@@ -225,6 +237,31 @@ impl Expr {
         &self.source
     }
 
+    /// The root names of every variable the expression reads (for load-time checks).
+    pub fn roots(&self) -> Vec<&str> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
+            match node {
+                Node::Lit(_) => {}
+                Node::Var(p) => out.push(p),
+                Node::Member(a, _) | Node::Neg(a) | Node::Not(a) => walk(a, out),
+                Node::Index(a, b) | Node::And(a, b) | Node::Or(a, b) | Node::Bin(_, a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                Node::Cond(a, b, c) => {
+                    walk(a, out);
+                    walk(b, out);
+                    walk(c, out);
+                }
+                Node::List(items) | Node::Call(_, items) => items.iter().for_each(|a| walk(a, out)),
+                Node::Object(entries) => entries.iter().for_each(|(_, a)| walk(a, out)),
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.node, &mut out);
+        out
+    }
+
     /// Evaluates against the session variables; missing variables read as `null`.
     pub fn eval(&self, vars: &Map<String, Value>) -> Result<Value, ExprError> {
         eval(&self.node, vars)
@@ -248,7 +285,8 @@ pub fn truthy(value: &Value) -> bool {
     }
 }
 
-/// How a value reads inside text: strings as-is, `null` as nothing, whole floats without `.0`.
+/// How a value reads inside text: strings as-is, `null` as nothing, whole floats without `.0`,
+/// lists and objects as JSON.
 pub fn display_value(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
@@ -270,11 +308,18 @@ pub fn display_value(value: &Value) -> String {
 enum Tok {
     Num(Value),
     Str(String),
-    /// An identifier or dotted path; keywords are recognised by the parser.
-    Path(String),
+    /// An identifier; keywords are recognised by the parser.
+    Ident(String),
     LParen,
     RParen,
+    LBracket,
+    RBracket,
+    LBrace,
+    RBrace,
     Comma,
+    Colon,
+    Question,
+    Dot,
     Op(&'static str),
 }
 
@@ -283,10 +328,17 @@ impl Tok {
         match self {
             Tok::Num(n) => format!("number `{n}`"),
             Tok::Str(_) => "string".to_string(),
-            Tok::Path(p) => format!("`{p}`"),
+            Tok::Ident(p) => format!("`{p}`"),
             Tok::LParen => "`(`".to_string(),
             Tok::RParen => "`)`".to_string(),
+            Tok::LBracket => "`[`".to_string(),
+            Tok::RBracket => "`]`".to_string(),
+            Tok::LBrace => "`{`".to_string(),
+            Tok::RBrace => "`}`".to_string(),
             Tok::Comma => "`,`".to_string(),
+            Tok::Colon => "`:`".to_string(),
+            Tok::Question => "`?`".to_string(),
+            Tok::Dot => "`.`".to_string(),
             Tok::Op(op) => format!("`{op}`"),
         }
     }
@@ -301,11 +353,12 @@ struct Token {
 
 fn lex(source: &str) -> Result<Vec<Token>, ExprError> {
     let chars: Vec<char> = source.chars().collect();
-    let mut tokens = Vec::new();
+    let mut tokens: Vec<Token> = Vec::new();
     let mut i = 0;
     while let Some(&c) = chars.get(i) {
         let column = i + 1;
         let peek = chars.get(i + 1).copied();
+        let after_dot = matches!(tokens.last(), Some(Token { kind: Tok::Dot, .. }));
         let kind = match c {
             c if c.is_whitespace() => {
                 i += 1;
@@ -313,7 +366,14 @@ fn lex(source: &str) -> Result<Vec<Token>, ExprError> {
             }
             '(' => Tok::LParen,
             ')' => Tok::RParen,
+            '[' => Tok::LBracket,
+            ']' => Tok::RBracket,
+            '{' => Tok::LBrace,
+            '}' => Tok::RBrace,
             ',' => Tok::Comma,
+            ':' => Tok::Colon,
+            '?' => Tok::Question,
+            '.' => Tok::Dot,
             '+' => Tok::Op("+"),
             '-' => Tok::Op("-"),
             '*' => Tok::Op("*"),
@@ -348,8 +408,11 @@ fn lex(source: &str) -> Result<Vec<Token>, ExprError> {
                 while chars.get(i).is_some_and(|c| c.is_ascii_digit()) {
                     i += 1;
                 }
+                // After a `.` a number is an index (`a.1.2`), never a fraction.
                 let mut float = false;
-                if chars.get(i) == Some(&'.') && chars.get(i + 1).is_some_and(char::is_ascii_digit)
+                if !after_dot
+                    && chars.get(i) == Some(&'.')
+                    && chars.get(i + 1).is_some_and(char::is_ascii_digit)
                 {
                     float = true;
                     i += 1;
@@ -358,6 +421,15 @@ fn lex(source: &str) -> Result<Vec<Token>, ExprError> {
                     }
                 }
                 let text: String = chars[start..i].iter().collect();
+                if chars
+                    .get(i)
+                    .is_some_and(|c| c.is_ascii_alphabetic() || *c == '_')
+                {
+                    return Err(syntax(
+                        i + 1,
+                        format!("unexpected `{}` after the number `{text}`", chars[i]),
+                    ));
+                }
                 let value = if float {
                     text.parse::<f64>()
                         .ok()
@@ -378,18 +450,12 @@ fn lex(source: &str) -> Result<Vec<Token>, ExprError> {
                 let start = i;
                 while chars
                     .get(i)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
                 {
                     i += 1;
                 }
-                let text: String = chars[start..i].iter().collect();
-                if text.contains('.') {
-                    VarPath::parse(&text).map_err(|_| {
-                        syntax(column, format!("`{text}` is not a valid variable path"))
-                    })?;
-                }
                 tokens.push(Token {
-                    kind: Tok::Path(text),
+                    kind: Tok::Ident(chars[start..i].iter().collect()),
                     column,
                 });
                 continue;
@@ -439,7 +505,8 @@ fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), ExprError
 }
 
 // ---------------------------------------------------------------------------------------------
-// Parser (precedence climbing, lowest first: or, and, not, comparison, + -, * / %, unary -)
+// Parser (precedence climbing, lowest first: ?:, or, and, not, comparison, + -, * / %,
+// unary -, member/index)
 
 struct Parser {
     tokens: Vec<Token>,
@@ -451,6 +518,8 @@ struct Parser {
 
 /// A node and the depth of the tree under it.
 type Parsed = (Node, usize);
+
+const KEYWORDS: [&str; 3] = ["and", "or", "not"];
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -467,10 +536,20 @@ impl Parser {
     fn is_op(&self, ops: &[&'static str]) -> Option<&'static str> {
         match self.peek() {
             Some(Tok::Op(op)) if ops.contains(op) => Some(op),
-            Some(Tok::Path(word)) if ops.contains(&word.as_str()) => {
-                ops.iter().copied().find(|o| *o == word)
-            }
+            Some(Tok::Ident(word)) => ops
+                .iter()
+                .copied()
+                .find(|o| o.eq_ignore_ascii_case(word) && KEYWORDS.contains(o)),
             _ => None,
+        }
+    }
+
+    fn expect(&mut self, tok: Tok, what: &str) -> Result<(), ExprError> {
+        if self.peek() == Some(&tok) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(syntax(self.column(), format!("expected {what}")))
         }
     }
 
@@ -492,9 +571,24 @@ impl Parser {
 
     fn expr(&mut self) -> Result<Parsed, ExprError> {
         self.enter()?;
-        let result = self.or();
+        let result = self.ternary();
         self.depth -= 1;
         result
+    }
+
+    fn ternary(&mut self) -> Result<Parsed, ExprError> {
+        let (cond, cd) = self.or()?;
+        if self.peek() != Some(&Tok::Question) {
+            return Ok((cond, cd));
+        }
+        self.pos += 1;
+        let (a, ad) = self.expr()?;
+        self.expect(Tok::Colon, "`:` in `condition ? value : other`")?;
+        let (b, bd) = self.expr()?;
+        Self::join(
+            Node::Cond(Box::new(cond), Box::new(a), Box::new(b)),
+            &[cd, ad, bd],
+        )
     }
 
     fn or(&mut self) -> Result<Parsed, ExprError> {
@@ -588,7 +682,34 @@ impl Parser {
             let (inner, d) = inner?;
             return Self::join(Node::Neg(Box::new(inner)), &[d]);
         }
-        self.primary()
+        self.postfix()
+    }
+
+    /// `x.name`, `x.0`, `x[expr]`, repeated.
+    fn postfix(&mut self) -> Result<Parsed, ExprError> {
+        let (mut node, mut d) = self.primary()?;
+        loop {
+            match self.peek() {
+                Some(Tok::Dot) => {
+                    self.pos += 1;
+                    let column = self.column();
+                    let name = match self.peek().cloned() {
+                        Some(Tok::Ident(name)) => name,
+                        Some(Tok::Num(Value::Number(n))) if n.is_u64() => n.to_string(),
+                        _ => return Err(syntax(column, "expected a name after `.`")),
+                    };
+                    self.pos += 1;
+                    (node, d) = Self::join(Node::Member(Box::new(node), name), &[d])?;
+                }
+                Some(Tok::LBracket) => {
+                    self.pos += 1;
+                    let (index, id) = self.expr()?;
+                    self.expect(Tok::RBracket, "`]`")?;
+                    (node, d) = Self::join(Node::Index(Box::new(node), Box::new(index)), &[d, id])?;
+                }
+                _ => return Ok((node, d)),
+            }
+        }
     }
 
     fn primary(&mut self) -> Result<Parsed, ExprError> {
@@ -602,27 +723,24 @@ impl Parser {
             Tok::Str(s) => Ok((Node::Lit(Value::String(s)), 1)),
             Tok::LParen => {
                 let inner = self.expr()?;
-                if self.peek() != Some(&Tok::RParen) {
-                    return Err(syntax(self.column(), "expected `)`"));
-                }
-                self.pos += 1;
+                self.expect(Tok::RParen, "`)`")?;
                 Ok(inner)
             }
-            Tok::Path(word) => match word.as_str() {
-                "true" => Ok((Node::Lit(Value::Bool(true)), 1)),
-                "false" => Ok((Node::Lit(Value::Bool(false)), 1)),
-                "null" => Ok((Node::Lit(Value::Null), 1)),
-                "and" | "or" | "not" => Err(syntax(
+            Tok::LBracket => {
+                let (items, depths) = self.items(Tok::RBracket, "`,` or `]` in a list")?;
+                Self::join(Node::List(items), &depths)
+            }
+            Tok::LBrace => self.object(),
+            Tok::Ident(word) => match word.as_str() {
+                "true" | "TRUE" | "True" => Ok((Node::Lit(Value::Bool(true)), 1)),
+                "false" | "FALSE" | "False" => Ok((Node::Lit(Value::Bool(false)), 1)),
+                "null" | "NULL" | "undefined" => Ok((Node::Lit(Value::Null), 1)),
+                w if KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(w)) => Err(syntax(
                     column,
                     format!("`{word}` needs a value on each side"),
                 )),
                 _ if self.peek() == Some(&Tok::LParen) => self.call(&word, column),
-                _ => {
-                    let path = VarPath::parse(&word).map_err(|_| {
-                        syntax(column, format!("`{word}` is not a valid variable path"))
-                    })?;
-                    Ok((Node::Var(path), 1))
-                }
+                _ => Ok((Node::Var(word), 1)),
             },
             other => Err(syntax(
                 column,
@@ -631,45 +749,103 @@ impl Parser {
         }
     }
 
+    /// Comma-separated expressions up to `close` (the opening token is consumed).
+    fn items(&mut self, close: Tok, what: &str) -> Result<(Vec<Node>, Vec<usize>), ExprError> {
+        let mut items = Vec::new();
+        let mut depths = Vec::new();
+        if self.peek() == Some(&close) {
+            self.pos += 1;
+            return Ok((items, depths));
+        }
+        loop {
+            let (item, d) = self.expr()?;
+            items.push(item);
+            depths.push(d);
+            match self.peek() {
+                Some(Tok::Comma) => {
+                    self.pos += 1;
+                    // A trailing comma is fine: `[1, 2,]`.
+                    if self.peek() == Some(&close) {
+                        self.pos += 1;
+                        return Ok((items, depths));
+                    }
+                }
+                Some(t) if *t == close => {
+                    self.pos += 1;
+                    return Ok((items, depths));
+                }
+                _ => return Err(syntax(self.column(), format!("expected {what}"))),
+            }
+        }
+    }
+
+    /// `{'key': value, name: value}` (the `{` is consumed).
+    fn object(&mut self) -> Result<Parsed, ExprError> {
+        let mut entries = Vec::new();
+        let mut depths = Vec::new();
+        loop {
+            let column = self.column();
+            let key = match self.peek().cloned() {
+                Some(Tok::RBrace) => {
+                    self.pos += 1;
+                    break;
+                }
+                Some(Tok::Str(s) | Tok::Ident(s)) => s,
+                Some(Tok::Num(n)) => n.to_string(),
+                _ => {
+                    return Err(syntax(
+                        column,
+                        "expected a key (a name or text) in an object",
+                    ))
+                }
+            };
+            self.pos += 1;
+            self.expect(Tok::Colon, "`:` after an object key")?;
+            let (value, d) = self.expr()?;
+            entries.push((key, value));
+            depths.push(d);
+            match self.peek() {
+                Some(Tok::Comma) => self.pos += 1,
+                Some(Tok::RBrace) => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => return Err(syntax(self.column(), "expected `,` or `}` in an object")),
+            }
+        }
+        Self::join(Node::Object(entries), &depths)
+    }
+
     fn call(&mut self, name: &str, column: usize) -> Result<Parsed, ExprError> {
-        let Some((func, arity)) = Func::by_name(name) else {
+        let Some(func) = Func::lookup(name) else {
             return Err(syntax(
                 column,
                 format!(
-                    "unknown function `{name}` (known: len, str, num, upper, lower, trim, \
-                     contains, starts_with)"
+                    "unknown function `{name}` (functions: {})",
+                    functions::names().join(", ")
                 ),
             ));
         };
         self.pos += 1; // the `(`
-        let mut args = Vec::new();
-        let mut depths = Vec::new();
-        if self.peek() == Some(&Tok::RParen) {
-            self.pos += 1;
-        } else {
-            loop {
-                let (arg, d) = self.expr()?;
-                args.push(arg);
-                depths.push(d);
-                match self.peek() {
-                    Some(Tok::Comma) => self.pos += 1,
-                    Some(Tok::RParen) => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return Err(syntax(self.column(), "expected `,` or `)` in call")),
-                }
-            }
-        }
-        if args.len() != arity {
+        let (args, depths) = self.items(Tok::RParen, "`,` or `)` in call")?;
+        let (min, max) = func.arity();
+        if args.len() < min || args.len() > max {
+            let want = match (min, max) {
+                (a, b) if a == b => format!("{a} argument{}", if a == 1 { "" } else { "s" }),
+                (a, usize::MAX) => format!("at least {a} arguments"),
+                (a, b) => format!("{a} to {b} arguments"),
+            };
             return Err(syntax(
                 column,
-                format!(
-                    "{name}() takes {arity} argument{}, got {}",
-                    if arity == 1 { "" } else { "s" },
-                    args.len()
-                ),
+                format!("{}() takes {want}, got {}", func.name(), args.len()),
             ));
+        }
+        if func == Func::If {
+            let mut it = args.into_iter();
+            let (Some(c), Some(a), Some(b)) = (it.next(), it.next(), it.next()) else {
+                return Err(syntax(column, "IF() takes 3 arguments"));
+            };
+            return Self::join(Node::Cond(Box::new(c), Box::new(a), Box::new(b)), &depths);
         }
         Self::join(Node::Call(func, args), &depths)
     }
@@ -707,6 +883,7 @@ fn num_of(n: &Number) -> Num {
 fn num_value(n: Num, what: &str) -> Result<Value, ExprError> {
     match n {
         Num::I(i) => Ok(Value::from(i)),
+        Num::F(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Value::from(f as i64)),
         Num::F(f) => Number::from_f64(f)
             .map(Value::Number)
             .ok_or_else(|| ExprError::Overflow(format!("the result of {what} is not finite"))),
@@ -718,6 +895,10 @@ fn parse_num(s: &str) -> Option<Num> {
     let t = s.trim();
     if let Ok(i) = t.parse::<i64>() {
         return Some(Num::I(i));
+    }
+    if t.is_empty() || t.contains(|c: char| c.is_ascii_alphabetic()) {
+        // `inf`, `NaN` and `1e5` are not numbers a caller types.
+        return None;
     }
     t.parse::<f64>().ok().filter(|f| f.is_finite()).map(Num::F)
 }
@@ -733,11 +914,60 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// `value.key` / `value[key]`: objects by key, lists and text by position; anything missing
+/// (or indexed from `null`) is `null`.
+fn index(base: &Value, key: &Value) -> Value {
+    let position = |len: usize| -> Option<usize> {
+        let n = match key {
+            Value::Number(n) => num_of(n),
+            Value::String(s) => parse_num(s)?,
+            _ => return None,
+        };
+        let i = match n {
+            Num::I(i) => i,
+            Num::F(f) if f.fract() == 0.0 => f as i64,
+            _ => return None,
+        };
+        // Negative positions count from the end, as in Chatlayer's SLICE.
+        let i = if i < 0 { len as i64 + i } else { i };
+        usize::try_from(i).ok().filter(|i| *i < len)
+    };
+    match base {
+        Value::Object(map) => map.get(&display_value(key)).cloned().unwrap_or(Value::Null),
+        Value::Array(items) => position(items.len())
+            .and_then(|i| items.get(i).cloned())
+            .unwrap_or(Value::Null),
+        Value::String(s) => {
+            let chars: Vec<char> = s.chars().collect();
+            position(chars.len())
+                .map(|i| Value::String(chars[i].to_string()))
+                .unwrap_or(Value::Null)
+        }
+        _ => Value::Null,
+    }
+}
+
 fn eval(node: &Node, vars: &Map<String, Value>) -> Result<Value, ExprError> {
     match node {
         Node::Lit(v) => Ok(v.clone()),
-        Node::Var(path) => Ok(path.lookup(vars).cloned().unwrap_or(Value::Null)),
+        Node::Var(name) => Ok(vars.get(name).cloned().unwrap_or(Value::Null)),
+        Node::Member(base, name) => Ok(index(&eval(base, vars)?, &Value::String(name.clone()))),
+        Node::Index(base, key) => Ok(index(&eval(base, vars)?, &eval(key, vars)?)),
+        Node::List(items) => Ok(Value::Array(
+            items
+                .iter()
+                .map(|i| eval(i, vars))
+                .collect::<Result<_, _>>()?,
+        )),
+        Node::Object(entries) => {
+            let mut out = Map::new();
+            for (k, v) in entries {
+                out.insert(k.clone(), eval(v, vars)?);
+            }
+            Ok(Value::Object(out))
+        }
         Node::Neg(inner) => match eval(inner, vars)? {
+            Value::Null => Ok(Value::from(0)),
             Value::Number(n) => match num_of(&n) {
                 Num::I(i) => match i.checked_neg() {
                     Some(v) => Ok(Value::from(v)),
@@ -745,6 +975,10 @@ fn eval(node: &Node, vars: &Map<String, Value>) -> Result<Value, ExprError> {
                 },
                 Num::F(f) => num_value(Num::F(-f), "negation"),
             },
+            Value::String(s) if parse_num(&s).is_some() => {
+                let n = parse_num(&s).unwrap_or(Num::I(0));
+                num_value(Num::F(-n.f()), "negation")
+            }
             other => Err(ExprError::Type(format!(
                 "cannot negate a {}",
                 type_name(&other)
@@ -757,14 +991,31 @@ fn eval(node: &Node, vars: &Map<String, Value>) -> Result<Value, ExprError> {
         Node::Or(l, r) => Ok(Value::Bool(
             truthy(&eval(l, vars)?) || truthy(&eval(r, vars)?),
         )),
+        Node::Cond(c, a, b) => {
+            if truthy(&eval(c, vars)?) {
+                eval(a, vars)
+            } else {
+                eval(b, vars)
+            }
+        }
         Node::Bin(op, l, r) => binary(*op, eval(l, vars)?, eval(r, vars)?),
         Node::Call(func, args) => {
             let mut values = Vec::with_capacity(args.len());
             for arg in args {
                 values.push(eval(arg, vars)?);
             }
-            call(*func, values)
+            func.call(values)
         }
+    }
+}
+
+/// A number for arithmetic: numbers, numeric text (DTMF input is text), `null` as 0.
+fn arith_operand(v: &Value) -> Option<Num> {
+    match v {
+        Value::Number(n) => Some(num_of(n)),
+        Value::Null => Some(Num::I(0)),
+        Value::String(s) => parse_num(s),
+        _ => None,
     }
 }
 
@@ -781,30 +1032,56 @@ fn binary(op: BinOp, l: Value, r: Value) -> Result<Value, ExprError> {
                 _ => ord != Ordering::Less,
             }))
         }
-        BinOp::Add => {
-            match (&l, &r) {
-                (Value::Number(a), Value::Number(b)) => arith(op, num_of(a), num_of(b)),
-                (Value::String(_), Value::String(_) | Value::Number(_) | Value::Bool(_))
-                | (Value::Number(_) | Value::Bool(_), Value::String(_)) => Ok(Value::String(
-                    format!("{}{}", display_value(&l), display_value(&r)),
-                )),
+        BinOp::Add => match (&l, &r) {
+            (Value::Number(a), Value::Number(b)) => arith(op, num_of(a), num_of(b)),
+            (Value::Null, Value::Null) => Ok(Value::Null),
+            (Value::Null, Value::Number(_)) => Ok(r),
+            (Value::Number(_), Value::Null) => Ok(l),
+            (Value::Array(a), Value::Array(b)) => {
+                let mut out = a.clone();
+                out.extend(b.iter().cloned());
+                limit_list(out)
+            }
+            (Value::String(_), _) | (_, Value::String(_)) => {
+                let text = format!("{}{}", display_value(&l), display_value(&r));
+                limit_text(text)
+            }
+            _ => Err(ExprError::Type(format!(
+                "cannot add a {} and a {}",
+                type_name(&l),
+                type_name(&r)
+            ))),
+        },
+        BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => {
+            match (arith_operand(&l), arith_operand(&r)) {
+                (Some(a), Some(b)) => arith(op, a, b),
                 _ => Err(ExprError::Type(format!(
-                    "cannot add a {} and a {}",
+                    "`{}` needs two numbers, got a {} and a {}",
+                    op_symbol(op),
                     type_name(&l),
                     type_name(&r)
                 ))),
             }
         }
-        BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => match (&l, &r) {
-            (Value::Number(a), Value::Number(b)) => arith(op, num_of(a), num_of(b)),
-            _ => Err(ExprError::Type(format!(
-                "`{}` needs two numbers, got a {} and a {} (use num() to convert text)",
-                op_symbol(op),
-                type_name(&l),
-                type_name(&r)
-            ))),
-        },
     }
+}
+
+fn limit_text(text: String) -> Result<Value, ExprError> {
+    if text.len() > MAX_VALUE_LEN {
+        return Err(ExprError::Overflow(format!(
+            "text longer than {MAX_VALUE_LEN} bytes"
+        )));
+    }
+    Ok(Value::String(text))
+}
+
+fn limit_list(items: Vec<Value>) -> Result<Value, ExprError> {
+    if items.len() > MAX_VALUE_LEN {
+        return Err(ExprError::Overflow(format!(
+            "list longer than {MAX_VALUE_LEN} items"
+        )));
+    }
+    Ok(Value::Array(items))
 }
 
 fn op_symbol(op: BinOp) -> &'static str {
@@ -853,7 +1130,15 @@ fn arith(op: BinOp, a: Num, b: Num) -> Result<Value, ExprError> {
         BinOp::Div => x / y,
         _ => x % y,
     };
-    num_value(Num::F(f), &format!("`{}`", op_symbol(op)))
+    if !f.is_finite() {
+        return Err(ExprError::Overflow(format!(
+            "the result of `{}` is not finite",
+            op_symbol(op)
+        )));
+    }
+    Number::from_f64(f).map(Value::Number).ok_or_else(|| {
+        ExprError::Overflow(format!("the result of `{}` is not finite", op_symbol(op)))
+    })
 }
 
 /// Equality with one convenience: a number equals a string that reads as the same number, so
@@ -863,6 +1148,9 @@ fn equal(l: &Value, r: &Value) -> bool {
         (Value::Number(a), Value::Number(b)) => num_of(a).f() == num_of(b).f(),
         (Value::Number(a), Value::String(s)) | (Value::String(s), Value::Number(a)) => {
             parse_num(s).is_some_and(|n| n.f() == num_of(a).f())
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equal(x, y))
         }
         _ => l == r,
     }
@@ -874,6 +1162,12 @@ fn compare(l: &Value, r: &Value) -> Result<Ordering, ExprError> {
         (Value::Number(a), Value::String(s)) => parse_num(s).map(|b| (num_of(a), b)),
         (Value::String(s), Value::Number(b)) => parse_num(s).map(|a| (a, num_of(b))),
         (Value::String(a), Value::String(b)) => return Ok(a.cmp(b)),
+        // A missing value compares as 0 with a number and as "" with text.
+        (Value::Null, Value::Number(b)) => Some((Num::I(0), num_of(b))),
+        (Value::Number(a), Value::Null) => Some((num_of(a), Num::I(0))),
+        (Value::Null, Value::String(b)) => return Ok("".cmp(b.as_str())),
+        (Value::String(a), Value::Null) => return Ok(a.as_str().cmp("")),
+        (Value::Null, Value::Null) => return Ok(Ordering::Equal),
         _ => None,
     };
     match nums {
@@ -889,375 +1183,5 @@ fn compare(l: &Value, r: &Value) -> Result<Ordering, ExprError> {
     }
 }
 
-fn call(func: Func, args: Vec<Value>) -> Result<Value, ExprError> {
-    let fail = |message: String| ExprError::Function {
-        function: func.name(),
-        message,
-    };
-    let mut args = args.into_iter();
-    let a = args.next().unwrap_or(Value::Null);
-    match func {
-        Func::Len => match &a {
-            Value::Null => Ok(Value::from(0)),
-            Value::String(s) => Ok(Value::from(s.chars().count())),
-            Value::Array(v) => Ok(Value::from(v.len())),
-            Value::Object(m) => Ok(Value::from(m.len())),
-            other => Err(fail(format!("a {} has no length", type_name(other)))),
-        },
-        Func::Str => Ok(Value::String(display_value(&a))),
-        Func::Num => match &a {
-            Value::Number(_) => Ok(a),
-            Value::Bool(b) => Ok(Value::from(i64::from(*b))),
-            Value::String(s) => match parse_num(s) {
-                Some(n) => num_value(n, "num()"),
-                None => Err(fail(format!("`{s}` is not a number"))),
-            },
-            other => Err(fail(format!(
-                "cannot convert a {} to a number",
-                type_name(other)
-            ))),
-        },
-        Func::Upper => Ok(Value::String(display_value(&a).to_uppercase())),
-        Func::Lower => Ok(Value::String(display_value(&a).to_lowercase())),
-        Func::Trim => Ok(Value::String(display_value(&a).trim().to_string())),
-        Func::Contains => {
-            let b = args.next().unwrap_or(Value::Null);
-            match &a {
-                Value::Array(items) => Ok(Value::Bool(items.iter().any(|x| equal(x, &b)))),
-                Value::Object(map) => Ok(Value::Bool(map.contains_key(&display_value(&b)))),
-                _ => Ok(Value::Bool(display_value(&a).contains(&display_value(&b)))),
-            }
-        }
-        Func::StartsWith => {
-            let b = args.next().unwrap_or(Value::Null);
-            Ok(Value::Bool(
-                display_value(&a).starts_with(&display_value(&b)),
-            ))
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn vars() -> Map<String, Value> {
-        json!({
-            "choice": "1",
-            "digits": "442079460000",
-            "n": 7,
-            "f": 2.5,
-            "empty": "",
-            "flag": true,
-            "call": {"from": "alice", "headers": {"x-id": "9"}},
-            "list": [10, 20, 30],
-            "now": {"utc": {"hours": 13}}
-        })
-        .as_object()
-        .cloned()
-        .unwrap()
-    }
-
-    fn run(src: &str) -> Result<Value, ExprError> {
-        Expr::parse(src)?.eval(&vars())
-    }
-
-    #[test]
-    fn evaluates_valid_expressions() {
-        let cases: &[(&str, Value)] = &[
-            ("1", json!(1)),
-            ("-3", json!(-3)),
-            ("1.5", json!(1.5)),
-            ("'single' + \"double\"", json!("singledouble")),
-            ("\"a\\\"b\\n\"", json!("a\"b\n")),
-            ("true", json!(true)),
-            ("false", json!(false)),
-            ("null", json!(null)),
-            ("1 + 2 * 3", json!(7)),
-            ("(1 + 2) * 3", json!(9)),
-            ("10 - 4 - 3", json!(3)),
-            ("7 / 2", json!(3.5)),
-            ("8 / 2", json!(4)),
-            ("7 % 3", json!(1)),
-            ("7.5 % 2", json!(1.5)),
-            ("n * f", json!(17.5)),
-            ("-n", json!(-7)),
-            ("9223372036854775807 + 1", json!(9223372036854775808.0)),
-            ("\"+\" + digits", json!("+442079460000")),
-            ("\"n=\" + n", json!("n=7")),
-            ("\"x\" + 2.0", json!("x2")),
-            ("\"ok \" + flag", json!("ok true")),
-            ("choice == \"1\"", json!(true)),
-            ("choice == 1", json!(true)),
-            ("choice != 2", json!(true)),
-            ("1 == 1.0", json!(true)),
-            ("\"abc\" == \"abc\"", json!(true)),
-            ("null == missing", json!(true)),
-            ("n > 5 and n <= 7", json!(true)),
-            ("n < 5 or choice == '1'", json!(true)),
-            ("n >= 8 || false", json!(false)),
-            ("flag && !empty", json!(true)),
-            ("not flag", json!(false)),
-            ("not n == 7", json!(false)),
-            ("\"b\" > \"a\"", json!(true)),
-            ("digits > 5", json!(true)),
-            ("call.from", json!("alice")),
-            ("call.headers.x_id", json!(null)),
-            ("list.1", json!(20)),
-            ("now.utc.hours >= 9 and now.utc.hours < 17", json!(true)),
-            ("missing.deep.path", json!(null)),
-            ("len(digits)", json!(12)),
-            ("len(missing)", json!(0)),
-            ("len(list)", json!(3)),
-            ("str(n) + str(null)", json!("7")),
-            ("num(choice) + 1", json!(2)),
-            ("num(' 2.5 ')", json!(2.5)),
-            ("num(true)", json!(1)),
-            ("upper('ab') + lower('CD')", json!("ABcd")),
-            ("trim('  x ')", json!("x")),
-            ("contains(digits, '2079')", json!(true)),
-            ("contains(list, 20)", json!(true)),
-            ("starts_with(digits, '44')", json!(true)),
-            ("0 or ''", json!(false)),
-        ];
-        for (src, want) in cases {
-            assert_eq!(
-                &run(src).unwrap_or_else(|e| panic!("{src}: {e}")),
-                want,
-                "{src}"
-            );
-        }
-    }
-
-    #[test]
-    fn reports_errors() {
-        #[allow(clippy::type_complexity)]
-        let cases: &[(&str, fn(&ExprError) -> bool, &str)] = &[
-            (
-                "1 / 0",
-                |e| *e == ExprError::DivisionByZero,
-                "division by zero",
-            ),
-            (
-                "n % 0",
-                |e| *e == ExprError::DivisionByZero,
-                "division by zero",
-            ),
-            (
-                "f / 0.0",
-                |e| *e == ExprError::DivisionByZero,
-                "division by zero",
-            ),
-            (
-                "'a' - 1",
-                |e| matches!(e, ExprError::Type(_)),
-                "needs two numbers",
-            ),
-            (
-                "null + 1",
-                |e| matches!(e, ExprError::Type(_)),
-                "cannot add a null",
-            ),
-            (
-                "-'x'",
-                |e| matches!(e, ExprError::Type(_)),
-                "cannot negate a string",
-            ),
-            (
-                "flag < 1",
-                |e| matches!(e, ExprError::Type(_)),
-                "cannot order",
-            ),
-            (
-                "num('abc')",
-                |e| matches!(e, ExprError::Function { .. }),
-                "not a number",
-            ),
-            (
-                "len(n)",
-                |e| matches!(e, ExprError::Function { .. }),
-                "has no length",
-            ),
-            (
-                "1e308",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "unexpected `e308`",
-            ),
-            (
-                "99999999999999999999",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "out of range",
-            ),
-            (
-                "1 +",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "ends where a value",
-            ),
-            (
-                "(1 + 2",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "expected `)`",
-            ),
-            (
-                "1 2",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "unexpected number",
-            ),
-            (
-                "a = 1",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "use `==`",
-            ),
-            (
-                "'open",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "unterminated",
-            ),
-            (
-                "'\\q'",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "unknown escape",
-            ),
-            (
-                "a..b",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "not a valid variable",
-            ),
-            (
-                "a.",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "not a valid variable",
-            ),
-            (
-                "1 < 2 < 3",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "chained",
-            ),
-            (
-                "nope(1)",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "unknown function",
-            ),
-            (
-                "len(1, 2)",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "takes 1 argument",
-            ),
-            (
-                "and",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "needs a value",
-            ),
-            (
-                "1 # 2",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "unexpected character",
-            ),
-            (
-                "",
-                |e| matches!(e, ExprError::Syntax { .. }),
-                "ends where a value",
-            ),
-        ];
-        for (src, is_kind, text) in cases {
-            let err = run(src).expect_err(src);
-            assert!(is_kind(&err), "{src}: wrong kind {err:?}");
-            assert!(
-                err.to_string().contains(text),
-                "{src}: `{err}` lacks `{text}`"
-            );
-        }
-    }
-
-    #[test]
-    fn overflowing_float_is_an_error_not_infinity() {
-        let big = format!("{}.0", "9".repeat(300));
-        let err = run(&format!("{big} * {big}")).unwrap_err();
-        assert!(matches!(err, ExprError::Overflow(_)), "{err:?}");
-    }
-
-    #[test]
-    fn syntax_errors_carry_the_column() {
-        match Expr::parse("n + * 2").unwrap_err() {
-            ExprError::Syntax { column, .. } => assert_eq!(column, 5),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn hostile_input_is_rejected_without_overflowing_the_stack() {
-        let deep_parens = format!("{}1{}", "(".repeat(500), ")".repeat(500));
-        assert_eq!(
-            Expr::parse(&deep_parens).unwrap_err(),
-            ExprError::TooDeep { limit: MAX_DEPTH }
-        );
-        let long_chain = vec!["1"; 300].join(" + ");
-        assert_eq!(
-            Expr::parse(&long_chain).unwrap_err(),
-            ExprError::TooDeep { limit: MAX_DEPTH }
-        );
-        let nots = format!("{}true", "not ".repeat(200));
-        assert_eq!(
-            Expr::parse(&nots).unwrap_err(),
-            ExprError::TooDeep { limit: MAX_DEPTH }
-        );
-        let negs = format!("{}1", "-".repeat(200));
-        assert_eq!(
-            Expr::parse(&negs).unwrap_err(),
-            ExprError::TooDeep { limit: MAX_DEPTH }
-        );
-        let huge = "1".repeat(MAX_EXPR_LEN + 1);
-        assert!(matches!(
-            Expr::parse(&huge).unwrap_err(),
-            ExprError::TooLong { .. }
-        ));
-        // Within the limits, nesting still works.
-        let ok = format!("{}1{}", "(".repeat(20), ")".repeat(20));
-        assert_eq!(
-            Expr::parse(&ok).unwrap().eval(&Map::new()).unwrap(),
-            json!(1)
-        );
-    }
-
-    #[test]
-    fn and_or_short_circuit_so_errors_on_the_dead_side_do_not_matter() {
-        assert_eq!(run("false and 1 / 0").unwrap(), json!(false));
-        assert_eq!(run("true or 1 / 0").unwrap(), json!(true));
-        assert_eq!(
-            run("true and 1 / 0").unwrap_err(),
-            ExprError::DivisionByZero
-        );
-    }
-
-    #[test]
-    fn var_paths_parse_and_display() {
-        let p = VarPath::parse("now.utc.dayOfWeek").unwrap();
-        assert_eq!(p.root(), "now");
-        assert_eq!(p.to_string(), "now.utc.dayOfWeek");
-        for bad in ["", "1a", "a..b", "a.", ".a", "a-b", "a b"] {
-            assert!(VarPath::parse(bad).is_err(), "{bad:?}");
-        }
-        assert!(VarPath::parse("list.0").is_ok());
-    }
-
-    #[test]
-    fn display_and_truthiness() {
-        assert_eq!(display_value(&json!(null)), "");
-        assert_eq!(display_value(&json!(3.0)), "3");
-        assert_eq!(display_value(&json!(3.25)), "3.25");
-        assert_eq!(display_value(&json!("x")), "x");
-        for (v, t) in [
-            (json!(null), false),
-            (json!(0), false),
-            (json!(0.0), false),
-            (json!(""), false),
-            (json!(false), false),
-            (json!("0"), true),
-            (json!([]), true),
-            (json!(-1), true),
-        ] {
-            assert_eq!(truthy(&v), t, "{v}");
-        }
-    }
-}
+mod tests;

@@ -12,12 +12,17 @@ use serde::{Deserialize, Deserializer};
 use serde_yaml::{Mapping, Value as Yaml};
 use thiserror::Error;
 
-use super::clock::{check_offset_minutes, parse_timezone_offset};
+use super::clock::Zone;
 use super::collect::CollectRules;
-use super::definition::{Content, Dialog, DialogId, FlowDefinition, Step, StepKind};
+use super::definition::{Clear, Content, Dialog, DialogId, FlowDefinition, Step, StepKind};
 use super::expr::{Expr, VarPath};
-use super::session::{Scope, CONTEXT_ROOTS};
-use super::template::Template;
+use super::session::{is_reserved, Scope, RESERVED_ROOTS};
+use super::template::{Template, SECRETS_ROOT};
+use super::value::{Mode, ValueTpl};
+
+mod integrations;
+
+pub(crate) use integrations::{contains_words, normalise_phrase};
 
 /// Default for `inactivity_s`.
 pub const DEFAULT_INACTIVITY_S: u64 = 30;
@@ -28,6 +33,10 @@ const MAX_MS: u64 = 3_600_000;
 const MAX_DIGITS: usize = 64;
 /// Upper bound for `answer_delay_ms`: callers and trunks give up on long ringing.
 const MAX_ANSWER_DELAY_MS: u64 = 60_000;
+/// Default for `pause_bot.max_ms`: a bot nobody resumes does not hold the line forever.
+pub const DEFAULT_PAUSE_MAX_MS: u64 = 600_000;
+/// What the caller hears when a step fails and the flow has no error dialog.
+pub const DEFAULT_ERROR_TEXT: &str = "Sorry, something went wrong. Goodbye.";
 const DTMF: &str = "0123456789*#ABCD";
 
 /// Why a flow file was refused.
@@ -120,6 +129,10 @@ struct RawFlow {
     prompts_dir: Option<String>,
     #[serde(default)]
     on_error: Option<String>,
+    /// A prompt (`{file}` / `{text}`, a file name, or `false` for none) said before an
+    /// unhandled error closes the conversation.
+    #[serde(default)]
+    error_prompt: Option<Yaml>,
     dialogs: Mapping,
 }
 
@@ -207,16 +220,25 @@ fn compile(raw: RawFlow, origin: &Path) -> Result<FlowDefinition, FlowLoadError>
                     format!("`{name}` is not a variable name (letters, digits, `_`)"),
                 )
             })?;
-        if CONTEXT_ROOTS.contains(&path.root()) {
+        if is_reserved(path.root()) {
             return Err(setting(
                 "variables",
-                format!("`{name}` is reserved for call context (reserved: {CONTEXT_ROOTS:?})"),
+                format!("`{name}` is reserved for call context (reserved: {RESERVED_ROOTS:?})"),
             ));
         }
         let json = serde_json::to_value(&value)
             .map_err(|e| setting("variables", format!("`{name}`: {e}")))?;
         variables.insert(name, json);
     }
+
+    let error_prompt = match raw.error_prompt {
+        None => Some(Content::Text(
+            Template::parse(DEFAULT_ERROR_TEXT)
+                .map_err(|e| setting("error_prompt", e.to_string()))?,
+        )),
+        Some(Yaml::Bool(false)) => None,
+        Some(y) => Some(prompt("error_prompt", y).map_err(|m| setting("error_prompt", m))?),
+    };
 
     let ctx = Ctx {
         origin,
@@ -246,6 +268,22 @@ fn compile(raw: RawFlow, origin: &Path) -> Result<FlowDefinition, FlowLoadError>
         });
     }
 
+    let mut warnings = Vec::new();
+    let any_step_error_path = dialogs
+        .iter()
+        .flat_map(|d: &Dialog| d.steps.iter())
+        .any(Step::has_own_error_path);
+    if on_error.is_none() && !any_step_error_path {
+        warnings.push(
+            "the flow has no `on_error` dialog anywhere: a step that fails says the error \
+             prompt and closes the conversation"
+                .to_string(),
+        );
+    }
+    for w in &warnings {
+        tracing::warn!(flow = %raw.name, file = %origin.display(), "{w}");
+    }
+
     let base = origin.parent().unwrap_or(Path::new(""));
     Ok(FlowDefinition {
         name: raw.name,
@@ -256,8 +294,10 @@ fn compile(raw: RawFlow, origin: &Path) -> Result<FlowDefinition, FlowLoadError>
         variables,
         prompts_dir: base.join(raw.prompts_dir.as_deref().unwrap_or(".")),
         on_error,
+        error_prompt,
         dialogs,
         by_name,
+        warnings,
     })
 }
 
@@ -374,7 +414,7 @@ struct GotoVariableSpec {
 #[serde(deny_unknown_fields)]
 struct SetItem {
     name: String,
-    expr: ExprSrc,
+    expr: Yaml,
 }
 
 #[derive(Deserialize)]
@@ -382,6 +422,23 @@ struct SetItem {
 struct ScopeSpec {
     #[serde(default)]
     scope: Option<Scope>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearSpec {
+    #[serde(default)]
+    scope: Option<Scope>,
+    #[serde(default)]
+    variables: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseSpec {
+    max_ms: Option<u64>,
+    on_timeout: Option<String>,
+    hold: Option<Yaml>,
 }
 
 #[derive(Deserialize)]
@@ -399,7 +456,10 @@ struct EmptySpec {}
 struct GetTimeSpec {
     variable: String,
     offset_minutes: Option<i32>,
-    timezone_offset: Option<String>,
+    /// Hours (`2`, `-5.5`) or text (`"+02:00"`, `"-0530"`, `"Z"`).
+    timezone_offset: Option<Yaml>,
+    /// An IANA name (`Europe/Brussels`), daylight saving included.
+    timezone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -407,13 +467,13 @@ struct GetTimeSpec {
 struct TrackEventSpec {
     name: String,
     #[serde(default)]
-    properties: BTreeMap<String, ExprSrc>,
+    properties: BTreeMap<String, Yaml>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ForwardSpec {
-    to: ExprSrc,
+    to: Yaml,
     on_failure: Option<String>,
 }
 
@@ -503,7 +563,7 @@ impl Ctx<'_> {
                     return Err("give `then` and/or `else` (a dialog name)".into());
                 }
                 Step::Condition {
-                    expr: expr("expr", &s.expr.0)?,
+                    expr: checked(expr("expr", &s.expr.0)?)?,
                     then: self.opt_dialog("then", s.then.as_deref())?,
                     otherwise: self.opt_dialog("else", s.otherwise.as_deref())?,
                 }
@@ -540,17 +600,42 @@ impl Ctx<'_> {
                 }
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
-                    out.push((path("name", &item.name)?, expr("expr", &item.expr.0)?));
+                    out.push((target("name", &item.name)?, value("expr", &item.expr)?));
                 }
                 Step::Set(out)
             }
-            StepKind::ClearSession | StepKind::Close => {
+            StepKind::Close => {
                 let s: ScopeSpec = spec(body)?;
-                let scope = s.scope.unwrap_or(Scope::All);
-                if kind == StepKind::Close {
-                    Step::Close(scope)
-                } else {
-                    Step::ClearSession(scope)
+                Step::Close(s.scope.unwrap_or(Scope::All))
+            }
+            StepKind::ClearSession => {
+                let s: ClearSpec = spec(body)?;
+                match (s.scope, s.variables) {
+                    (Some(_), Some(_)) => {
+                        return Err("give `scope` or `variables`, not both".into())
+                    }
+                    (_, Some(names)) => {
+                        if names.is_empty() {
+                            return Err("`variables` is empty".into());
+                        }
+                        let paths = names
+                            .iter()
+                            .map(|n| target("variables", n))
+                            .collect::<StepResult<Vec<_>>>()?;
+                        Step::ClearSession(Clear::Paths(paths))
+                    }
+                    (scope, None) => Step::ClearSession(Clear::Scope(scope.unwrap_or(Scope::All))),
+                }
+            }
+            StepKind::PauseBot => {
+                let s: PauseSpec = spec(body)?;
+                let max_ms = s.max_ms.unwrap_or(DEFAULT_PAUSE_MAX_MS);
+                Step::PauseBot {
+                    max: (max_ms > 0)
+                        .then(|| duration("max_ms", max_ms))
+                        .transpose()?,
+                    on_timeout: self.opt_dialog("on_timeout", s.on_timeout.as_deref())?,
+                    hold: s.hold.map(|h| prompt("hold", h)).transpose()?,
                 }
             }
             StepKind::Delay => {
@@ -564,22 +649,45 @@ impl Ctx<'_> {
             }
             StepKind::GetTime => {
                 let s: GetTimeSpec = spec(body)?;
-                let offset_minutes = match (s.offset_minutes, s.timezone_offset) {
-                    (Some(_), Some(_)) => {
-                        return Err("give `offset_minutes` or `timezone_offset`, not both".into())
-                    }
-                    (Some(m), None) => {
-                        check_offset_minutes(m).map_err(|e| format!("`offset_minutes`: {e}"))?;
-                        m
-                    }
-                    (None, Some(tz)) => {
-                        parse_timezone_offset(&tz).map_err(|e| format!("`timezone_offset`: {e}"))?
-                    }
-                    (None, None) => 0,
+                let given = [
+                    s.offset_minutes.is_some(),
+                    s.timezone_offset.is_some(),
+                    s.timezone.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() > 1 {
+                    return Err(
+                        "give one of `timezone`, `timezone_offset` and `offset_minutes`, not both"
+                            .into(),
+                    );
+                }
+                let zone = if let Some(m) = s.offset_minutes {
+                    Some(Zone::minutes(m).map_err(|e| format!("`offset_minutes`: {e}"))?)
+                } else if let Some(tz) = s.timezone_offset {
+                    let parsed = match &tz {
+                        Yaml::Number(n) => match n.as_f64() {
+                            Some(h) => Zone::hours(h),
+                            None => Err(format!("`{n}` is not a number of hours")),
+                        },
+                        Yaml::String(t) => Zone::parse(t).and_then(|z| match z {
+                            Zone::Iana(_) => {
+                                Err(format!("`{t}` is a time zone name: use `timezone`"))
+                            }
+                            fixed => Ok(fixed),
+                        }),
+                        other => Err(format!(
+                            "expected hours or \"+02:00\", found {}",
+                            describe(other)
+                        )),
+                    };
+                    Some(parsed.map_err(|e| format!("`timezone_offset`: {e}"))?)
+                } else if let Some(name) = s.timezone {
+                    Some(Zone::parse(&name).map_err(|e| format!("`timezone`: {e}"))?)
+                } else {
+                    None
                 };
                 Step::GetTime {
-                    variable: path("variable", &s.variable)?,
-                    offset_minutes,
+                    variable: target("variable", &s.variable)?,
+                    zone,
                 }
             }
             StepKind::TrackEvent => {
@@ -589,7 +697,7 @@ impl Ctx<'_> {
                 }
                 let mut properties = Vec::with_capacity(s.properties.len());
                 for (key, src) in s.properties {
-                    properties.push((key.clone(), expr(&format!("properties.{key}"), &src.0)?));
+                    properties.push((key.clone(), value(&format!("properties.{key}"), &src)?));
                 }
                 Step::TrackEvent {
                     name: template("name", &s.name)?,
@@ -599,22 +707,27 @@ impl Ctx<'_> {
             StepKind::Forward => {
                 let s: ForwardSpec = spec(body)?;
                 Step::Forward {
-                    to: expr("to", &s.to.0)?,
+                    to: value("to", &s.to)?,
                     on_failure: self.opt_dialog("on_failure", s.on_failure.as_deref())?,
                 }
             }
-            StepKind::PauseBot
-            | StepKind::StartRecording
-            | StepKind::StopRecording
-            | StepKind::Hangup => {
+            StepKind::StartRecording | StepKind::StopRecording | StepKind::Hangup => {
                 let _: EmptySpec = spec(body)?;
                 match kind {
-                    StepKind::PauseBot => Step::PauseBot,
                     StepKind::StartRecording => Step::StartRecording,
                     StepKind::StopRecording => Step::StopRecording,
                     _ => Step::Hangup,
                 }
             }
+            StepKind::Api
+            | StepKind::Code
+            | StepKind::JsonBuilder
+            | StepKind::SendMail
+            | StepKind::MailReport
+            | StepKind::Table
+            | StepKind::KnowledgeBase => self.request(kind, body)?,
+            StepKind::Offload => self.offload(body)?,
+            StepKind::Listen => self.listen(body)?,
         })
     }
 
@@ -688,7 +801,7 @@ impl Ctx<'_> {
             variable: s
                 .variable
                 .as_deref()
-                .map(|v| path("variable", v))
+                .map(|v| target("variable", v))
                 .transpose()?,
             branches,
             default: self.opt_dialog("default", s.default.as_deref())?,
@@ -710,8 +823,91 @@ fn expr(field: &str, src: &str) -> StepResult<Expr> {
     Expr::parse(src).map_err(|e| format!("`{field}` expression `{src}`: {e}"))
 }
 
+/// Refuses expressions that read `secrets.*`: secrets only exist as `{secrets.NAME}`
+/// placeholders in `api` fields, filled by the executor.
+fn checked(e: Expr) -> StepResult<Expr> {
+    if e.roots().contains(&SECRETS_ROOT) {
+        return Err(format!(
+            "`{e}` reads `{SECRETS_ROOT}`: secrets can only be written as `{{{SECRETS_ROOT}.NAME}}` \
+             placeholders in `api` url, headers, query, body and auth"
+        ));
+    }
+    Ok(e)
+}
+
+/// A value in expression mode (`set.expr`, `forward.to`, properties, payloads).
+fn value(field: &str, yaml: &Yaml) -> StepResult<ValueTpl> {
+    value_in(field, yaml, Mode::Expr)
+}
+
+/// A value in the given mode, with secrets refused (see [`checked`]).
+fn value_in(field: &str, yaml: &Yaml, mode: Mode) -> StepResult<ValueTpl> {
+    let v = ValueTpl::compile(yaml, mode, field)?;
+    if v.has_secrets() {
+        return Err(format!(
+            "`{field}`: `{{{SECRETS_ROOT}.NAME}}` placeholders are only allowed in `api` url, \
+             headers, query, body and auth"
+        ));
+    }
+    check_value_exprs(&v)?;
+    Ok(v)
+}
+
+fn check_value_exprs(v: &ValueTpl) -> StepResult<()> {
+    match v {
+        ValueTpl::Lit(_) => Ok(()),
+        ValueTpl::Expr(e) => checked(e.clone()).map(|_| ()),
+        ValueTpl::Text(t) => t.exprs().try_for_each(|e| checked(e.clone()).map(|_| ())),
+        ValueTpl::List(items) => items.iter().try_for_each(check_value_exprs),
+        ValueTpl::Map(entries) => entries.iter().try_for_each(|(_, v)| check_value_exprs(v)),
+    }
+}
+
 fn template(field: &str, src: &str) -> StepResult<Template> {
-    Template::parse(src).map_err(|e| format!("`{field}`: {e}"))
+    let t = Template::parse(src).map_err(|e| format!("`{field}`: {e}"))?;
+    if t.has_secrets() {
+        return Err(format!(
+            "`{field}`: `{{{SECRETS_ROOT}.NAME}}` placeholders are only allowed in `api` url, \
+             headers, query, body and auth"
+        ));
+    }
+    t.exprs().try_for_each(|e| checked(e.clone()).map(|_| ()))?;
+    Ok(t)
+}
+
+/// A prompt: a file name, or `{file: ...}` / `{text: ...}` (used by `hold`, `error_prompt`).
+fn prompt(field: &str, yaml: Yaml) -> StepResult<Content> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PromptSpec {
+        file: Option<String>,
+        text: Option<String>,
+    }
+    let s = match yaml {
+        Yaml::String(file) => PromptSpec {
+            file: Some(file),
+            text: None,
+        },
+        other => spec::<PromptSpec>(other).map_err(|e| format!("`{field}`: {e}"))?,
+    };
+    match (s.file, s.text) {
+        (Some(f), None) if !f.trim().is_empty() => Ok(Content::File(template(field, &f)?)),
+        (None, Some(t)) if !t.trim().is_empty() => Ok(Content::Text(template(field, &t)?)),
+        _ => Err(format!(
+            "`{field}`: give a prompt file name, or exactly one of `file` and `text` (not empty)"
+        )),
+    }
+}
+
+/// A variable the step writes: a valid path whose root is not reserved.
+fn target(field: &str, src: &str) -> StepResult<VarPath> {
+    let p = path(field, src)?;
+    if is_reserved(p.root()) {
+        return Err(format!(
+            "`{field}`: `{src}` is reserved (the engine owns {RESERVED_ROOTS:?}); pick another name"
+        ));
+    }
+    Ok(p)
 }
 
 fn path(field: &str, src: &str) -> StepResult<VarPath> {
@@ -770,10 +966,24 @@ mod tests {
     - pause_bot
     - get_time: {variable: now, timezone_offset: "+02:00"}
     - get_time: {variable: now2, offset_minutes: -300}
+    - get_time: {variable: now3, timezone_offset: -5.5}
+    - get_time: {variable: now4, timezone: Europe/Brussels}
     - track_event: {name: "menu_{pin}", properties: {pin: pin, n: 1}}
     - start_recording
     - stop_recording: {}
     - forward: {to: "'+' + pin", on_failure: other}
+    - api: {method: post, url: "http://h/x?n={call.from}", headers: {Authorization: "Bearer {secrets.T}"}, body: {a: "{n}"}, auth: {type: bearer, token: "{secrets.T}"}, save_as: resp, timeout_ms: 900, on_error: other, hold: music.wav}
+    - code: {source: "new ChatlayerResponseBuilder().send()", memory_kb: 4096}
+    - json_builder: {payload: {caller: call.from, n: "1 + 1"}}
+    - send_mail: {to: [ops@example.com], cc: "{boss}", subject: "Hi {call.from}", body: b}
+    - mail_report: {to: ops@example.com, subject: r, hold: {text: "One moment"}}
+    - table: {op: lookup, table: vip, where: {number: call.from}, save_as: vip}
+    - offload: {to: "sip:agents@127.0.0.1:5080", headers: {X-Customer: vip.name}, context: [vip], on_failure: other}
+    - listen: {grammar: [sales], branches: {sales: other, "1": main}, save_as: heard, on_no_match: other, on_timeout: main}
+    - knowledge_base: {question: heard.text, save_as: kb, on_no_answer: other}
+    - forward: {to: "+3225551212"}
+    - clear_session: {variables: [a, b.c]}
+    - pause_bot: {max_ms: 5000, on_timeout: other, hold: hold.wav}
     - close: {scope: all}
     - goto: other"##,
         );
@@ -785,7 +995,7 @@ mod tests {
         assert_eq!(def.prompts_dir(), Path::new("flows/."));
         let main = def.dialog(def.dialog_id("main").unwrap());
         let kinds: Vec<&str> = main.steps.iter().map(|s| s.kind().name()).collect();
-        assert_eq!(kinds.len(), 22);
+        assert_eq!(kinds.len(), 36);
         for kind in StepKind::ALL {
             assert!(
                 kinds.contains(&kind.name()) || kind == StepKind::Hangup,
@@ -804,6 +1014,95 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn listen_defaults_its_grammar_to_the_phrases() {
+        let def = FlowDefinition::from_str(
+            &wrap("    - listen: {branches: {Sales: other, 'Support, please': main, '2': other}}"),
+            ORIGIN,
+        )
+        .unwrap();
+        let main = def.dialog(def.dialog_id("main").unwrap());
+        let Step::Listen(l) = &main.steps[0] else {
+            panic!()
+        };
+        assert_eq!(
+            l.mode,
+            crate::flow::ListenMode::Grammar(vec!["sales".into(), "support please".into()])
+        );
+        assert_eq!(l.keys.keys().collect::<Vec<_>>(), vec!["2"]);
+        assert_eq!(l.keypad.max_digits, 1);
+        assert_eq!(l.waiting.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn integration_step_defaults() {
+        let def = FlowDefinition::from_str(
+            &wrap(
+                "    - api: {url: 'http://x'}\n    - code: {source: x}\n    - offload: {to: '+32'}",
+            ),
+            ORIGIN,
+        )
+        .unwrap();
+        let main = def.dialog(def.dialog_id("main").unwrap());
+        let timeouts: Vec<Duration> = main
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Request(r) => r.waiting.timeout,
+                Step::Offload(o) => o.waiting.timeout,
+                _ => Duration::ZERO,
+            })
+            .collect();
+        assert_eq!(
+            timeouts,
+            vec![
+                Duration::from_secs(5),
+                Duration::from_secs(2),
+                Duration::from_secs(60)
+            ]
+        );
+    }
+
+    #[test]
+    fn warns_when_no_error_path_exists_anywhere() {
+        let def = FlowDefinition::from_str(&wrap("    - hangup"), ORIGIN).unwrap();
+        assert_eq!(def.warnings().len(), 1);
+        assert!(
+            def.warnings()[0].contains("no `on_error`"),
+            "{:?}",
+            def.warnings()
+        );
+        let def = FlowDefinition::from_str(
+            &format!("on_error: other\n{}", wrap("    - hangup")),
+            ORIGIN,
+        )
+        .unwrap();
+        assert!(def.warnings().is_empty());
+        let def = FlowDefinition::from_str(
+            &wrap("    - api: {url: 'http://x', on_error: other}"),
+            ORIGIN,
+        )
+        .unwrap();
+        assert!(def.warnings().is_empty(), "a step-level on_error counts");
+    }
+
+    #[test]
+    fn error_prompt_setting() {
+        let text = |extra: &str| format!("name: t\nstart: m\n{extra}dialogs: {{m: [hangup]}}\n");
+        let def = FlowDefinition::from_str(&text(""), ORIGIN).unwrap();
+        assert!(matches!(def.error_prompt, Some(Content::Text(_))));
+        let def = FlowDefinition::from_str(&text("error_prompt: false\n"), ORIGIN).unwrap();
+        assert!(def.error_prompt.is_none());
+        let def = FlowDefinition::from_str(&text("error_prompt: sorry.wav\n"), ORIGIN).unwrap();
+        assert!(matches!(def.error_prompt, Some(Content::File(_))));
+        let def =
+            FlowDefinition::from_str(&text("error_prompt: {text: 'Oops {call.from}'}\n"), ORIGIN)
+                .unwrap();
+        assert!(matches!(def.error_prompt, Some(Content::Text(_))));
+        let err = FlowDefinition::from_str(&text("error_prompt: {}\n"), ORIGIN).unwrap_err();
+        assert!(err.to_string().contains("`error_prompt`"), "{err}");
     }
 
     #[test]
@@ -905,6 +1204,22 @@ mod tests {
                 "not both",
             ),
             (
+                "    - get_time: {variable: t, timezone: Europe/Nowhere}",
+                "not an IANA time zone",
+            ),
+            (
+                "    - get_time: {variable: t, timezone_offset: Europe/Brussels}",
+                "use `timezone`",
+            ),
+            (
+                "    - get_time: {variable: t, timezone_offset: 20}",
+                "out of range",
+            ),
+            (
+                "    - get_time: {variable: t, timezone: UTC, timezone_offset: 1}",
+                "not both",
+            ),
+            (
                 "    - get_time: {variable: t, timezone_offset: '2h'}",
                 "not a UTC offset",
             ),
@@ -923,6 +1238,180 @@ mod tests {
                 "`on_failure` refers",
             ),
             ("    - hangup: {now: true}", "unknown field `now`"),
+            (
+                "    - set: [{name: call.x, expr: 1}]",
+                "`call.x` is reserved",
+            ),
+            ("    - set: [{name: transfer, expr: 1}]", "is reserved"),
+            (
+                "    - collect: {variable: recording.x}",
+                "`recording.x` is reserved",
+            ),
+            ("    - get_time: {variable: call}", "`call` is reserved"),
+            ("    - set: [{name: secrets.x, expr: 1}]", "is reserved"),
+            ("    - set: [{name: x, expr: secrets.x}]", "reads `secrets`"),
+            (
+                "    - message: {text: 'key {secrets.X}'}",
+                "only allowed in `api`",
+            ),
+            ("    - clear_session: {variables: [call]}", "is reserved"),
+            (
+                "    - clear_session: {scope: all, variables: [a]}",
+                "not both",
+            ),
+            (
+                "    - clear_session: {variables: []}",
+                "`variables` is empty",
+            ),
+            (
+                "    - pause_bot: {on_timeout: ghost}",
+                "`on_timeout` refers",
+            ),
+            (
+                "    - pause_bot: {hold: {}}",
+                "`hold`: give a prompt file name",
+            ),
+            (
+                "    - api: {url: 'ftp://x'}",
+                "must start with http:// or https://",
+            ),
+            (
+                "    - api: {url: 'http://x', method: TRACE}",
+                "is not one of",
+            ),
+            (
+                "    - api: {url: 'http://x', body: {a: 1}}",
+                "a GET request has no `body`",
+            ),
+            (
+                "    - api: {url: 'http://x', timeout_ms: 0}",
+                "`timeout_ms` must be at least 1",
+            ),
+            (
+                "    - api: {url: 'http://x', timeout_ms: 9999999}",
+                "more than the maximum",
+            ),
+            (
+                "    - api: {url: 'http://x', on_error: ghost}",
+                "`on_error` refers",
+            ),
+            (
+                "    - api: {url: 'http://x', save_as: call}",
+                "`save_as`: `call` is reserved",
+            ),
+            (
+                "    - api: {url: 'http://x', headers: {'a b': x}}",
+                "not a valid header name",
+            ),
+            (
+                "    - api: {url: 'http://x', auth: {type: basic, username: u, password: hunter2}}",
+                "secrets never go in a flow file",
+            ),
+            (
+                "    - api: {url: 'http://x', auth: {type: digest}}",
+                "unknown variant `digest`",
+            ),
+            (
+                "    - api: {url: 'http://x', colour: red}",
+                "unknown field `colour`",
+            ),
+            ("    - api: {url: 'http://{1 +}'}", "`url`"),
+            ("    - code: {}", "give exactly one of `source`"),
+            (
+                "    - code: {source: x, file: y.js}",
+                "give exactly one of `source`",
+            ),
+            ("    - code: {file: missing.js}", "missing.js"),
+            (
+                "    - code: {source: x, memory_kb: 10}",
+                "`memory_kb` must be between",
+            ),
+            (
+                "    - json_builder: {payload: 3}",
+                "`payload` must be a mapping",
+            ),
+            (
+                "    - json_builder: {payload: {a: 'x = 1'}}",
+                "`payload.a` expression `x = 1`",
+            ),
+            (
+                "    - send_mail: {to: [], subject: s}",
+                "at least one address",
+            ),
+            (
+                "    - send_mail: {to: nobody, subject: s}",
+                "is not an e-mail address",
+            ),
+            (
+                "    - send_mail: {to: a@b.c, subject: ''}",
+                "`subject` must not be empty",
+            ),
+            (
+                "    - send_mail: {to: a@b.c, subject: 'x {secrets.P}'}",
+                "only allowed in `api`",
+            ),
+            (
+                "    - table: {op: select, table: t}",
+                "unknown variant `select`",
+            ),
+            (
+                "    - table: {op: lookup, table: 't; drop', save_as: x}",
+                "not a table or column",
+            ),
+            ("    - table: {op: lookup, table: t}", "needs `save_as`"),
+            ("    - table: {op: insert, table: t}", "needs `values`"),
+            ("    - table: {op: delete, table: t}", "`where` is required"),
+            (
+                "    - table: {op: update, table: t, values: {a: 1}}",
+                "`where` is required",
+            ),
+            (
+                "    - table: {op: insert, table: t, values: {'a-b': 1}}",
+                "not a table or column",
+            ),
+            (
+                "    - knowledge_base: {question: q, min_score: -1}",
+                "`min_score` must be 0",
+            ),
+            (
+                "    - knowledge_base: {question: q, on_no_answer: ghost}",
+                "`on_no_answer` refers",
+            ),
+            (
+                "    - offload: {to: x, headers: {Contact: y}}",
+                "context headers are `X-...`",
+            ),
+            (
+                "    - offload: {to: x, on_failure: ghost}",
+                "`on_failure` refers",
+            ),
+            (
+                "    - offload: {to: x, context: [secrets.a]}",
+                "cannot be sent",
+            ),
+            (
+                "    - listen: {grammar: [a], keywords: [b]}",
+                "at most one of",
+            ),
+            (
+                "    - listen: {grammar: [sales], branches: {billing: other}}",
+                "can never be heard",
+            ),
+            (
+                "    - listen: {branches: {'1#': other}}",
+                "contains the terminator",
+            ),
+            (
+                "    - listen: {max_digits: 1, branches: {'12': other}}",
+                "longer than max_digits",
+            ),
+            (
+                "    - listen: {max_speech_ms: 0}",
+                "`max_speech_ms` must be between",
+            ),
+            ("    - listen: {grammar: ['']}", "needs words"),
+            ("    - listen: {branches: {'!!': other}}", "has no words"),
+            ("    - listen: {variable: error}", "is reserved"),
             (
                 "    - [a, b]",
                 "step 1 (?): a step is a mapping with exactly one key",

@@ -315,6 +315,7 @@ mod load;
 pub mod machine;
 mod session;
 mod template;
+mod value;
 pub mod websocket;
 
 pub use definition::{FlowDefinition, StepKind};

@@ -11,7 +11,15 @@ use thiserror::Error;
 use super::expr::VarPath;
 
 /// Roots the engine owns; everything else is a flow variable.
-pub const CONTEXT_ROOTS: &[&str] = &["call", "transfer", "recording"];
+pub const CONTEXT_ROOTS: &[&str] = &["call", "transfer", "recording", "error"];
+
+/// Roots a flow can never assign: the context, plus `secrets` (placeholders only).
+pub const RESERVED_ROOTS: &[&str] = &["call", "transfer", "recording", "error", "secrets"];
+
+/// True if a flow may not write under this root.
+pub fn is_reserved(root: &str) -> bool {
+    RESERVED_ROOTS.contains(&root)
+}
 
 /// Which part of a session `clear_session` / `close` erases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -87,6 +95,52 @@ impl Session {
         }
         cur.insert(last.clone(), value);
         Ok(())
+    }
+
+    /// Removes the value at a path (no-op if missing). Returns whether something was removed.
+    pub fn remove(&mut self, path: &VarPath) -> bool {
+        let Some((last, parents)) = path.segments().split_last() else {
+            return false;
+        };
+        let mut cur = &mut self.vars;
+        for seg in parents {
+            match cur.get_mut(seg) {
+                Some(Value::Object(map)) => cur = map,
+                _ => return false,
+            }
+        }
+        cur.remove(last).is_some()
+    }
+
+    /// Merges `value` into the variable `key`: objects merge key by key (recursively), any
+    /// other value replaces what was there (Chatlayer's `session` reply).
+    pub fn merge(&mut self, key: &str, value: Value) {
+        fn merge_into(slot: &mut Value, value: Value) {
+            match (slot, value) {
+                (Value::Object(old), Value::Object(new)) => {
+                    for (k, v) in new {
+                        match old.get_mut(&k) {
+                            Some(existing) => merge_into(existing, v),
+                            None => {
+                                old.insert(k, v);
+                            }
+                        }
+                    }
+                }
+                (slot, value) => *slot = value,
+            }
+        }
+        match self.vars.get_mut(key) {
+            Some(existing) => merge_into(existing, value),
+            None => {
+                self.vars.insert(key.to_string(), value);
+            }
+        }
+    }
+
+    /// Replaces a whole context root (`error`).
+    pub fn set_context_root(&mut self, root: &str, value: Value) {
+        self.vars.insert(root.to_string(), value);
     }
 
     /// Sets a context value the engine owns (`root.key`).
@@ -194,6 +248,28 @@ mod tests {
         let mut s = setup();
         s.clear(Scope::All, None);
         assert!(s.vars().is_empty());
+    }
+
+    #[test]
+    fn remove_and_merge() {
+        let mut s = Session::new(&initial());
+        s.set(&p("a.b"), json!(1)).unwrap();
+        s.set(&p("a.c"), json!(2)).unwrap();
+        assert!(s.remove(&p("a.b")));
+        assert!(!s.remove(&p("a.b")));
+        assert!(!s.remove(&p("lang.x")), "through a non-object");
+        assert_eq!(s.get(&p("a")), Some(&json!({"c": 2})));
+        s.merge("a", json!({"d": {"e": 1}}));
+        s.merge("a", json!({"d": {"f": 2}, "c": 3}));
+        assert_eq!(
+            s.get(&p("a")),
+            Some(&json!({"c": 3, "d": {"e": 1, "f": 2}}))
+        );
+        s.merge("lang", json!(["x"]));
+        assert_eq!(s.get(&p("lang")), Some(&json!(["x"])));
+        s.merge("fresh", json!(1));
+        assert_eq!(s.get(&p("fresh")), Some(&json!(1)));
+        assert!(is_reserved("secrets") && is_reserved("call") && !is_reserved("resp"));
     }
 
     #[test]

@@ -26,7 +26,13 @@ pub enum TemplateError {
 enum Part {
     Text(String),
     Expr(Expr),
+    /// `{secrets.NAME}`: never evaluated by the flow; rendered back as written so the
+    /// integration executor can fill it at send time.
+    Secret(String),
 }
+
+/// The root under which `{secrets.NAME}` placeholders live (never a variable).
+pub const SECRETS_ROOT: &str = "secrets";
 
 /// A parsed template. `{{` and `}}` stand for literal braces.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,13 +78,17 @@ impl Template {
                             }
                         }
                     }
+                    if !text.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut text)));
+                    }
+                    if let Some(name) = secret_name(inner.trim()) {
+                        parts.push(Part::Secret(name.to_string()));
+                        continue;
+                    }
                     let expr = Expr::parse(inner.trim()).map_err(|source| TemplateError::Expr {
                         placeholder: inner.clone(),
                         source,
                     })?;
-                    if !text.is_empty() {
-                        parts.push(Part::Text(std::mem::take(&mut text)));
-                    }
                     parts.push(Part::Expr(expr));
                 }
                 c => text.push(c),
@@ -96,10 +106,23 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Expr(_) => return None,
+                Part::Expr(_) | Part::Secret(_) => return None,
             }
         }
         Some(out)
+    }
+
+    /// True if the text holds a `{secrets.NAME}` placeholder.
+    pub fn has_secrets(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Secret(_)))
+    }
+
+    /// The expressions of the placeholders, for load-time checks.
+    pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Expr(e) => Some(e),
+            _ => None,
+        })
     }
 
     /// Renders with the session variables; missing variables render as nothing.
@@ -122,6 +145,9 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
+                Part::Secret(name) => {
+                    out.push_str(&format!("{{{SECRETS_ROOT}.{name}}}"));
+                }
                 Part::Expr(expr) => {
                     let value = expr.eval(vars).map_err(|source| TemplateError::Expr {
                         placeholder: expr.source().to_string(),
@@ -142,6 +168,13 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// `secrets.NAME` (NAME: letters, digits, `_`) -> NAME.
+fn secret_name(inner: &str) -> Option<&str> {
+    let name = inner.strip_prefix(SECRETS_ROOT)?.strip_prefix('.')?;
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then_some(name)
 }
 
 #[cfg(test)]
@@ -208,6 +241,19 @@ mod tests {
         ));
         let ok = Template::parse("{lang}_menu.wav").unwrap();
         assert_eq!(ok.render_file_name(&vars()).unwrap(), "nl_menu.wav");
+    }
+
+    #[test]
+    fn secrets_are_left_for_the_executor() {
+        let t = Template::parse("Bearer {secrets.API_TOKEN} for {name}").unwrap();
+        assert!(t.has_secrets());
+        assert_eq!(
+            t.render(&vars()).unwrap(),
+            "Bearer {secrets.API_TOKEN} for Ann"
+        );
+        assert!(!Template::parse("{name}").unwrap().has_secrets());
+        // Anything but a bare `secrets.NAME` is an ordinary expression.
+        assert!(!Template::parse("{secrets}").unwrap().has_secrets());
     }
 
     #[test]

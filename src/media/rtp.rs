@@ -774,12 +774,7 @@ impl RtpSession {
         self.place(SeqUpdate::Ahead(first), entry, Some(timestamp), now);
     }
 
-    fn consider_new_ssrc(
-        &mut self,
-        h: RtpHeader,
-        samples: Vec<i16>,
-        now: Instant,
-    ) {
+    fn consider_new_ssrc(&mut self, h: RtpHeader, samples: Vec<i16>, now: Instant) {
         let confirmed = match &mut self.candidate {
             Some(c) if c.ssrc == h.ssrc && c.next_seq == h.sequence => {
                 c.frames.push((h.sequence, h.timestamp, samples));
@@ -1691,7 +1686,9 @@ mod tests {
         assert!(!events(&mut s)
             .iter()
             .any(|e| matches!(e, RtpEvent::RemoteAddrChanged(_))));
-        assert!(s.try_handle_datagram(&audio(0xB, 10, 50_480), nat, ms(t0, 60_020)).is_err());
+        assert!(s
+            .try_handle_datagram(&audio(0xB, 10, 50_480), nat, ms(t0, 60_020))
+            .is_err());
     }
 
     #[test]
@@ -1700,7 +1697,9 @@ mod tests {
         let mut s = RtpSession::new(seeded(1), t0);
         let late = ms(t0, 11_000);
         let other = addr(77, 40_000);
-        assert!(s.try_handle_datagram(&audio(PEER_SSRC, 1, 0), other, late).is_err());
+        assert!(s
+            .try_handle_datagram(&audio(PEER_SSRC, 1, 0), other, late)
+            .is_err());
         s.try_handle_datagram(&audio(PEER_SSRC, 2, 160), sdp_addr(), late)
             .unwrap();
         assert_eq!(s.remote_addr(), Some(sdp_addr()));

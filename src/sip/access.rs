@@ -246,7 +246,8 @@ impl AccessControl {
                 };
             }
         }
-        if s.unconfirmed >= cfg.max_unconfirmed_per_source || total_unconfirmed >= cfg.max_unconfirmed
+        if s.unconfirmed >= cfg.max_unconfirmed_per_source
+            || total_unconfirmed >= cfg.max_unconfirmed
         {
             s.refused_in_a_row = s.refused_in_a_row.saturating_add(1);
             return Decision::Refuse {
@@ -269,7 +270,10 @@ impl AccessControl {
 
     /// Calls answered but not yet ACKed (all sources).
     pub fn unconfirmed(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).unconfirmed
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unconfirmed
     }
 }
 
@@ -286,8 +290,7 @@ impl State {
         self.last_sweep = Some(now);
         self.sources.retain(|_, s| {
             s.unconfirmed > 0
-                || s
-                    .last_seen
+                || s.last_seen
                     .is_some_and(|t| now.saturating_duration_since(t) < EVERY)
         });
     }

@@ -212,7 +212,10 @@ pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
             if !matches!(name.trim().to_ascii_lowercase().as_str(), "from" | "f") {
                 continue;
             }
-            if has_tag_param(value) {
+            // A tag is added only to a well-formed value (an unclosed `<` hides where the
+            // parameters start, and the stack refuses such a From anyway).
+            let unclosed = value.find('<').is_some_and(|a| !value[a..].contains('>'));
+            if unclosed || has_tag_param(value) {
                 break;
             }
             use std::hash::{Hash, Hasher};
@@ -688,9 +691,26 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_regression_repairs_are_idempotent() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/sip_guard");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let raw = std::fs::read(entry.unwrap().path()).unwrap();
+            if let Verdict::Pass(b) = inspect_datagram(&raw) {
+                match inspect_datagram(&b) {
+                    Verdict::Pass(again) => assert_eq!(again.as_ref(), b.as_ref()),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rfc2543_from_tag_is_stable_across_retransmissions_and_ack() {
         let inv = "INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\nFrom: <sip:a@example.com>\r\nTo: <sip:b@example.com>\r\nCall-ID: x1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-        let ack = inv.replace("INVITE sip", "ACK sip").replace("1 INVITE", "1 ACK");
+        let ack = inv
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 INVITE", "1 ACK");
         let tag = |m: &str| {
             let Verdict::Pass(b) = inspect_datagram(m.as_bytes()) else {
                 panic!()

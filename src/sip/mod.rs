@@ -11,6 +11,6 @@ pub mod tcp;
 pub mod transport;
 
 pub use server::{
-    Admission, CallLeg, IncomingCall, Reservation, InviteInfo, LegEnd, LegEvent, OutgoingInvite, Responder,
-    SipError, SipServer, SipServerConfig,
+    Admission, CallLeg, IncomingCall, InviteInfo, LegEnd, LegEvent, OutgoingInvite, Reservation,
+    Responder, SipError, SipServer, SipServerConfig,
 };

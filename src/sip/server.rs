@@ -91,6 +91,11 @@ impl SipLimits {
 /// the refusal (status, Retry-After seconds): over capacity, or shutting down.
 pub trait Admission: Send + Sync {
     fn admit(&self) -> Result<Reservation, (u16, u32)>;
+    /// True once the node is draining (graceful shutdown): OPTIONS are answered 503 so a load
+    /// balancer in front (Kamailio's dispatcher) stops sending new calls at once.
+    fn draining(&self) -> bool {
+        false
+    }
 }
 
 /// A reserved call slot, held for the whole call; released when dropped.
@@ -380,8 +385,7 @@ impl SipServer {
         .await?;
         transport_layer.add_transport(udp_conn.into());
         // voxgate reads TCP itself (deadlines, caps): see `tcp`.
-        let tcp_listener =
-            super::tcp::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?;
+        let tcp_listener = super::tcp::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?;
         let limits = config.limits.clone();
 
         let option = EndpointOption {
@@ -646,13 +650,18 @@ async fn dispatch(
                     d.refused(&tx, source, 0, "scanner");
                     continue;
                 }
+                let status = if d.admission.draining() {
+                    StatusCode::ServiceUnavailable
+                } else {
+                    StatusCode::OK
+                };
                 tokio::spawn(async move {
                     let headers = vec![
                         Header::Other("Allow".into(), ALLOW.into()),
                         Header::Other("Accept".into(), "application/sdp".into()),
                         Header::Other("Supported".into(), "replaces, norefersub".into()),
                     ];
-                    tx.reply_with(StatusCode::OK, headers, None).await.ok();
+                    tx.reply_with(status, headers, None).await.ok();
                 });
             }
             Method::Ack => {}
@@ -835,8 +844,13 @@ async fn new_call(
                 // An INVITE we cannot make a dialog of is still answered (RFC 3261 §8.2).
                 let reason = e.to_string();
                 tokio::spawn(async move {
-                    let headers = vec![Header::Other("Warning".into(), format!("399 voxgate \"{}\"", reason.replace('"', "'")))];
-                    tx.reply_with(StatusCode::BadRequest, headers, None).await.ok();
+                    let headers = vec![Header::Other(
+                        "Warning".into(),
+                        format!("399 voxgate \"{}\"", reason.replace('"', "'")),
+                    )];
+                    tx.reply_with(StatusCode::BadRequest, headers, None)
+                        .await
+                        .ok();
                 });
                 return Err(SipError::Stack(e.to_string()));
             }

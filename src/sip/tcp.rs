@@ -12,11 +12,11 @@
 //!
 //! Complete messages go through the same raw-bytes [guard](super::guard) as UDP datagrams.
 
-use super::guard::{inspect_datagram, Verdict};
 use super::access::LogLimiter;
+use super::guard::{inspect_datagram, Verdict};
 use bytes::{Buf, BytesMut};
-use rsipstack::transport::channel::ChannelConnection;
 use rsipstack::transaction::endpoint::EndpointInnerRef;
+use rsipstack::transport::channel::ChannelConnection;
 use rsipstack::transport::{SipAddr, SipConnection, TransportEvent};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

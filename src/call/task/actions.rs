@@ -11,6 +11,7 @@ use crate::call::executor::RequestContext;
 use crate::call::inbox::Inbox;
 use crate::call::state::Input;
 use crate::flow::{FlowAction, FlowEvent, SpeechOutcome, StepFailure, StepRequest};
+use crate::store::Record;
 use chrono::Utc;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -50,8 +51,21 @@ impl Call {
             if self.state.is_ended() {
                 break;
             }
-            debug!(?action, "flow action");
+            // Bot audio can be seconds of samples: log its length, not its contents.
+            match &action {
+                FlowAction::PlayAudio { samples } => {
+                    debug!(samples = samples.len(), "flow action PlayAudio")
+                }
+                other => debug!(action = ?other, "flow action"),
+            }
             self.action(action, now);
+        }
+        // A `pause_bot` step pauses the bot by itself: show it in `GET /v1/calls`.
+        if let Some(paused) = self.flow.is_paused() {
+            if paused != self.shown_paused {
+                self.shown_paused = paused;
+                self.set_summary(|s| s.paused = paused);
+            }
         }
     }
 
@@ -64,6 +78,8 @@ impl Call {
                 if let Some(rtp) = self.rtp.as_mut() {
                     rtp.clear_audio();
                 }
+                // TTS still being synthesised is cut too: its audio must not play later.
+                self.says_cut.append(&mut self.says_in_flight);
             }
             FlowAction::PlayAudio { samples } => {
                 if let Some(rtp) = self.rtp.as_mut() {
@@ -115,12 +131,12 @@ impl Call {
             }
             FlowAction::TrackEvent { name, properties } => {
                 metrics::counter!("voxgate_tracked_events_total").increment(1);
-                self.shared.events.append_queued(json!({
+                self.shared.store.submit(Record::Event(json!({
                     "ts": Utc::now().to_rfc3339(),
                     "call_id": self.info.call_id,
                     "name": name,
                     "properties": properties,
-                }));
+                })));
             }
             // Integration steps: an executor in `Shared`, answered through the inbox.
             FlowAction::Request {
@@ -156,6 +172,7 @@ impl Call {
 
     /// TTS runs off the call task; the audio (or the failure) comes back to the inbox.
     fn say(&mut self, id: u64, text: String) {
+        self.says_in_flight.insert(id);
         let tts = self.shared.tts.clone();
         let inbox = self.inbox_tx.clone();
         tokio::spawn(

@@ -31,6 +31,8 @@ pub(super) struct CallFacts<'a> {
     pub recording_ids: &'a [String],
     pub rtp: RtpCounts,
     pub dtmf_digits: u32,
+    /// The embedded bot's summary and step log (`None` for an external bot).
+    pub flow: Option<Value>,
 }
 
 /// Milliseconds of media: from the answer to `now`.
@@ -59,6 +61,7 @@ pub(super) fn record(f: &CallFacts) -> Value {
         "recording_ids": f.recording_ids,
         "rtp": {"sent": f.rtp.sent, "received": f.rtp.received, "lost": f.rtp.lost},
         "dtmf_digits": f.dtmf_digits,
+        "flow": f.flow,
     })
 }
 
@@ -121,6 +124,7 @@ mod tests {
                 lost: 2,
             },
             dtmf_digits: 3,
+            flow: Some(json!({"flow": "demo", "steps_ok": 4, "steps": []})),
         });
         assert_eq!(cdr["call_id"], "c1@x");
         assert_eq!(cdr["from"], "alice");
@@ -136,6 +140,10 @@ mod tests {
         assert_eq!(cdr["recording_ids"], json!(["rec_a", "rec_b"]));
         assert_eq!(cdr["rtp"], json!({"sent": 925, "received": 920, "lost": 2}));
         assert_eq!(cdr["dtmf_digits"], 3);
+        assert_eq!(
+            cdr["flow"]["flow"], "demo",
+            "the flow summary reaches the CDR"
+        );
     }
 
     #[test]
@@ -155,6 +163,7 @@ mod tests {
             recording_ids: &[],
             rtp: RtpCounts::default(),
             dtmf_digits: 0,
+            flow: None,
         });
         assert!(cdr["answer"].is_null());
         assert!(cdr["codec"].is_null());

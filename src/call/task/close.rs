@@ -9,6 +9,7 @@ use super::cdr::{self, CallFacts, RtpCounts};
 use super::Call;
 use crate::call::state::{Command, EndReason, Input};
 use crate::flow::FlowEvent;
+use crate::store::Record;
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -97,12 +98,12 @@ impl Call {
             bye_sent = bye,
             "conversation closed"
         );
-        self.shared.events.append_queued(json!({
+        self.shared.store.submit(Record::Event(json!({
             "ts": Utc::now().to_rfc3339(),
             "call_id": self.info.call_id,
             "name": "conversation.closed",
             "properties": c.report(finalized, self.cdr_written, bye),
-        }));
+        })));
     }
 
     /// The call is over: stop recording, tell the flow, write the CDR, end the far leg.
@@ -153,8 +154,11 @@ impl Call {
             recording_ids: self.recordings.ids(),
             rtp,
             dtmf_digits: self.dtmf_count,
+            flow: self.flow_started.then(|| self.flow.cdr_json()).flatten(),
         });
-        self.cdr_written = self.shared.cdrs.append_or_log("CDR", &record);
+        // Queued (durably, off this task): the store never blocks a call.
+        self.shared.store.submit(Record::Cdr(record));
+        self.cdr_written = true;
         self.rtp = None;
         self.end_far();
     }

@@ -98,6 +98,12 @@ struct Call {
     inbox_tx: InboxSender,
     inbox_rx: mpsc::UnboundedReceiver<Inbox>,
     outstanding: Outstanding,
+    /// `Say` ids whose TTS is still being synthesised, and those a `StopPlayback` cut before
+    /// their audio arrived (reported as interrupted instead of played).
+    says_in_flight: std::collections::BTreeSet<u64>,
+    says_cut: std::collections::BTreeSet<u64>,
+    /// What `GET /v1/calls` shows as `paused` (the operator's pause or `pause_bot`).
+    shown_paused: bool,
 
     // Recording.
     rec_tx: mpsc::UnboundedSender<RecorderEvent>,
@@ -307,10 +313,12 @@ impl Call {
         info!(?c, "control");
         match c {
             Control::Pause => {
+                self.shown_paused = true;
                 self.set_summary(|s| s.paused = true);
                 self.flow_event(FlowEvent::Paused);
             }
             Control::Resume => {
+                self.shown_paused = false;
                 self.set_summary(|s| s.paused = false);
                 self.flow_event(FlowEvent::Resumed);
             }
@@ -319,7 +327,9 @@ impl Call {
     }
 
     fn on_inbox(&mut self, msg: Inbox) {
-        match inbox::route(msg, &mut self.outstanding) {
+        let delivery = inbox::route(msg, &mut self.outstanding);
+        let delivery = cut_say(delivery, &mut self.says_in_flight, &mut self.says_cut);
+        match delivery {
             Delivery::Audio { id, samples } => self.queue_audio(id, &samples),
             Delivery::Flow(ev) => {
                 if let FlowEvent::PlaybackFailed { reason, .. } = &ev {
@@ -339,6 +349,29 @@ impl Call {
 }
 
 /// The earliest of `timers`, but no later than 1 s from `now` and never before it.
+/// TTS that arrives for a `Say` a `StopPlayback` already cut is reported as interrupted and
+/// never queued (a key during synthesis must not let the audio play later, over the next
+/// prompt). IO-free.
+fn cut_say(
+    delivery: Delivery,
+    in_flight: &mut std::collections::BTreeSet<u64>,
+    cut: &mut std::collections::BTreeSet<u64>,
+) -> Delivery {
+    let id = match &delivery {
+        Delivery::Audio { id, .. } => *id,
+        Delivery::Flow(FlowEvent::PlaybackFailed { id, .. }) => *id,
+        _ => return delivery,
+    };
+    in_flight.remove(&id);
+    if cut.remove(&id) {
+        return Delivery::Flow(FlowEvent::PlaybackFinished {
+            id,
+            interrupted: true,
+        });
+    }
+    delivery
+}
+
 fn earliest<const N: usize>(now: Instant, timers: [Option<Instant>; N]) -> Instant {
     let cap = now + Duration::from_secs(1);
     timers
@@ -378,5 +411,43 @@ mod tests {
         assert_eq!(earliest(b, [Some(ms(5000))]), ms(1000));
         // A timer already past wakes at once, never in the past.
         assert_eq!(earliest(ms(50), [Some(ms(10))]), ms(50));
+    }
+
+    #[test]
+    fn tts_cut_during_synthesis_never_plays() {
+        use std::collections::BTreeSet;
+        let audio = |id| Delivery::Audio {
+            id,
+            samples: std::sync::Arc::from(vec![0i16; 160]),
+        };
+        let mut in_flight: BTreeSet<u64> = [1, 2].into();
+        let mut cut = BTreeSet::new();
+        // A key (StopPlayback) while both are being synthesised cuts both.
+        cut.append(&mut in_flight);
+        assert_eq!(
+            cut_say(audio(1), &mut in_flight, &mut cut),
+            Delivery::Flow(FlowEvent::PlaybackFinished {
+                id: 1,
+                interrupted: true
+            })
+        );
+        let failed = Delivery::Flow(FlowEvent::PlaybackFailed {
+            id: 2,
+            reason: "tts".into(),
+        });
+        assert!(matches!(
+            cut_say(failed, &mut in_flight, &mut cut),
+            Delivery::Flow(FlowEvent::PlaybackFinished {
+                id: 2,
+                interrupted: true
+            })
+        ));
+        // A later Say, not cut, plays.
+        in_flight.insert(3);
+        assert!(matches!(
+            cut_say(audio(3), &mut in_flight, &mut cut),
+            Delivery::Audio { id: 3, .. }
+        ));
+        assert!(in_flight.is_empty() && cut.is_empty());
     }
 }

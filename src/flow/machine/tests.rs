@@ -101,6 +101,25 @@ impl Harness {
         panic!("timeouts did not settle");
     }
 
+    /// Answers the request `id` with a result.
+    pub fn done(&mut self, id: u64, result: Value) -> Vec<A> {
+        self.ev(E::RequestDone {
+            id,
+            result: Ok(result),
+        })
+    }
+
+    /// Answers the request `id` with a failure.
+    pub fn fail(&mut self, id: u64, code: &str, message: &str) -> Vec<A> {
+        self.ev(E::RequestDone {
+            id,
+            result: Err(crate::flow::StepFailure {
+                code: code.into(),
+                message: message.into(),
+            }),
+        })
+    }
+
     pub fn var(&self, path: &str) -> Value {
         crate::flow::expr::VarPath::parse(path)
             .unwrap()
@@ -110,20 +129,25 @@ impl Harness {
     }
 }
 
-fn play(id: u64, file: &str) -> A {
+pub(super) fn play(id: u64, file: &str) -> A {
     A::Play {
         id,
         file: file.into(),
     }
 }
 
-fn close() -> A {
+pub(super) fn close() -> A {
     A::Close {
         cleared_session: true,
     }
 }
 
-fn say(id: u64, text: &str) -> A {
+/// The default error prompt said before an unhandled error closes the conversation.
+pub(super) fn sorry(id: u64) -> A {
+    say(id, crate::flow::load::DEFAULT_ERROR_TEXT)
+}
+
+pub(super) fn say(id: u64, text: &str) -> A {
     A::Say {
         id,
         text: text.into(),
@@ -246,7 +270,16 @@ fn barge_in_also_stops_a_prompt_playing_during_collect() {
          - collect: {variable: c}\n    - close: {scope: context}",
     );
     assert_eq!(h.start(), vec![play(1, "menu.wav")]);
-    assert_eq!(h.dtmf("7"), vec![A::StopPlayback, close()]);
+    assert_eq!(
+        h.dtmf("7"),
+        vec![
+            A::StopPlayback,
+            A::Close {
+                cleared_session: false
+            }
+        ],
+        "scope context keeps the variables, and says so"
+    );
     assert_eq!(h.var("c"), json!("7"), "scope context keeps variables");
     assert_eq!(h.var("call.from"), Value::Null);
 }
@@ -326,7 +359,13 @@ fn runtime_errors_go_to_on_error_or_close() {
     );
 
     let mut h = Harness::flow("variables: {n: 1}", dialogs);
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(
+        h.start(),
+        vec![sorry(1)],
+        "the caller hears something first"
+    );
+    assert!(!h.m.is_finished());
+    assert_eq!(h.finished(1), vec![close()]);
     assert!(h.m.is_finished());
     assert!(matches!(
         h.m.summary().end,
@@ -354,7 +393,8 @@ fn goto_and_goto_variable() {
     let mut h = Harness::flow("variables: {next: ghost}\non_error: fallback", plain);
     assert_eq!(h.start(), vec![say(1, "f")]);
     let mut h = Harness::flow("variables: {next: ghost}", plain);
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
+    assert_eq!(h.finished(1), vec![close()]);
 
     let mut h = Harness::flow("", "  main:\n    - goto: b\n  b:\n    - message: {text: b}");
     assert_eq!(h.start(), vec![say(1, "b")]);
@@ -379,7 +419,7 @@ fn set_into_a_non_object_is_a_step_error() {
         "variables: {s: x}",
         "  main:\n    - set: [{name: s.y, expr: 1}]\n  e:\n    - message: {text: e}",
     );
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert!(matches!(&h.m.step_log()[0].outcome, StepOutcome::Failed(m) if m.contains("`s`")));
 }
 
@@ -435,7 +475,11 @@ fn pause_bot_ignores_input_until_resumed() {
     );
     assert!(h.start().is_empty());
     assert!(h.m.is_paused());
-    assert_eq!(h.m.poll_timeout(), None, "no inactivity while paused");
+    assert_eq!(
+        h.m.poll_timeout(),
+        Some(h.now + Duration::from_millis(crate::flow::load::DEFAULT_PAUSE_MAX_MS)),
+        "no inactivity while paused; only pause_bot's max_ms"
+    );
     assert!(h.dtmf("1").is_empty());
     assert!(h.advance(60_000).is_empty());
     assert!(h.ev(E::Resumed).is_empty());
@@ -458,8 +502,11 @@ fn operator_pause_freezes_collect_timers() {
     assert!(h.ev(E::Paused).is_empty());
     assert!(h.advance(10_000).is_empty());
     h.ev(E::Resumed);
-    assert!(h.advance(999).is_empty(), "timer restarted on resume");
-    assert_eq!(h.advance(1), vec![say(1, "t")]);
+    assert!(
+        h.advance(499).is_empty(),
+        "the timer stood still while paused"
+    );
+    assert_eq!(h.advance(1), vec![say(1, "t")], "and kept the 500 ms left");
 }
 
 #[test]
@@ -472,12 +519,20 @@ fn get_time_with_fixed_clock_and_offset() {
     h.start();
     h.advance(60_000);
     // Started at 23:30:05Z; the wall clock advanced with the delay.
-    assert_eq!(h.var("now.utc.ISO"), json!("2024-03-31T23:31:05Z"));
-    assert_eq!(h.var("now.utc.dayOfWeek"), json!(7));
-    assert_eq!(h.var("now.offset.ISO"), json!("2024-04-01T00:31:05+01:00"));
+    assert_eq!(h.var("now.utc.ISO"), json!("2024-03-31T23:31:05.000Z"));
+    assert_eq!(
+        h.var("now.utc.dayOfWeek"),
+        json!(0),
+        "Sunday, as Chatlayer counts"
+    );
+    assert_eq!(h.var("now.offset.ISO"), json!("2024-04-01T00:31:05.000Z"));
+    assert_eq!(
+        h.var("now.offset.ISOOffset"),
+        json!("2024-04-01T00:31:05.000+01:00")
+    );
     assert_eq!(h.var("now.offset.dayOfMonth"), json!(1));
     assert_eq!(h.var("now.offset.month"), json!(4));
-    assert_eq!(h.var("plain.offset"), h.var("plain.utc"));
+    assert_eq!(h.var("plain.offset.ISO"), h.var("plain.utc.ISO"));
 }
 
 #[test]
@@ -501,7 +556,7 @@ fn track_event_and_recording_steps() {
     h.ev(E::RecordingStarted { id: "r1".into() });
     assert_eq!(h.var("recording"), json!({"id": "r1", "active": true}));
     h.ev(E::RecordingFailed {
-        id: None,
+        id: Some("r1".into()),
         reason: "disk full".into(),
     });
     assert_eq!(h.var("recording.error"), json!("disk full"));
@@ -548,7 +603,11 @@ fn forward_failure_sets_reason_and_goes_to_on_failure() {
         detail: "486 Busy Here".into(),
     });
     assert_eq!(out, vec![say(1, "busy: 486 Busy Here")]);
-    assert_eq!(h.m.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+    assert_eq!(
+        h.m.poll_timeout(),
+        None,
+        "no inactivity while the bot talks (the failure dialog's message)"
+    );
     assert!(matches!(
         &h.m.summary().failures[0].outcome,
         StepOutcome::Failed(m) if m == "forward failed: busy (486 Busy Here)"
@@ -574,7 +633,7 @@ fn forward_failure_without_on_failure_continues() {
 #[test]
 fn forward_to_an_empty_target_is_a_step_error() {
     let mut h = Harness::flow("", "  main:\n    - forward: {to: missing}");
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert!(matches!(
         &h.m.step_log()[0].outcome,
         StepOutcome::Failed(m) if m.contains("not a phone number")
@@ -667,13 +726,14 @@ fn loops_without_waiting_are_bounded() {
         "  main:\n    - set: [{name: n, expr: 'n + 1'}]\n    - goto: main",
     );
     // `null + 1` fails, on_error jumps back: an error loop; and a plain goto loop below.
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
+    assert_eq!(h.finished(1), vec![close()]);
     assert!(matches!(
         h.m.summary().end,
         Some(FlowEnd::Closed(CloseReason::Error(ref m))) if m.contains("loops")
     ));
     let mut h = Harness::flow("", "  main:\n    - goto: b\n  b:\n    - goto: main");
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert_eq!(h.m.summary().steps_ok, MAX_STEPS_WITHOUT_WAIT);
 }
 
@@ -742,9 +802,220 @@ fn file_placeholders_cannot_escape_the_prompt_dir() {
         "variables: {lang: '../../etc'}",
         "  main:\n    - message: {file: '{lang}/greeting.wav'}",
     );
-    assert_eq!(h.start(), vec![close()]);
+    assert_eq!(h.start(), vec![sorry(1)]);
     assert!(matches!(
         &h.m.step_log()[0].outcome,
         StepOutcome::Failed(m) if m.contains("not allowed in a file name")
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11: the nine behaviours, pause_bot's end, clear_session by name.
+
+#[test]
+fn inactivity_does_not_count_while_the_bot_talks_or_waits_on_a_delay() {
+    let mut h = Harness::flow(
+        "inactivity_s: 5",
+        "  main:\n    - message: {file: long.wav}\n    - delay: 20000\n    - collect: {}",
+    );
+    assert_eq!(h.start(), vec![play(1, "long.wav")]);
+    assert_eq!(
+        h.m.poll_timeout(),
+        None,
+        "no inactivity timer during the prompt"
+    );
+    assert!(
+        h.advance(60_000).is_empty(),
+        "a 60 s prompt plays to the end"
+    );
+    h.finished(1);
+    assert!(h.advance(20_000).is_empty(), "nor during a delay");
+    assert!(h.advance(4_999).is_empty());
+    assert_eq!(h.advance(1), vec![close()]);
+    // A wait:false prompt during a collect: the clock starts when the prompt ends.
+    let mut h = Harness::flow(
+        "inactivity_s: 5",
+        "  main:\n    - message: {file: menu.wav, wait: false}\n    - collect: {}",
+    );
+    h.start();
+    assert!(h.advance(30_000).is_empty());
+    h.finished(1);
+    assert!(h.advance(4_999).is_empty());
+    assert_eq!(h.advance(1), vec![close()]);
+}
+
+#[test]
+fn a_key_during_a_barge_in_prompt_keeps_the_normal_prompt_queued_behind_it() {
+    let mut h = Harness::flow(
+        "",
+        "  main:\n    - message: {file: intro.wav, barge_in: true, wait: false}\n    - message: \
+         {file: legal.wav, wait: false}\n    - collect: {variable: c}\n    - message: {text: \
+         '{c}'}",
+    );
+    assert_eq!(
+        h.start(),
+        vec![play(1, "intro.wav")],
+        "legal.wav waits its turn"
+    );
+    assert_eq!(
+        h.dtmf("4"),
+        vec![A::StopPlayback, play(2, "legal.wav"), say(3, "4")],
+        "the key stops the intro only; the legal prompt still plays, then the answer"
+    );
+}
+
+#[test]
+fn a_refused_second_start_recording_leaves_the_recording_active() {
+    let mut h = Harness::flow("", "  main:\n    - collect: {}");
+    h.start();
+    h.ev(E::RecordingStarted { id: "r1".into() });
+    h.ev(E::RecordingFailed {
+        id: None,
+        reason: "already recording (r1); start ignored".into(),
+    });
+    assert_eq!(h.var("recording.active"), json!(true));
+    assert_eq!(h.var("recording.id"), json!("r1"));
+    h.ev(E::RecordingFailed {
+        id: Some("r1".into()),
+        reason: "disk full".into(),
+    });
+    assert_eq!(h.var("recording.active"), json!(false));
+}
+
+#[test]
+fn close_scope_context_reports_that_the_variables_were_kept() {
+    for (scope, cleared) in [("context", false), ("variables", true), ("all", true)] {
+        let mut h = Harness::flow(
+            "variables: {v: 1}",
+            &format!("  main:\n    - close: {{scope: {scope}}}"),
+        );
+        assert_eq!(
+            h.start(),
+            vec![A::Close {
+                cleared_session: cleared
+            }],
+            "{scope}"
+        );
+    }
+}
+
+#[test]
+fn goto_variable_to_an_unknown_dialog_without_on_error_says_something_then_closes() {
+    let mut h = Harness::flow(
+        "variables: {next: ghost}",
+        "  main:\n    - goto_variable: next",
+    );
+    assert!(!h.m.def.warnings().is_empty(), "warned at load");
+    assert_eq!(h.start(), vec![sorry(1)]);
+    assert!(h.dtmf("1").is_empty(), "keys do nothing while closing");
+    assert_eq!(h.finished(1), vec![close()]);
+    // A prompt that never reports back does not keep the call open.
+    let mut h = Harness::flow(
+        "variables: {next: ghost}",
+        "  main:\n    - goto_variable: next",
+    );
+    h.start();
+    assert!(h.advance(14_999).is_empty());
+    assert_eq!(h.advance(1), vec![close()]);
+    // `error_prompt: false`: straight to the close.
+    let mut h = Harness::flow(
+        "variables: {next: ghost}\nerror_prompt: false",
+        "  main:\n    - goto_variable: next",
+    );
+    assert_eq!(h.start(), vec![close()]);
+}
+
+#[test]
+fn a_pause_freezes_a_delay_like_a_collect() {
+    let mut h = Harness::flow(
+        "inactivity_s: 0",
+        "  main:\n    - delay: 1500\n    - message: {text: done}",
+    );
+    h.start();
+    h.advance(500);
+    h.ev(E::Paused);
+    assert!(h.advance(10_000).is_empty());
+    h.ev(E::Resumed);
+    assert!(h.advance(999).is_empty(), "1000 ms were left");
+    assert_eq!(h.advance(1), vec![say(1, "done")]);
+}
+
+#[test]
+fn pause_bot_plays_hold_audio_and_ends_at_max_ms() {
+    let mut h = Harness::flow(
+        "inactivity_s: 5",
+        "  main:\n    - pause_bot: {max_ms: 10000, on_timeout: nobody, hold: hold.wav}\n    - \
+         message: {text: resumed}\n  nobody:\n    - message: {text: 'nobody came'}",
+    );
+    assert_eq!(h.start(), vec![play(1, "hold.wav")]);
+    assert!(h.m.is_paused());
+    h.advance(2_000);
+    assert_eq!(h.finished(1), vec![play(2, "hold.wav")], "looped");
+    assert!(h.dtmf("1").is_empty(), "keys ignored while paused");
+    assert!(h.advance(7_999).is_empty());
+    assert_eq!(
+        h.advance(1),
+        vec![A::StopPlayback, say(3, "nobody came")],
+        "the hold stops and the flow goes to on_timeout"
+    );
+    assert!(!h.m.is_paused());
+    // An operator's resume before max_ms goes on with the next step.
+    let mut h = Harness::flow(
+        "",
+        "  main:\n    - pause_bot: {max_ms: 10000, on_timeout: nobody, hold: hold.wav}\n    - \
+         message: {text: resumed}\n  nobody:\n    - message: {text: 'nobody came'}",
+    );
+    h.start();
+    h.advance(3_000);
+    assert_eq!(h.ev(E::Resumed), vec![A::StopPlayback, say(2, "resumed")]);
+    assert!(h.advance(20_000).is_empty(), "the max_ms timer is gone");
+}
+
+#[test]
+fn clear_session_by_name() {
+    let mut h = Harness::flow(
+        "variables: {a: 1, b: {c: 2, d: 3}, keep: 4}",
+        "  main:\n    - clear_session: {variables: [a, b.c, nothing]}\n    - collect: {}",
+    );
+    h.start();
+    assert_eq!(h.var("a"), Value::Null);
+    assert_eq!(h.var("b"), json!({"d": 3}));
+    assert_eq!(h.var("keep"), json!(4));
+    assert_eq!(h.var("call.from"), json!("+3211223344"));
+}
+
+#[test]
+fn summary_and_step_log_as_json_for_the_cdr() {
+    let mut h = Harness::flow(
+        "variables: {n: 1}\non_error: e",
+        "  main:\n    - set: [{name: x, expr: 'n / 0'}]\n  e:\n    - close",
+    );
+    h.start();
+    let v = h.m.summary().to_json();
+    assert_eq!(v["flow"], json!("test"));
+    assert_eq!(v["steps_ok"], json!(1));
+    assert_eq!(v["steps_failed"], json!(1));
+    assert_eq!(
+        v["failures"][0],
+        json!({"dialog": "main", "step": 1, "type": "set", "ok": false,
+               "error": "set `x`: `n / 0`: division by zero"})
+    );
+    assert_eq!(v["end"], json!({"how": "closed", "reason": "close_step"}));
+    let log: Vec<Value> = h.m.step_log().iter().map(StepRecord::to_json).collect();
+    assert_eq!(
+        log[1],
+        json!({"dialog": "e", "step": 1, "type": "close", "ok": true})
+    );
+}
+
+#[test]
+fn expressions_can_read_the_clock() {
+    let mut h = Harness::flow(
+        "",
+        "  main:\n    - set: {name: t, expr: \"DATE(NOW(), '%H:%M', 'Europe/Brussels')\"}\n    \
+         - collect: {}",
+    );
+    h.start();
+    // The harness clock: Sunday 31 March 2024, 23:30:05 UTC = 01:30 CEST on 1 April.
+    assert_eq!(h.var("t"), json!("01:30"));
 }

@@ -4,15 +4,23 @@
 //! moves frames; every decision is made here so tests can drive it with fabricated Instants.
 
 use super::protocol::{
-    decode_native, decode_twilio, pcm_from_bytes, pcm_to_bytes, ulaw_b64_encode, AudioFormat,
-    Command, Dialect, Event, Inbound, Outbox, Outgoing, TwilioIn, FRAME_SAMPLES,
+    decode_native, pcm_from_bytes, pcm_to_bytes, AudioFormat, Command, DecodeError, Dialect, Event,
+    Inbound, Outbox, Outgoing, DEFAULT_MAX_MESSAGE_BYTES,
 };
+use super::twilio::{self, StreamIds, TwilioIn};
+use super::uplink::CallerStream;
 use crate::flow::{FlowAction, FlowEvent, SessionInfo};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+/// WebSocket close status for a message too big to read (RFC 6455 §7.4.1).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Refused bot messages logged at `warn` per call; the rest at `debug` (counted at the end).
+const WARN_REFUSALS: u32 = 5;
 
 /// What to do when the bot cannot be reached (connect timeout) or its socket drops mid-call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -40,6 +48,29 @@ pub struct BridgeConfig {
     pub reconnect_attempts: u32,
     pub reconnect_backoff: Duration,
     pub replay_capacity: usize,
+    /// The largest message from the bot that is used; larger ones get a `too_large` error.
+    pub max_message_bytes: usize,
+    pub twilio: TwilioConfig,
+}
+
+/// What Twilio mode puts in `start` beyond the call itself.
+#[derive(Debug, Clone)]
+pub struct TwilioConfig {
+    pub account_sid: String,
+    /// Static `customParameters`.
+    pub parameters: BTreeMap<String, String>,
+    /// INVITE headers copied into `customParameters`, under the name given.
+    pub parameter_headers: Vec<String>,
+}
+
+impl Default for TwilioConfig {
+    fn default() -> Self {
+        TwilioConfig {
+            account_sid: twilio::DEFAULT_ACCOUNT_SID.to_string(),
+            parameters: BTreeMap::new(),
+            parameter_headers: Vec::new(),
+        }
+    }
 }
 
 impl Default for BridgeConfig {
@@ -55,6 +86,8 @@ impl Default for BridgeConfig {
             reconnect_attempts: 3,
             reconnect_backoff: Duration::from_millis(200),
             replay_capacity: 512,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            twilio: TwilioConfig::default(),
         }
     }
 }
@@ -122,15 +155,25 @@ pub struct BridgeCore {
     dtmf_count: u32,
     recordings: Vec<String>,
     transfer_outcome: Option<String>,
-    media_chunk: u64,
-    stream_sid: String,
+    /// The caller's audio as a continuous 20 ms frame stream (running while it flows).
+    caller: CallerStream,
+    /// Twilio: media messages sent on this connection (`chunk`).
+    chunk: u64,
+    ids: StreamIds,
+    custom_parameters: BTreeMap<String, String>,
+    refused: u32,
 }
 
 impl BridgeCore {
     /// A bridge for one call; it immediately asks the shell to connect.
     pub fn new(cfg: BridgeConfig, info: SessionInfo, now: Instant) -> Self {
         let outbox = Outbox::new(info.call_id.clone(), cfg.replay_capacity);
-        let stream_sid = format!("MZ{}", &hex::encode(sha_short(&info.call_id)));
+        let ids = StreamIds {
+            account_sid: cfg.twilio.account_sid.clone(),
+            call_sid: twilio::call_sid(&info.call_id),
+            stream_sid: twilio::stream_sid(&info.call_id, 1),
+        };
+        let custom_parameters = custom_parameters(&cfg.twilio, &info);
         let mut core = BridgeCore {
             reconnects_left: cfg.reconnect_attempts,
             link: Link::Connecting {
@@ -160,8 +203,11 @@ impl BridgeCore {
             dtmf_count: 0,
             recordings: Vec::new(),
             transfer_outcome: None,
-            media_chunk: 0,
-            stream_sid,
+            caller: CallerStream::new(),
+            chunk: 0,
+            ids,
+            custom_parameters,
+            refused: 0,
         };
         core.requests
             .push_back(IoRequest::Connect { generation: 1 });
@@ -195,16 +241,18 @@ impl BridgeCore {
             Link::Backoff(at) => Some(at),
             _ => None,
         };
-        match (link, self.answer_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [link, self.answer_deadline, self.caller.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.ended {
             return;
         }
+        self.caller.handle_timeout(now);
+        self.flush_caller();
         match self.link {
             Link::Connecting { deadline, ever_up } if now >= deadline => {
                 warn!(
@@ -269,23 +317,51 @@ impl BridgeCore {
                 if !self.decided {
                     self.answer_deadline = Some(now + self.cfg.answer_timeout);
                 }
+                self.start_caller_stream(now);
             }
             Dialect::Twilio => {
-                self.twilio(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
-                self.twilio(json!({
-                    "event": "start",
-                    "streamSid": self.stream_sid,
-                    "start": {
-                        "streamSid": self.stream_sid,
-                        "accountSid": "",
-                        "callSid": self.info.call_id,
-                        "tracks": ["inbound"],
-                        "customParameters": {"from": self.info.from, "to": self.info.to},
-                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                    },
-                }));
+                // Every connection is a new stream: its own streamSid, numbering from 1.
+                self.outbox.restart();
+                self.chunk = 0;
+                self.ids.stream_sid = twilio::stream_sid(&self.info.call_id, self.connections);
+                self.out.push_back(Outgoing::Text(twilio::connected()));
+                let start = twilio::start(&self.ids, &self.custom_parameters);
+                self.twilio(start);
                 // Twilio bots never decide: the call is answered once they are connected.
                 self.decide_answer();
+                self.start_caller_stream(now);
+            }
+        }
+    }
+
+    /// The caller's audio flows to a connected bot once the call is answered, unless paused;
+    /// (re)starting the stream restarts its clock (Twilio: `timestamp` 0 at `start`).
+    fn start_caller_stream(&mut self, now: Instant) {
+        if self.link == Link::Up && self.answered && !self.audio_paused && !self.ended {
+            self.caller.start(now);
+        }
+    }
+
+    /// Sends the caller's frames that are ready.
+    fn flush_caller(&mut self) {
+        while let Some(frame) = self.caller.poll_frame() {
+            if !self.bot_active() {
+                continue;
+            }
+            match self.cfg.dialect {
+                Dialect::Native => self
+                    .out
+                    .push_back(Outgoing::Binary(pcm_to_bytes(&frame.samples))),
+                Dialect::Twilio => {
+                    self.chunk += 1;
+                    let m = twilio::media(
+                        &self.ids.stream_sid,
+                        self.chunk,
+                        frame.timestamp_ms(),
+                        &frame.samples,
+                    );
+                    self.twilio(m);
+                }
             }
         }
     }
@@ -299,12 +375,72 @@ impl BridgeCore {
         let ever_up = was_up || matches!(self.link, Link::Connecting { ever_up: true, .. });
         warn!(reason = %why, was_up, "bot connection lost");
         self.generation += 1;
+        self.caller.stop();
         let policy = if ever_up {
             self.cfg.on_drop
         } else {
             self.cfg.on_connect_failure
         };
         self.failure(policy, why, now);
+    }
+
+    /// The bot sent a close frame (the shell has answered it).
+    pub fn on_close_frame(
+        &mut self,
+        generation: u64,
+        code: Option<u16>,
+        reason: &str,
+        now: Instant,
+    ) {
+        if generation != self.generation || self.ended || self.link == Link::Gone {
+            return;
+        }
+        match self.cfg.dialect {
+            // Twilio: closing the socket ends the stream; with nothing after `<Connect><Stream>`
+            // the call ends.
+            Dialect::Twilio => {
+                info!(?code, reason, "the bot closed the stream: ending the call");
+                self.generation += 1;
+                self.link = Link::Gone;
+                self.caller.stop();
+                self.hang_up();
+                self.end_session("bot_closed", now);
+            }
+            Dialect::Native => {
+                let why = format!("closed by the bot (code {code:?}, reason {reason:?})");
+                self.on_closed(generation, &why, now);
+            }
+        }
+    }
+
+    /// The bot sent a message over twice the limit: it cannot be read, so the connection
+    /// cannot go on. The bot is told why, the socket is closed with 1009, and the drop policy
+    /// applies.
+    pub fn on_oversized(&mut self, generation: u64, size: usize, now: Instant) {
+        if generation != self.generation || !self.bot_active() {
+            return;
+        }
+        let limit = self.cfg.max_message_bytes;
+        let err = DecodeError::TooLarge { size, limit };
+        self.refuse(None, &err);
+        self.out.push_back(Outgoing::Close {
+            code: CLOSE_TOO_BIG,
+            reason: format!("message of {size} bytes exceeds {limit}"),
+        });
+        self.on_closed(generation, &err.to_string(), now);
+    }
+
+    /// Ends the call from the bot's side: BYE once answered, 480 before.
+    fn hang_up(&mut self) {
+        if self.answered {
+            self.actions.push_back(FlowAction::Close {
+                cleared_session: false,
+            });
+        } else {
+            self.decided = true;
+            self.answer_deadline = None;
+            self.actions.push_back(FlowAction::Reject { status: 480 });
+        }
     }
 
     fn failure(&mut self, policy: FailurePolicy, why: &str, now: Instant) {
@@ -403,31 +539,26 @@ impl BridgeCore {
         if generation != self.generation || !self.bot_active() {
             return;
         }
+        if text.len() > self.cfg.max_message_bytes {
+            let err = DecodeError::TooLarge {
+                size: text.len(),
+                limit: self.cfg.max_message_bytes,
+            };
+            return self.refuse(None, &err);
+        }
         match self.cfg.dialect {
             Dialect::Native => match decode_native(text) {
                 Ok(inbound) => self.command(inbound, now),
-                Err(rej) => {
-                    warn!(error = %rej.error, "bad message from the bot");
-                    if let Some(id) = rej.id.clone() {
-                        self.send(Event::Ack { id: id.clone() });
-                        self.result(Some(id), "invalid", Err(rej.error.to_string()));
-                    }
-                    self.send(Event::Error {
-                        id: rej.id,
-                        code: rej.error.code().into(),
-                        message: rej.error.to_string(),
-                    });
-                }
+                Err(rej) => self.refuse(rej.id, &rej.error),
             },
-            Dialect::Twilio => match decode_twilio(text) {
+            Dialect::Twilio => match twilio::decode(text, &self.ids.stream_sid) {
                 Ok(TwilioIn::Media(samples)) => self.bot_audio(samples),
                 Ok(TwilioIn::Mark(name)) => {
                     let id = self.play_id(Pending::Mark { id: None, name });
                     self.actions.push_back(FlowAction::QueueMark { id });
                 }
                 Ok(TwilioIn::Clear) => self.actions.push_back(FlowAction::StopPlayback),
-                Ok(TwilioIn::Ignored) => {}
-                Err(e) => warn!(error = %e, "bad message from the Twilio bot; ignored"),
+                Err(e) => self.refuse(None, &e),
             },
         }
     }
@@ -437,17 +568,54 @@ impl BridgeCore {
         if generation != self.generation || !self.bot_active() {
             return;
         }
+        if data.len() > self.cfg.max_message_bytes {
+            let err = DecodeError::TooLarge {
+                size: data.len(),
+                limit: self.cfg.max_message_bytes,
+            };
+            return self.refuse(None, &err);
+        }
         if self.cfg.dialect != Dialect::Native {
-            warn!("binary frame from a Twilio bot; ignored");
-            return;
+            return self.refuse(None, &DecodeError::BinaryFrame);
         }
         match pcm_from_bytes(data) {
             Ok(samples) => self.bot_audio(samples),
-            Err(e) => self.send(Event::Error {
-                id: None,
-                code: e.code().into(),
-                message: e.to_string(),
-            }),
+            Err(e) => self.refuse(None, &e),
+        }
+    }
+
+    /// A message from the bot that could not be used: logged, counted, and answered with an
+    /// `error` (plus, native, the `ack` and failed `result` its id is owed). The call goes on.
+    fn refuse(&mut self, id: Option<String>, err: &DecodeError) {
+        self.refused += 1;
+        metrics::counter!("voxgate_ws_refused_messages_total", "code" => err.code()).increment(1);
+        // Twilio reports these as debugger warnings: 31950 (binary), 31951 (invalid message).
+        let twilio_warning = match (self.cfg.dialect, err) {
+            (Dialect::Native, _) => None,
+            (Dialect::Twilio, DecodeError::BinaryFrame) => Some(31950),
+            (Dialect::Twilio, _) => Some(31951),
+        };
+        if self.refused <= WARN_REFUSALS {
+            warn!(code = err.code(), twilio_warning, error = %err, "message from the bot refused");
+        } else {
+            debug!(code = err.code(), error = %err, "message from the bot refused");
+        }
+        match self.cfg.dialect {
+            Dialect::Native => {
+                if let Some(id) = id.clone() {
+                    self.send(Event::Ack { id: id.clone() });
+                    self.result(Some(id), "invalid", Err(err.to_string()));
+                }
+                self.send(Event::Error {
+                    id,
+                    code: err.code().into(),
+                    message: err.to_string(),
+                });
+            }
+            Dialect::Twilio => {
+                let e = twilio::error(&self.ids.stream_sid, err.code(), &err.to_string());
+                self.twilio(e);
+            }
         }
     }
 
@@ -474,6 +642,7 @@ impl BridgeCore {
                     );
                 } else {
                     self.decide_answer();
+                    self.start_caller_stream(now);
                     done(self, Ok(()));
                 }
             }
@@ -591,10 +760,14 @@ impl BridgeCore {
             }
             Command::Pause => {
                 self.audio_paused = true;
+                self.caller.stop();
                 done(self, Ok(()));
             }
             Command::Resume { last_seq: None } => {
-                self.audio_paused = false;
+                if self.audio_paused {
+                    self.audio_paused = false;
+                    self.start_caller_stream(now);
+                }
                 done(self, Ok(()));
             }
             Command::Resume {
@@ -620,30 +793,15 @@ impl BridgeCore {
         }
     }
 
-    /// Caller audio, one or more 20 ms frames (8 kHz PCM).
+    /// The caller's audio (8 kHz PCM, any number of samples: a 20 ms or 30 ms packet). It
+    /// reaches the bot as 20 ms frames; silence fills in when the caller sends nothing
+    /// ([`CallerStream`], driven by [`handle_timeout`](Self::handle_timeout)).
     pub fn caller_audio(&mut self, samples: &[i16]) {
-        if !self.bot_active() || self.audio_paused || !self.answered {
+        if !self.bot_active() {
             return;
         }
-        for frame in samples.chunks(FRAME_SAMPLES) {
-            match self.cfg.dialect {
-                Dialect::Native => self.out.push_back(Outgoing::Binary(pcm_to_bytes(frame))),
-                Dialect::Twilio => {
-                    self.media_chunk += 1;
-                    let v = json!({
-                        "event": "media",
-                        "streamSid": self.stream_sid,
-                        "media": {
-                            "track": "inbound",
-                            "chunk": self.media_chunk.to_string(),
-                            "timestamp": ((self.media_chunk - 1) * 20).to_string(),
-                            "payload": ulaw_b64_encode(frame),
-                        },
-                    });
-                    self.twilio(v);
-                }
-            }
-        }
+        self.caller.push(samples);
+        self.flush_caller();
     }
 
     /// What happened on the call.
@@ -665,11 +823,7 @@ impl BridgeCore {
                         digit: digit.to_string(),
                         duration_ms,
                     }),
-                    Dialect::Twilio => self.twilio(json!({
-                        "event": "dtmf",
-                        "streamSid": self.stream_sid,
-                        "dtmf": {"track": "inbound_track", "digit": digit.to_string()},
-                    })),
+                    Dialect::Twilio => self.twilio(twilio::dtmf(&self.ids.stream_sid, digit)),
                 }
             }
             FlowEvent::PlaybackFinished { id, interrupted } => {
@@ -746,11 +900,7 @@ impl BridgeCore {
                         name: name.clone(),
                         cleared,
                     }),
-                    Dialect::Twilio => self.twilio(json!({
-                        "event": "mark",
-                        "streamSid": self.stream_sid,
-                        "mark": {"name": name},
-                    })),
+                    Dialect::Twilio => self.twilio(twilio::mark(&self.ids.stream_sid, &name)),
                 }
                 self.result(id, "mark", Ok(()));
             }
@@ -778,25 +928,38 @@ impl BridgeCore {
                 reason: reason.to_string(),
                 cdr,
             }),
-            Dialect::Twilio => self.twilio(json!({
-                "event": "stop",
-                "streamSid": self.stream_sid,
-                "stop": {"accountSid": "", "callSid": self.info.call_id},
-            })),
+            Dialect::Twilio => self.twilio(twilio::stop(&self.ids)),
         }
-        info!(reason, "bot session ended");
+        info!(
+            reason,
+            refused_messages = self.refused,
+            silence_filled_frames = self.caller.filled_frames(),
+            "bot session ended"
+        );
+        self.caller.stop();
         self.ended = true;
         self.answer_deadline = None;
         self.requests.push_back(IoRequest::Finish);
     }
 }
 
-fn sha_short(s: &str) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(s.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d[..16]);
-    out
+/// Twilio's `customParameters`: `from`, `to`, `sipCallId`, the static ones from the config,
+/// then the chosen INVITE headers (cut to Twilio's 500 characters per name and value).
+fn custom_parameters(cfg: &TwilioConfig, info: &SessionInfo) -> BTreeMap<String, String> {
+    let mut p = BTreeMap::new();
+    p.insert("from".to_string(), info.from.clone());
+    p.insert("to".to_string(), info.to.clone());
+    p.insert("sipCallId".to_string(), info.call_id.clone());
+    for (k, v) in &cfg.parameters {
+        p.insert(k.clone(), v.clone());
+    }
+    for name in &cfg.parameter_headers {
+        if let Some(v) = info.headers.get(&name.to_ascii_lowercase()) {
+            let room = twilio::MAX_PARAMETER_CHARS.saturating_sub(name.chars().count());
+            p.insert(name.clone(), v.chars().take(room).collect());
+        }
+    }
+    p
 }
 
 #[cfg(test)]

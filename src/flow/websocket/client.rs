@@ -1,17 +1,22 @@
 //! The tokio shell of the WebSocket bridge: opens the connection the core asks for (bearer
-//! token / HMAC on the upgrade, ws:// or wss:// over rustls), moves frames both ways, and
-//! reports what happened. It decides nothing: [`BridgeCore`] does.
+//! token, HMAC or `X-Twilio-Signature` on the upgrade, ws:// or wss:// over rustls), moves
+//! frames both ways, closes with a proper handshake, and reports what happened. It decides
+//! nothing: [`BridgeCore`] does.
 
-use super::bridge::{BridgeConfig, BridgeCore, IoRequest};
+use super::bridge::{BridgeConfig, BridgeCore, IoRequest, TwilioConfig};
 use super::protocol::{sign_upgrade, Outgoing};
+use super::twilio;
 use crate::flow::{FlowAction, FlowEvent, SessionInfo};
 use futures::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn, Instrument};
 
 /// Where and how to connect.
@@ -20,7 +25,14 @@ pub struct ClientSettings {
     pub url: String,
     pub token: Option<String>,
     pub hmac_secret: Option<String>,
+    /// Signs the upgrade with `X-Twilio-Signature` (Twilio mode).
+    pub twilio_auth_token: Option<String>,
+    /// The core's message limit; the socket itself reads up to twice this.
+    pub max_message_bytes: usize,
 }
+
+/// How long a closing handshake may take before the connection is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What a connection task reports, tagged with its generation so stale reports are ignored.
 #[derive(Debug)]
@@ -28,6 +40,11 @@ pub enum ConnEvent {
     Connected(u64),
     Text(u64, String),
     Binary(u64, Vec<u8>),
+    /// The bot sent a close frame (status, reason); it has been answered.
+    CloseFrame(u64, Option<u16>, String),
+    /// A message of this many bytes was too big to read; the connection cannot go on.
+    Oversized(u64, usize),
+    /// The connection failed or ended without a close frame from the bot.
     Closed(u64, String),
 }
 
@@ -58,6 +75,8 @@ impl WsBridge {
             url,
             token: cfg.websocket_token.clone(),
             hmac_secret: cfg.websocket_hmac_secret.clone(),
+            twilio_auth_token: cfg.twilio_auth_token.clone(),
+            max_message_bytes: cfg.websocket_max_message_bytes,
         };
         let bridge = BridgeConfig {
             dialect: cfg.protocol,
@@ -70,6 +89,15 @@ impl WsBridge {
             reconnect_attempts: cfg.websocket_reconnect_attempts,
             reconnect_backoff: Duration::from_millis(200),
             replay_capacity: cfg.websocket_replay_buffer,
+            max_message_bytes: cfg.websocket_max_message_bytes,
+            twilio: TwilioConfig {
+                account_sid: cfg
+                    .twilio_account_sid
+                    .clone()
+                    .unwrap_or_else(|| twilio::DEFAULT_ACCOUNT_SID.to_string()),
+                parameters: cfg.twilio_parameters.clone(),
+                parameter_headers: cfg.twilio_parameter_headers.clone(),
+            },
         };
         Some(Self::start(settings, bridge, info, now))
     }
@@ -132,6 +160,10 @@ impl WsBridge {
             ConnEvent::Connected(g) => self.core.on_connected(g, now),
             ConnEvent::Text(g, t) => self.core.on_text(g, &t, now),
             ConnEvent::Binary(g, b) => self.core.on_binary(g, &b),
+            ConnEvent::CloseFrame(g, code, reason) => {
+                self.core.on_close_frame(g, code, &reason, now)
+            }
+            ConnEvent::Oversized(g, size) => self.core.on_oversized(g, size, now),
             ConnEvent::Closed(g, why) => self.core.on_closed(g, &why, now),
         }
         self.pump();
@@ -229,11 +261,24 @@ async fn run_conn(
             headers.insert("X-Voxgate-Signature", v);
         }
     }
+    if let Some(token) = &settings.twilio_auth_token {
+        let sig = twilio::websocket_signature(token, &settings.url);
+        if let Ok(v) = HeaderValue::from_str(&sig) {
+            headers.insert("X-Twilio-Signature", v);
+        }
+    }
     if settings.url.starts_with("wss://") {
         // Only the ring provider is compiled in; installing it is idempotent.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, true, None);
+    // Messages up to the core's limit are used; up to twice it they are read and refused
+    // with an error; beyond that the socket cannot read them and the connection ends.
+    let hard_limit = settings.max_message_bytes.saturating_mul(2);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None);
     let ws = match tokio::time::timeout(connect_timeout, connect).await {
         Ok(Ok((ws, _resp))) => ws,
         Ok(Err(e)) => {
@@ -248,25 +293,46 @@ async fn run_conn(
     };
     events.send(ConnEvent::Connected(generation)).ok();
     let (mut sink, mut stream) = ws.split();
+    // Reading stops after an oversized message: the stream is no longer framed.
+    let mut readable = true;
     loop {
         tokio::select! {
             o = out_rx.recv() => {
-                let msg = match o {
-                    Some(Outgoing::Text(t)) => Message::Text(t.into()),
-                    Some(Outgoing::Binary(b)) => Message::Binary(b.into()),
-                    None => {
-                        debug!("bot session over: closing the socket");
-                        sink.send(Message::Close(None)).await.ok();
-                        sink.close().await.ok();
-                        return;
+                let (code, reason) = match o {
+                    Some(Outgoing::Text(t)) => {
+                        if let Err(e) = sink.send(Message::Text(t.into())).await {
+                            events.send(closed(format!("send failed: {e}"))).ok();
+                            return;
+                        }
+                        continue;
                     }
+                    Some(Outgoing::Binary(b)) => {
+                        if let Err(e) = sink.send(Message::Binary(b.into())).await {
+                            events.send(closed(format!("send failed: {e}"))).ok();
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Outgoing::Close { code, reason }) => (CloseCode::from(code), reason),
+                    None => (CloseCode::Normal, String::new()),
                 };
-                if let Err(e) = sink.send(msg).await {
-                    events.send(closed(format!("send failed: {e}"))).ok();
-                    return;
+                debug!(code = u16::from(code), %reason, "closing the bot's socket");
+                let frame = CloseFrame { code, reason: reason.into() };
+                sink.send(Message::Close(Some(frame))).await.ok();
+                if readable {
+                    // Wait for the bot's close frame; the bot then ends the TCP connection.
+                    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+                    tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
+                } else {
+                    // The stream can no longer be parsed (an unread message is in it), so the
+                    // bot's reply cannot be read; give it time to read ours before the socket
+                    // goes (closing with unread data resets the connection).
+                    tokio::time::sleep(CLOSE_GRACE / 2).await;
                 }
+                sink.close().await.ok();
+                return;
             }
-            f = stream.next() => match f {
+            f = stream.next(), if readable => match f {
                 Some(Ok(Message::Text(t))) => {
                     events.send(ConnEvent::Text(generation, t.to_string())).ok();
                 }
@@ -274,10 +340,25 @@ async fn run_conn(
                     events.send(ConnEvent::Binary(generation, b.to_vec())).ok();
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    events.send(closed(format!("closed by the bot: {frame:?}"))).ok();
+                    let (code, reason) = match &frame {
+                        Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+                        None => (None, String::new()),
+                    };
+                    debug!(?code, %reason, "the bot closed the socket; answering");
+                    events.send(ConnEvent::CloseFrame(generation, code, reason)).ok();
+                    // The reply is queued by the protocol: flush it, then let the bot end TCP.
+                    sink.flush().await.ok();
+                    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+                    tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
                     return;
                 }
                 Some(Ok(_)) => {}
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. }))) => {
+                    warn!(size, limit = hard_limit, "message from the bot too big to read");
+                    readable = false;
+                    // The core answers with an error and a 1009 close (queued on out_rx).
+                    events.send(ConnEvent::Oversized(generation, size)).ok();
+                }
                 Some(Err(e)) => {
                     events.send(closed(format!("read failed: {e}"))).ok();
                     return;

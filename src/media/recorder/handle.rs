@@ -31,6 +31,27 @@ pub struct RecorderConfig {
     pub queue_slots: usize,
     /// How often the WAV header is refreshed: the most audio a kill -9 can lose.
     pub flush_every: Duration,
+    /// The node name written into every sidecar (`[node] name`).
+    pub node: String,
+    /// Told about every sidecar written (start, failure, final), e.g. to copy it to a shared
+    /// store. Called from the writer thread or the starting call; it must not block.
+    pub sink: Option<RecordingSink>,
+}
+
+/// Receives every sidecar the recorder writes. Cheap to clone.
+#[derive(Clone)]
+pub struct RecordingSink(pub Arc<dyn Fn(&Sidecar) + Send + Sync>);
+
+impl RecordingSink {
+    pub fn notify(&self, sidecar: &Sidecar) {
+        (self.0)(sidecar)
+    }
+}
+
+impl std::fmt::Debug for RecordingSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordingSink")
+    }
 }
 
 impl RecorderConfig {
@@ -41,6 +62,8 @@ impl RecorderConfig {
             channels: ChannelMode::Stereo,
             queue_slots: 250,
             flush_every: Duration::from_secs(1),
+            node: String::new(),
+            sink: None,
         }
     }
 }
@@ -93,9 +116,13 @@ impl Recorder {
         let started_at = Utc::now();
         let id = RecordingId::generate(started_at);
         let mode = self.config.channels;
-        let sidecar = Sidecar::new_recording(id.as_str(), &meta, started_at, mode);
+        let mut sidecar = Sidecar::new_recording(id.as_str(), &meta, started_at, mode);
+        sidecar.node = self.config.node.clone();
         match self.launch(&id, sidecar.clone(), events.clone()) {
             Ok((frames, stop)) => {
+                if let Some(sink) = &self.config.sink {
+                    sink.notify(&sidecar);
+                }
                 metrics::counter!(metric::STARTED).increment(1);
                 tracing::info!(recording = %id, call_id = %meta.call_id, "recording started");
                 let _ = events.send(RecorderEvent::Started { id: id.clone() });
@@ -121,6 +148,9 @@ impl Recorder {
                 // Listed as failed either way: on disk when possible, in memory until then.
                 if let Err(e) = store::write_sidecar(&self.config.dir, &id, &failed) {
                     tracing::warn!(recording = %id, error = %e, "could not write the failure to disk yet; kept in memory");
+                }
+                if let Some(sink) = &self.config.sink {
+                    sink.notify(&failed);
                 }
                 let _ = events.send(RecorderEvent::Failed { id, reason });
                 Err(e)
@@ -190,6 +220,7 @@ impl Recorder {
             events,
             flush_every: self.config.flush_every,
             guard: ActiveGuard(self.active.clone()),
+            sink: self.config.sink.clone(),
         };
         std::thread::Builder::new()
             .name("voxgate-rec".into())

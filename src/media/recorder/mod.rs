@@ -27,7 +27,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use clock::{Aligned, ChannelMode, RecordingClock};
-pub use handle::{ActiveRecording, Recorder, RecorderConfig};
+pub use handle::{ActiveRecording, Recorder, RecorderConfig, RecordingSink};
 pub use id::RecordingId;
 pub use recovery::{recover_dir, RecoveryReport};
 pub use retention::sweep_retention;

@@ -75,6 +75,13 @@ pub struct Sidecar {
     /// 20 ms frames dropped because ticks ran ahead of wall time.
     #[serde(default)]
     pub dropped_frames: u64,
+    /// The node that made the recording (`[node] name`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// Where the verified copy lives in shared storage (`[recordings] shared_url`), once it
+    /// has been copied there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_key: Option<String>,
 }
 
 impl Sidecar {
@@ -102,6 +109,8 @@ impl Sidecar {
             reason: None,
             overflow_frames: 0,
             dropped_frames: 0,
+            node: String::new(),
+            shared_key: None,
         }
     }
 

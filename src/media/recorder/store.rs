@@ -14,9 +14,9 @@
 //! process-wide overlay that [`read_sidecar`] and [`list`] serve and that every later store
 //! call tries to write again.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 

@@ -53,6 +53,7 @@ pub(crate) struct WriterJob {
     pub events: mpsc::UnboundedSender<RecorderEvent>,
     pub flush_every: Duration,
     pub guard: ActiveGuard,
+    pub sink: Option<super::handle::RecordingSink>,
 }
 
 /// Appends slots as they arrive until every sender is gone. Returns the slots written, or
@@ -107,6 +108,7 @@ pub(crate) fn run(job: WriterJob) {
         events,
         flush_every,
         guard,
+        sink,
     } = job;
     let _guard = guard;
     let fail = |sidecar: &mut Sidecar, reason: String| {
@@ -116,6 +118,9 @@ pub(crate) fn run(job: WriterJob) {
         super::recovery::keep_partial_audio(&dir, &id, sidecar);
         if let Err(e) = store::write_sidecar(&dir, &id, sidecar) {
             tracing::warn!(recording = %id, error = %e, "could not write the failure to disk yet; kept in memory");
+        }
+        if let Some(sink) = &sink {
+            sink.notify(sidecar);
         }
         let _ = events.send(RecorderEvent::Failed {
             id: id.clone(),
@@ -184,6 +189,9 @@ pub(crate) fn run(job: WriterJob) {
     }
     metrics::counter!(metric::COMPLETED).increment(1);
     tracing::info!(recording = %id, duration_ms = sidecar.duration_ms, bytes, "recording ready");
+    if let Some(sink) = &sink {
+        sink.notify(&sidecar);
+    }
     let _ = events.send(RecorderEvent::Ready {
         id,
         duration_ms: sidecar.duration_ms,
