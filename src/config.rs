@@ -38,6 +38,16 @@ pub struct Config {
     pub flow: FlowConfig,
     pub transfer: TransferConfig,
     pub tts: TtsConfig,
+    /// Outbound HTTP and scripts of the integration steps (`api`, `code`).
+    pub integrations: IntegrationsConfig,
+    /// Where `json_builder` events and `recording.ready` are POSTed.
+    pub events: EventsConfig,
+    /// SMTP for `send_mail` / `mail_report`.
+    pub mail: MailConfig,
+    /// The `table` step's embedded SQLite tables.
+    pub tables: TablesConfig,
+    /// The `offload` step (hand-over to a human agent).
+    pub offload: OffloadConfig,
     /// Seconds that calls in progress get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_s: u64,
     /// Where CDRs (one JSON line per call) and tracked events are appended.
@@ -285,6 +295,9 @@ pub struct TransferConfig {
     /// Digest credentials for the trunk (401/407 challenges).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Hosts a `sip:` URI target (`offload`) may have: names or IP addresses. Empty refuses
+    /// every SIP URI target (E.164 targets follow `allow` / `deny`).
+    pub allow_uris: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +320,11 @@ impl Default for Config {
             flow: FlowConfig::default(),
             transfer: TransferConfig::default(),
             tts: TtsConfig::default(),
+            integrations: IntegrationsConfig::default(),
+            events: EventsConfig::default(),
+            mail: MailConfig::default(),
+            tables: TablesConfig::default(),
+            offload: OffloadConfig::default(),
             shutdown_grace_s: 10,
             data_dir: PathBuf::from("data"),
             node: NodeConfig::default(),
@@ -467,6 +485,7 @@ impl Default for TransferConfig {
             ring_timeout_s: 30,
             username: None,
             password: None,
+            allow_uris: Vec::new(),
         }
     }
 }
@@ -477,6 +496,182 @@ impl Default for TtsConfig {
             voice: "en".into(),
             fallback_wav: Some(PathBuf::from("sip-config/prompts/tts_fallback.wav")),
             binary: "espeak-ng".into(),
+        }
+    }
+}
+
+/// A secret string from the config (password, HMAC key, API token): never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; keep it out of logs and error messages.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrationsConfig {
+    /// Hosts the `api` step and a script's `fetch` may reach: names (`api.example.com`,
+    /// `*.example.com`), IP addresses or CIDR ranges. Empty refuses every request.
+    pub allow_hosts: Vec<String>,
+    /// `{secrets.NAME}` values. A name missing here is read from `VOXGATE_SECRET_<NAME>`.
+    pub secrets: std::collections::BTreeMap<String, Secret>,
+    /// Largest response body an `api` step (or `fetch`) reads, in KiB.
+    pub max_response_kb: u64,
+    /// Most redirects followed (each target is checked against `allow_hosts`).
+    pub max_redirects: usize,
+    /// Threads running `code` steps (scripts never run on the async workers).
+    pub script_threads: usize,
+    /// Ceiling for a step's `memory_kb`.
+    pub script_max_memory_kb: u32,
+    /// Whether scripts get `fetch` (through `allow_hosts`).
+    pub script_fetch: bool,
+}
+
+impl Default for IntegrationsConfig {
+    fn default() -> Self {
+        IntegrationsConfig {
+            allow_hosts: Vec::new(),
+            secrets: Default::default(),
+            max_response_kb: 1024,
+            max_redirects: 5,
+            script_threads: 2,
+            script_max_memory_kb: 65_536,
+            script_fetch: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `json_builder` events (`CL_DISPATCH_EVENT`) and `recording.ready` are POSTed here.
+    pub webhook_url: Option<String>,
+    /// Signs each POST: `X-Voxgate-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
+    pub secret: Option<Secret>,
+    /// Deliveries tried before an event is given up (logged).
+    pub max_attempts: u32,
+    /// Timeout of one delivery attempt.
+    pub timeout_ms: u64,
+    /// Events waiting for delivery; beyond this new events are dropped with a warning.
+    pub queue_size: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            webhook_url: None,
+            secret: None,
+            max_attempts: 6,
+            timeout_ms: 5000,
+            queue_size: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTls {
+    /// STARTTLS when the server offers it.
+    Opportunistic,
+    /// STARTTLS or fail.
+    Required,
+    /// Plain text only.
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `smtp://host:port` (STARTTLS per `starttls`) or `smtps://host:port` (TLS from the start).
+    pub smtp_url: Option<String>,
+    /// The From address.
+    pub from: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Environment variable holding the password (instead of `password`).
+    pub password_env: Option<String>,
+    pub starttls: StartTls,
+    /// Attempts per message before it is given up (logged).
+    pub max_attempts: u32,
+    /// Timeout of one SMTP conversation.
+    pub timeout_ms: u64,
+    /// Messages waiting to be sent; beyond this a step fails at once.
+    pub queue_size: usize,
+    /// Base URL written before `/v1/recordings/{id}/audio` in mail reports.
+    pub recording_link_base: Option<String>,
+    /// Extra CA certificate (PEM) trusted for the SMTP server's TLS (a private relay).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            smtp_url: None,
+            from: "voxgate@localhost".into(),
+            username: None,
+            password: None,
+            password_env: None,
+            starttls: StartTls::Opportunistic,
+            max_attempts: 5,
+            timeout_ms: 10_000,
+            queue_size: 1000,
+            recording_link_base: None,
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TablesConfig {
+    /// `<name>.csv` files here seed table `<name>` (header row = columns) at start-up.
+    pub dir: PathBuf,
+    /// Replace a seeded table's rows from its CSV at every start-up (rows added by calls or
+    /// the API are lost). Off: a CSV seeds its table once, when the table does not exist yet.
+    pub reseed: bool,
+}
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        TablesConfig {
+            dir: PathBuf::from("sip-config/tables"),
+            reseed: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloadConfig {
+    /// The transcript and chosen variables are POSTed here before an `offload` transfer.
+    pub webhook_url: Option<String>,
+    /// Signs the POST like `[events] secret`.
+    pub secret: Option<Secret>,
+    /// How long the transfer waits for the webhook (it goes ahead on failure).
+    pub timeout_ms: u64,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig {
+            webhook_url: None,
+            secret: None,
+            timeout_ms: 2000,
         }
     }
 }
@@ -748,6 +943,7 @@ impl Config {
                 "username and password must be set together".into(),
             ));
         }
+        self.validate_integrations(file)?;
         Ok(Validated {
             sip_listen,
             external_ip,
@@ -758,6 +954,122 @@ impl Config {
             trusted,
         })
     }
+}
+
+impl Config {
+    /// `[integrations]`, `[events]`, `[mail]`, `[tables]`, `[offload]` and `transfer.allow_uris`.
+    fn validate_integrations(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let i = &self.integrations;
+        for entry in &i.allow_hosts {
+            crate::integrations::hosts::HostRule::parse(entry)
+                .map_err(|r| bad("integrations.allow_hosts", r))?;
+        }
+        for name in i.secrets.keys() {
+            if !crate::integrations::secrets::valid_name(name) {
+                return Err(bad(
+                    "integrations.secrets",
+                    format!("`{name}` is not a secret name (letters, digits, `_`)"),
+                ));
+            }
+        }
+        if i.max_response_kb == 0 {
+            return Err(bad(
+                "integrations.max_response_kb",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=64).contains(&i.script_threads) {
+            return Err(bad(
+                "integrations.script_threads",
+                "must be between 1 and 64".into(),
+            ));
+        }
+        if i.script_max_memory_kb < 1024 {
+            return Err(bad(
+                "integrations.script_max_memory_kb",
+                "must be at least 1024".into(),
+            ));
+        }
+        for (key, url) in [
+            ("events.webhook_url", &self.events.webhook_url),
+            ("offload.webhook_url", &self.offload.webhook_url),
+        ] {
+            if let Some(url) = url {
+                check_http_url(url).map_err(|r| bad(key, r))?;
+            }
+        }
+        if self.events.max_attempts == 0 {
+            return Err(bad("events.max_attempts", "must be at least 1".into()));
+        }
+        if self.events.timeout_ms == 0 || self.offload.timeout_ms == 0 {
+            return Err(bad(
+                "events.timeout_ms / offload.timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.events.queue_size == 0 || self.mail.queue_size == 0 {
+            return Err(bad(
+                "events.queue_size / mail.queue_size",
+                "must be at least 1".into(),
+            ));
+        }
+        let m = &self.mail;
+        if let Some(url) = &m.smtp_url {
+            crate::integrations::mail::SmtpTarget::parse(url)
+                .map_err(|r| bad("mail.smtp_url", r))?;
+        }
+        crate::integrations::mail::check_address(&m.from).map_err(|r| bad("mail.from", r))?;
+        if m.password.is_some() && m.password_env.is_some() {
+            return Err(bad(
+                "mail.password_env",
+                "set `password` or `password_env`, not both".into(),
+            ));
+        }
+        if (m.password.is_some() || m.password_env.is_some()) && m.username.is_none() {
+            return Err(bad(
+                "mail.username",
+                "must be set when a password is".into(),
+            ));
+        }
+        if m.max_attempts == 0 || m.timeout_ms == 0 {
+            return Err(bad(
+                "mail.max_attempts / mail.timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(base) = &m.recording_link_base {
+            check_http_url(base).map_err(|r| bad("mail.recording_link_base", r))?;
+        }
+        if self.tables.dir.as_os_str().is_empty() {
+            return Err(bad("tables.dir", "must not be empty".into()));
+        }
+        for host in &self.transfer.allow_uris {
+            if host.is_empty() || host.contains(['@', ';', ' ', '/']) {
+                return Err(bad(
+                    "transfer.allow_uris",
+                    format!("`{host}` is not a host name or IP address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+fn check_http_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("`{url}` must start with http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

@@ -12,6 +12,13 @@ use phonenumber::metadata::DATABASE;
 use thiserror::Error;
 use tracing::{debug, info};
 
+/// Loads the numbering-plan database (a lazy, one-time parse that takes hundreds of ms on a
+/// busy machine). Called once at start-up off the tokio workers, so the first forward does not
+/// stall its call task (RTP and SIP responses wait meanwhile).
+pub fn warm_up() {
+    let _ = parse_e164("+3225551212", &ParseOptions::default());
+}
+
 /// E.164 allows at most 15 digits (country code included).
 const MAX_DIGITS: usize = 15;
 /// Fewer digits than this cannot be a country code plus a subscriber number.

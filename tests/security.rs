@@ -759,3 +759,214 @@ fn unacked_invites_get_no_media_and_no_recording() {
     assert!(Peer::rtp_count(&caller.media, Duration::from_secs(1)) > 10);
     caller.bye(2);
 }
+
+// ---- shutdown and crashes --------------------------------------------------------------------
+
+/// A response to `req` (Via, From, To, Call-ID and CSeq copied), as a UAS sends it.
+fn response_to(req: &str, code: u16, reason: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for line in req.split("\r\n").skip(1) {
+        if line.is_empty() {
+            break;
+        }
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"].contains(&name.as_str()) {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// Row "Shutdown sends one BYE per call, never retransmits, and exits 30 ms later": the
+/// caller drops the first BYE; voxgate retransmits it (Timer E), the second copy is answered,
+/// and only then does the process exit (0), having logged the BYE as answered.
+#[test]
+fn shutdown_bye_is_retransmitted_until_answered() {
+    let mut gw = Gateway::builder()
+        .flow_yaml(HOLD_FLOW)
+        .toml("shutdown_grace_s = 1")
+        .start();
+    let mut p = Peer::new(gw.sip_addr());
+    p.call();
+    gw.terminate();
+    let (_, first) = p
+        .recv_until(Duration::from_secs(8), |m| m.starts_with("BYE "))
+        .unwrap_or_else(|| panic!("no BYE after SIGTERM\n{}", gw.log_tail(40)));
+    // Dropped. The retransmission is the same transaction (same Via branch and CSeq).
+    let (_, second) = p
+        .recv_until(Duration::from_secs(5), |m| m.starts_with("BYE "))
+        .unwrap_or_else(|| panic!("the BYE was never retransmitted\n{}", gw.log_tail(40)));
+    assert_eq!(header(&first, "Via"), header(&second, "Via"), "{second}");
+    assert_eq!(header(&first, "CSeq"), header(&second, "CSeq"), "{second}");
+    p.send(&response_to(&second, 200, "OK"));
+    let status = gw.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", gw.log_tail(40));
+    assert!(
+        gw.log_contains("BYE sent and answered"),
+        "{}",
+        gw.log_tail(40)
+    );
+}
+
+/// The CDRs of one call (`GET /v1/cdrs?call_id=`).
+fn cdrs_of(gw: &Gateway, call_id: &str) -> Vec<serde_json::Value> {
+    let q: String = call_id
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    gw.get(&format!("/v1/cdrs?call_id={q}")).unwrap().json()["cdrs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn open_cdr_files(gw: &Gateway) -> usize {
+    std::fs::read_dir(gw.data_dir().join("calls-open"))
+        .map(|d| d.filter_map(|e| e.ok()).count())
+        .unwrap_or(0)
+}
+
+/// Row "kill -9 leaves no CDR": a call that was up when the gateway was killed gets a CDR at
+/// the next start, marked as cut short (`end_reason: gateway_crashed`, with its answer time);
+/// a call that ended normally before keeps exactly its own CDR.
+#[test]
+fn kill_9_leaves_a_cdr_marked_cut_short() {
+    let mut gw = Gateway::builder().flow_yaml(HOLD_FLOW).start();
+
+    // A normal call first: its CDR, and no open CDR left once it is stored.
+    let mut done = Peer::new(gw.sip_addr());
+    done.call();
+    done.bye(2);
+    let deadline = Instant::now() + T5;
+    while cdrs_of(&gw, &done.call_id).is_empty() || open_cdr_files(&gw) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "normal call: CDR {:?}, open files {}\n{}",
+            cdrs_of(&gw, &done.call_id),
+            open_cdr_files(&gw),
+            gw.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A call that is up when the gateway is killed.
+    let mut cut = Peer::new(gw.sip_addr());
+    cut.call();
+    let deadline = Instant::now() + T5;
+    while open_cdr_files(&gw) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no open CDR written at the answer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        cdrs_of(&gw, &cut.call_id).is_empty(),
+        "the call is still up"
+    );
+    gw.kill9();
+    gw.start();
+
+    let cdrs = cdrs_of(&gw, &cut.call_id);
+    assert_eq!(cdrs.len(), 1, "{cdrs:#?}\n{}", gw.log_tail(40));
+    let c = &cdrs[0];
+    assert_eq!(c["end_reason"], "gateway_crashed", "{c:#}");
+    assert_eq!(c["cut_short"], true, "{c:#}");
+    assert!(c["answer"].is_string(), "{c:#}");
+    assert!(c["start"].is_string(), "{c:#}");
+    assert_eq!(c["codec"], "PCMU", "{c:#}");
+    assert_eq!(open_cdr_files(&gw), 0, "open CDR removed once completed");
+    assert_eq!(cdrs_of(&gw, &done.call_id).len(), 1, "no duplicate");
+    assert_eq!(
+        cdrs_of(&gw, &done.call_id)[0]["end_reason"],
+        "caller_hangup"
+    );
+    gw.kill9();
+}
+
+// ---- ordering --------------------------------------------------------------------------------
+
+/// Row "Ordering": the 200 for the INFO carrying the key that starts a forward leaves before
+/// the REFER it triggers; and a REFER nobody answers stops being retransmitted once the forward
+/// has fallen back to a bridge (`refer_timeout_s = 2`, mode auto).
+#[test]
+fn info_answered_before_refer_and_an_abandoned_refer_is_not_retransmitted() {
+    require_sipp();
+    let gw = Gateway::builder()
+        .toml("[transfer]\nrefer_timeout_s = 2")
+        .start();
+    let mut trunk = Sipp::uas("xfer_trunk_answer.xml", gw.trunk_port)
+        .key("number", "+3225551212")
+        .key("hold_ms", "10000")
+        .key("rtp_port", "9")
+        .timeout_s(40)
+        .spawn();
+    trunk.wait_listening(Duration::from_secs(10));
+    let mut caller = Peer::new(gw.sip_addr());
+    caller.call();
+
+    // `1`: forward to the demo flow's number. Collect what reaches the caller, in order.
+    let info = caller
+        .request("INFO", 2, "info-one", Some("Signal=1\r\nDuration=160\r\n"))
+        .replace("application/sdp", "application/dtmf-relay");
+    caller.send(&info);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline && !seen.iter().any(|m: &String| m.starts_with("REFER ")) {
+        if let Ok((n, _)) = caller.sock.recv_from(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let info_ok = seen
+        .iter()
+        .position(|m| status(m) == Some(200) && m.contains("2 INFO"));
+    let refer = seen.iter().position(|m| m.starts_with("REFER "));
+    let first_lines: Vec<&str> = seen.iter().filter_map(|m| m.lines().next()).collect();
+    assert!(
+        refer.is_some(),
+        "no REFER: {first_lines:?}\n{}",
+        gw.log_tail(40)
+    );
+    assert!(
+        info_ok.is_some() && info_ok < refer,
+        "the INFO's 200 must come before the REFER: {first_lines:?}"
+    );
+
+    // The REFER goes unanswered (its retransmissions are read and dropped meanwhile); after
+    // 2 s voxgate bridges through the trunk instead.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gw.log_contains("transfer.completed") {
+        assert!(Instant::now() < deadline, "{}", gw.log_tail(60));
+        drain(&caller, Duration::from_millis(100));
+    }
+    assert!(gw.log_contains("mode=bridge"), "{}", gw.log_tail(40));
+    // Timer E would resend it at 3.5 s and 7.5 s after the first copy: nothing may come.
+    let after = drain(&caller, Duration::from_secs(6));
+    let refers: Vec<&str> = after
+        .iter()
+        .filter(|m| m.starts_with("REFER "))
+        .filter_map(|m| m.lines().next())
+        .collect();
+    assert!(
+        refers.is_empty(),
+        "REFER still retransmitted after the bridge: {refers:?}\n{}",
+        gw.log_tail(40)
+    );
+    assert!(gw.log_contains("REFER abandoned"), "{}", gw.log_tail(40));
+    caller.bye(3);
+    trunk.kill();
+}

@@ -8,6 +8,7 @@
 mod auth;
 mod calls;
 mod error;
+pub mod integrations;
 mod journal;
 pub mod openapi;
 pub mod ranges;
@@ -29,6 +30,7 @@ use axum::{middleware, Json, Router};
 
 pub use auth::authorized;
 pub use error::ApiError;
+pub use integrations::IntegrationsApi;
 pub use recordings::ListQuery;
 
 /// What the API needs from the call registry.
@@ -80,6 +82,25 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls", get(calls::list))
         .route("/calls/{call_id}/pause", post(calls::pause))
         .route("/calls/{call_id}/resume", post(calls::resume))
+        .route("/calls/{call_id}/transcript", get(integrations::transcript))
+        .route(
+            "/tables",
+            get(integrations::list_tables).post(integrations::create_table),
+        )
+        .route(
+            "/tables/{name}",
+            get(integrations::get_table).delete(integrations::drop_table),
+        )
+        .route(
+            "/tables/{name}/rows",
+            get(integrations::list_rows).post(integrations::insert_row),
+        )
+        .route(
+            "/tables/{name}/rows/{id}",
+            get(integrations::get_row)
+                .patch(integrations::update_row)
+                .delete(integrations::delete_row),
+        )
         .route("/cdrs", get(journal::cdrs))
         .route("/events", get(journal::events))
         .route("/openapi.json", get(openapi::serve))

@@ -29,6 +29,15 @@ fn call_id_param() -> Value {
     json!({"name": "call_id", "in": "path", "required": true, "schema": {"type": "string"}})
 }
 
+fn table_param() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+        "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"}})
+}
+
+fn row_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}})
+}
+
 fn limit_param() -> Value {
     json!({
         "name": "limit", "in": "query",
@@ -54,7 +63,7 @@ fn build() -> Value {
         "info": {
             "title": "voxgate operator API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Recordings, active calls, CDRs and events. Every /v1/ path needs `Authorization: Bearer <token>`."
+            "description": "Recordings, active calls, transcripts, CDRs, events and tables. Every /v1/ path needs `Authorization: Bearer <token>`."
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -168,6 +177,102 @@ fn build() -> Value {
                     "400": error_response("Invalid limit"), "401": unauthorized
                 }
             }},
+            "/v1/calls/{call_id}/transcript": {"get": {
+                "summary": "The call's transcript (during and after the call)",
+                "parameters": [call_id_param()],
+                "responses": {
+                    "200": {"description": "The transcript", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Transcript"}}}},
+                    "401": unauthorized, "404": error_response("No transcript for this call")
+                }
+            }},
+            "/v1/tables": {
+                "get": {
+                    "summary": "Tables of the `table` step",
+                    "responses": {
+                        "200": {"description": "Tables", "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {"tables": {"type": "array", "items": {"$ref": "#/components/schemas/Table"}}}
+                        }}}},
+                        "401": unauthorized
+                    }
+                },
+                "post": {
+                    "summary": "Create an empty table",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["name", "columns"],
+                        "properties": {"name": {"type": "string"}, "columns": {"type": "array", "items": {"type": "string"}}}
+                    }}}},
+                    "responses": {
+                        "201": {"description": "Created", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Table"}}}},
+                        "400": error_response("Bad name or columns"), "401": unauthorized,
+                        "409": error_response("The table exists")
+                    }
+                }
+            },
+            "/v1/tables/{name}": {
+                "get": {
+                    "summary": "One table",
+                    "parameters": [table_param()],
+                    "responses": {
+                        "200": {"description": "The table", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Table"}}}},
+                        "401": unauthorized, "404": error_response("No such table")
+                    }
+                },
+                "delete": {
+                    "summary": "Drop a table",
+                    "parameters": [table_param()],
+                    "responses": {"204": {"description": "Dropped"}, "401": unauthorized, "404": error_response("No such table")}
+                }
+            },
+            "/v1/tables/{name}/rows": {
+                "get": {
+                    "summary": "Rows, oldest first; any other query key filters on that column (exact match)",
+                    "parameters": [table_param(), limit_param(),
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+                    "responses": {
+                        "200": {"description": "Rows", "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {
+                                "rows": {"type": "array", "items": {"$ref": "#/components/schemas/Row"}},
+                                "count": {"type": "integer"}
+                            }
+                        }}}},
+                        "400": error_response("Unknown column or bad limit"), "401": unauthorized,
+                        "404": error_response("No such table")
+                    }
+                },
+                "post": {
+                    "summary": "Insert a row",
+                    "parameters": [table_param()],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}}},
+                    "responses": {
+                        "201": {"description": "The row", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Row"}}}},
+                        "400": error_response("Unknown column"), "401": unauthorized, "404": error_response("No such table")
+                    }
+                }
+            },
+            "/v1/tables/{name}/rows/{id}": {
+                "get": {
+                    "summary": "One row",
+                    "parameters": [table_param(), row_param()],
+                    "responses": {
+                        "200": {"description": "The row", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Row"}}}},
+                        "401": unauthorized, "404": error_response("No such table or row")
+                    }
+                },
+                "patch": {
+                    "summary": "Change some columns of a row",
+                    "parameters": [table_param(), row_param()],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}}},
+                    "responses": {
+                        "200": {"description": "The updated row", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Row"}}}},
+                        "400": error_response("Unknown column"), "401": unauthorized, "404": error_response("No such table or row")
+                    }
+                },
+                "delete": {
+                    "summary": "Delete a row",
+                    "parameters": [table_param(), row_param()],
+                    "responses": {"204": {"description": "Deleted"}, "401": unauthorized, "404": error_response("No such table or row")}
+                }
+            },
             "/v1/openapi.json": {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3 document"}, "401": unauthorized}
@@ -180,6 +285,28 @@ fn build() -> Value {
                     "error": {"type": "string", "example": "not_found"},
                     "message": {"type": "string"}
                 }},
+                "Transcript": {"type": "object", "required": ["call_id", "entries"], "properties": {
+                    "call_id": {"type": "string"},
+                    "started_at": {"type": "string", "format": "date-time"},
+                    "ended": {"type": "boolean"},
+                    "dropped_entries": {"type": "integer"},
+                    "entries": {"type": "array", "items": {"type": "object",
+                        "required": ["at", "offset_ms", "kind", "text"],
+                        "properties": {
+                            "at": {"type": "string", "format": "date-time"},
+                            "offset_ms": {"type": "integer"},
+                            "kind": {"type": "string", "enum": ["prompt", "say", "dtmf", "speech", "step", "transfer", "recording", "call"]},
+                            "text": {"type": "string"}
+                        },
+                        "additionalProperties": true}}
+                }},
+                "Table": {"type": "object", "required": ["name", "columns", "rows"], "properties": {
+                    "name": {"type": "string"},
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "rows": {"type": "integer"}
+                }},
+                "Row": {"type": "object", "required": ["_id"], "properties": {"_id": {"type": "integer"}},
+                    "additionalProperties": {"type": "string", "nullable": true}},
                 "Recording": {"type": "object",
                     "required": ["id", "call_id", "from", "to", "started_at", "ended_at", "duration_ms",
                         "channels", "sample_rate", "bytes", "sha256", "status"],

@@ -546,6 +546,16 @@ async fn openapi_describes_every_route() {
         ("/v1/calls/{call_id}/resume", "post"),
         ("/v1/cdrs", "get"),
         ("/v1/events", "get"),
+        ("/v1/calls/{call_id}/transcript", "get"),
+        ("/v1/tables", "get"),
+        ("/v1/tables", "post"),
+        ("/v1/tables/{name}", "get"),
+        ("/v1/tables/{name}", "delete"),
+        ("/v1/tables/{name}/rows", "get"),
+        ("/v1/tables/{name}/rows", "post"),
+        ("/v1/tables/{name}/rows/{id}", "get"),
+        ("/v1/tables/{name}/rows/{id}", "patch"),
+        ("/v1/tables/{name}/rows/{id}", "delete"),
         ("/v1/openapi.json", "get"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");

@@ -38,3 +38,42 @@ pub trait RequestExecutor: Send + Sync {
     /// still arrives is dropped by the call.
     fn cancel(&self, call_id: &str, id: u64);
 }
+
+/// The integration executors (`src/integrations`) answer the call's requests.
+impl RequestExecutor for crate::integrations::Integrations {
+    fn start(
+        &self,
+        call: &RequestContext,
+        id: u64,
+        request: StepRequest,
+        timeout: Duration,
+        reply: InboxSender,
+    ) {
+        let ctx = crate::integrations::RequestContext {
+            call_id: call.call_id.clone(),
+            from: call.from.clone(),
+            to: call.to.clone(),
+            transcript: None,
+            recording_ids: call.recording_ids.clone(),
+            websocket_delivered: false,
+        };
+        let step = crate::integrations::kind_of(&request);
+        let transcripts = self.transcripts.clone();
+        let call_id = call.call_id.clone();
+        self.start_request(ctx, id, request, timeout, move |id, result| {
+            // The step's outcome joins the call's transcript (the flow's own log has the dialog).
+            let outcome = match &result {
+                Ok(_) => "ok".to_string(),
+                Err(f) => format!("error {}: {}", f.code, f.message),
+            };
+            transcripts.with_live(&call_id, |t| {
+                t.step(std::time::Instant::now(), step, &outcome, None)
+            });
+            reply.post(super::inbox::Inbox::RequestDone { id, result });
+        });
+    }
+
+    fn cancel(&self, call_id: &str, id: u64) {
+        crate::integrations::Integrations::cancel(self, call_id, id);
+    }
+}

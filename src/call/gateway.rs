@@ -18,6 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// At shutdown, how long BYEs sent after the grace period still get to be answered (Timer E
+/// retransmits at 0.5, 1, 2, 4 s: four copies within this).
+const BYE_WAIT: Duration = Duration::from_secs(8);
+/// RFC 3261 Timer F (64*T1): a BYE transaction never runs longer.
+const TIMER_F: Duration = Duration::from_secs(32);
+
 /// Start-up failures, each with enough context to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,6 +37,8 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("{0}")]
+    Integrations(String),
     #[error("{0}")]
     Store(String),
 }
@@ -63,6 +71,14 @@ impl Gateway {
         let store = crate::store::open(&config)
             .await
             .map_err(StartError::Store)?;
+        // The numbering-plan database loads lazily; load it now, not inside the first forward.
+        if let Err(e) = tokio::task::spawn_blocking(crate::phone::warm_up).await {
+            warn!(error = %e, "numbering plan warm-up failed");
+        }
+        // Calls an earlier process lost (kill -9, crash): complete their CDRs before serving.
+        let open_dir = crate::call::open_cdr::dir(&config.data_dir);
+        crate::call::open_cdr::recover(open_dir.clone(), store.clone()).await;
+        let open_cdrs = crate::call::open_cdr::OpenCdrs::start(open_dir);
         let mut rec_config = RecorderConfig::new(rec_dir.clone());
         if config.recordings.channels == "mixed" {
             rec_config.channels = ChannelMode::Mixed;
@@ -84,6 +100,14 @@ impl Gateway {
         );
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
+        let integrations = {
+            let store = store.clone();
+            crate::integrations::Integrations::start(
+                &config,
+                Arc::new(move |v| store.submit(crate::store::Record::Event(v))),
+            )
+            .map_err(|e| StartError::Integrations(e.to_string()))?
+        };
         let shared = Arc::new(Shared {
             registry: registry.clone(),
             flow: std::sync::RwLock::new(flow),
@@ -92,13 +116,15 @@ impl Gateway {
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
             store: store.clone(),
+            open_cdrs,
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(
                 config.transfer.allow.clone(),
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            requests: None,
+            requests: Some(Arc::new(integrations.clone())),
+            integrations: Some(integrations.clone()),
             sip: std::sync::OnceLock::new(),
             config: config.clone(),
             validated: validated.clone(),
@@ -118,7 +144,11 @@ impl Gateway {
                 addr: validated.http_listen,
                 reason: e.to_string(),
             })?;
-        let app = crate::api::router(api_state);
+        let app =
+            crate::api::router(api_state).layer(axum::Extension(crate::api::IntegrationsApi {
+                tables: integrations.tables.clone(),
+                transcripts: integrations.transcripts.clone(),
+            }));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!(error = %e, "HTTP server stopped");
@@ -192,6 +222,7 @@ impl Gateway {
     /// finalize every recording, then return.
     pub async fn shutdown(&self, grace: Duration) {
         let registry = &self.shared.registry;
+        let grace_end = tokio::time::Instant::now() + grace;
         registry.begin_shutdown();
         info!(
             calls = registry.len(),
@@ -212,6 +243,27 @@ impl Gateway {
                 .is_err()
             {
                 warn!(calls = registry.len(), "some calls did not end in time");
+            }
+        }
+        // The BYEs just sent are retransmitted (Timer E) until answered: wait for them until
+        // the grace period ends, and at least BYE_WAIT (a few retransmissions) when the grace
+        // period is already over; never past Timer F.
+        let bye_end = grace_end
+            .max(tokio::time::Instant::now() + BYE_WAIT)
+            .min(tokio::time::Instant::now() + TIMER_F);
+        if registry.hangups_in_flight() > 0 {
+            info!(
+                byes = registry.hangups_in_flight(),
+                "waiting for BYEs to be answered"
+            );
+            if tokio::time::timeout_at(bye_end, registry.wait_hangups())
+                .await
+                .is_err()
+            {
+                warn!(
+                    byes = registry.hangups_in_flight(),
+                    "BYEs still unanswered at exit"
+                );
             }
         }
         if tokio::time::timeout(Duration::from_secs(10), self.shared.recorder.finalized())

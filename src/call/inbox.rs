@@ -31,6 +31,8 @@ pub enum Inbox {
     SpeechStarted { id: u64 },
     /// The recogniser's one answer to `FlowAction::Listen { id }`.
     Speech { id: u64, outcome: SpeechOutcome },
+    /// The offload webhook answered (or failed): the pending offload's transfer may start.
+    OffloadNotified,
 }
 
 /// The sending half of a call's inbox, for executors and spawned work.
@@ -96,6 +98,8 @@ pub enum Delivery {
     Transfer(TransferInput),
     /// Nothing: a late or unasked-for answer (the reason is for the log).
     Drop(&'static str),
+    /// Start the pending offload's transfer.
+    Offload,
 }
 
 /// Routes one inbox message (IO-free).
@@ -124,6 +128,7 @@ pub fn route(msg: Inbox, outstanding: &mut Outstanding) -> Delivery {
                 Delivery::Drop("speech start after stop, or for no listen")
             }
         }
+        Inbox::OffloadNotified => Delivery::Offload,
         Inbox::Speech { id, outcome } => {
             if outstanding.listens.remove(&id) {
                 Delivery::Flow(FlowEvent::Speech { id, outcome })

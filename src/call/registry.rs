@@ -46,6 +46,24 @@ pub struct Registry {
     slots: Arc<AtomicUsize>,
     shutting_down: AtomicBool,
     emptied: Notify,
+    /// BYEs (and far-leg CANCELs) sent and not yet answered or timed out: shutdown waits for
+    /// them so their retransmissions (Timer E) still go out.
+    hangups: Arc<AtomicUsize>,
+    hangups_done: Arc<Notify>,
+}
+
+/// Held while a BYE or CANCEL transaction runs (see [`Registry::hangup_started`]).
+pub struct HangupInFlight {
+    count: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+}
+
+impl Drop for HangupInFlight {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.done.notify_waiters();
+        }
+    }
 }
 
 impl Registry {
@@ -56,6 +74,8 @@ impl Registry {
             slots: Arc::new(AtomicUsize::new(0)),
             shutting_down: AtomicBool::new(false),
             emptied: Notify::new(),
+            hangups: Arc::new(AtomicUsize::new(0)),
+            hangups_done: Arc::new(Notify::new()),
         })
     }
 
@@ -151,6 +171,33 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// A BYE or CANCEL transaction starts; hold the guard until it ends.
+    pub fn hangup_started(&self) -> HangupInFlight {
+        self.hangups.fetch_add(1, Ordering::SeqCst);
+        HangupInFlight {
+            count: self.hangups.clone(),
+            done: self.hangups_done.clone(),
+        }
+    }
+
+    /// BYE / CANCEL transactions still running.
+    pub fn hangups_in_flight(&self) -> usize {
+        self.hangups.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no BYE or CANCEL transaction is running.
+    pub async fn wait_hangups(&self) {
+        loop {
+            let notified = self.hangups_done.notified();
+            if self.hangups_in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 impl Admission for Registry {
     fn admit(&self) -> Result<Reservation, (u16, u32)> {
         if self.is_shutting_down() {
@@ -214,6 +261,27 @@ mod tests {
             recording_id: None,
             paused: false,
         }
+    }
+
+    #[tokio::test]
+    async fn hangups_in_flight_are_counted_until_dropped() {
+        let r = Registry::new(2);
+        r.wait_hangups().await;
+        let a = r.hangup_started();
+        let b = r.hangup_started();
+        assert_eq!(r.hangups_in_flight(), 2);
+        drop(a);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), r.wait_hangups());
+        assert!(waiting.await.is_err(), "one BYE still runs");
+        let r2 = r.clone();
+        let waiter = tokio::spawn(async move { r2.wait_hangups().await });
+        tokio::task::yield_now().await;
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken when the last BYE ends")
+            .expect("waiter task");
+        assert_eq!(r.hangups_in_flight(), 0);
     }
 
     #[test]

@@ -673,7 +673,7 @@ impl FlowMachine {
             tracing::warn!(%reason, "TransferFailed without a transfer in progress; ignored");
             return;
         }
-        tracing::info!(flow = %self.def.name(), %reason, %detail, "transfer failed");
+        tracing::info!(flow = %self.def.name(), %reason, %detail, "forward failed");
         let message = format!("{reason} ({detail})");
         self.session
             .set_context("transfer", "reason", Value::String(reason.clone()));

@@ -215,18 +215,30 @@ pub struct Responder {
     inner: ResponderInner,
 }
 
-type DirectReply = (u16, Vec<(String, String)>, Option<Vec<u8>>);
+/// A response for a request voxgate answers itself, and who to tell once it is sent.
+type DirectReply = (
+    u16,
+    Vec<(String, String)>,
+    Option<Vec<u8>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// How long `respond` waits for a direct response to leave (it normally takes microseconds).
+const DIRECT_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug)]
 enum ResponderInner {
     /// A request the stack handed to the dialog.
     Stack(TransactionHandle),
-    /// A request voxgate took itself (INFO before the ACK, which the stack ignores).
+    /// A request voxgate answers itself (INFO: before the ACK the stack ignores it, and
+    /// after it the stack answers asynchronously, so a REFER could overtake the 200).
     Direct(Mutex<Option<tokio::sync::oneshot::Sender<DirectReply>>>),
 }
 
 impl Responder {
-    /// Sends a final (or provisional) response with extra headers and an optional body.
+    /// Sends a final (or provisional) response with extra headers and an optional body. For
+    /// INFO, returns once the response is on the wire, so what the caller does next (a REFER)
+    /// goes out after it (responses in the order the requests came).
     pub async fn respond(
         &self,
         status: u16,
@@ -250,8 +262,14 @@ impl Responder {
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
                     .ok_or_else(|| SipError::Stack("already answered".into()))?;
-                tx.send((status, headers, body))
-                    .map_err(|_| SipError::Stack("the transaction is gone".into()))
+                let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+                tx.send((status, headers, body, sent_tx))
+                    .map_err(|_| SipError::Stack("the transaction is gone".into()))?;
+                match tokio::time::timeout(DIRECT_SEND_WAIT, sent_rx).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(SipError::Stack("the response could not be sent".into())),
+                    Err(_) => Err(SipError::Stack("the response is still not sent".into())),
+                }
             }
         }
     }
@@ -713,8 +731,10 @@ fn in_dialog(d: &Dispatch, mut tx: Transaction) {
             // The stack ignores requests other than ACK/BYE/PRACK while it waits for the ACK
             // of its 2xx; an INFO there (a digit typed right after answer) must still be
             // answered and acted on (RFC 6086 §4.2).
+            // After the ACK, INFO is taken here too: the stack's answer is asynchronous and
+            // a REFER triggered by the digit could leave before it.
             let waiting_ack = matches!(dialog.state(), DialogState::WaitAck(..));
-            if waiting_ack && method == Method::Info {
+            if method == Method::Info {
                 let sender = d
                     .legs
                     .lock()
@@ -722,7 +742,7 @@ fn in_dialog(d: &Dispatch, mut tx: Transaction) {
                     .get(&dialog.id().to_string())
                     .cloned();
                 if let Some(events) = sender {
-                    early_info(tx, events);
+                    info_to_call(tx, events, waiting_ack);
                     return;
                 }
             }
@@ -743,9 +763,9 @@ fn in_dialog(d: &Dispatch, mut tx: Transaction) {
     }
 }
 
-/// Hands an INFO received before the ACK to the call, and answers it with what the call says
-/// (501 when the call drops the responder).
-fn early_info(mut tx: Transaction, events: mpsc::UnboundedSender<LegEvent>) {
+/// Hands an INFO to the call, and answers it with what the call says (501 when the call drops
+/// the responder); the call learns when the answer has been sent.
+fn info_to_call(mut tx: Transaction, events: mpsc::UnboundedSender<LegEvent>, before_ack: bool) {
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel::<DirectReply>();
     let req = &tx.original;
     let event = LegEvent::Info {
@@ -755,7 +775,9 @@ fn early_info(mut tx: Transaction, events: mpsc::UnboundedSender<LegEvent>) {
             inner: ResponderInner::Direct(Mutex::new(Some(reply_tx))),
         },
     };
-    info!(call_id = %call_id_of(&tx), "INFO before the ACK: handed to the call");
+    if before_ack {
+        info!(call_id = %call_id_of(&tx), "INFO before the ACK: handed to the call");
+    }
     if events.send(event).is_err() {
         tokio::spawn(async move {
             tx.reply(StatusCode::CallTransactionDoesNotExist).await.ok();
@@ -763,17 +785,21 @@ fn early_info(mut tx: Transaction, events: mpsc::UnboundedSender<LegEvent>) {
         return;
     }
     tokio::spawn(async move {
-        let (status, headers, body) = match reply_rx.await {
-            Ok(r) => r,
-            Err(_) => (501, Vec::new(), None),
+        let (status, headers, body, sent) = match reply_rx.await {
+            Ok((status, headers, body, sent)) => (status, headers, body, Some(sent)),
+            Err(_) => (501, Vec::new(), None, None),
         };
         let headers: Vec<Header> = headers
             .into_iter()
             .map(|(n, v)| Header::Other(n, v))
             .collect();
-        tx.reply_with(StatusCode::from(status), headers, body)
-            .await
-            .ok();
+        let result = tx.reply_with(StatusCode::from(status), headers, body).await;
+        if let Err(e) = &result {
+            debug!(error = %e, "INFO response not sent");
+        }
+        if let (Some(sent), Ok(())) = (sent, result) {
+            sent.send(()).ok();
+        }
     });
 }
 
@@ -900,9 +926,9 @@ async fn new_call(
         .map_err(|_| SipError::Stack("call handler is gone".into()))
 }
 
-/// A call voxgate answered, until its ACK: its place in the unconfirmed-call budget and its
-/// entry in the table of early in-dialog request routes. Both go when the ACK comes (or the
-/// dialog ends).
+/// A call voxgate answered: its place in the unconfirmed-call budget (until the ACK) and its
+/// entry in the table of in-dialog request routes voxgate answers itself (INFO), until the
+/// dialog ends.
 struct EarlyRequests {
     key: String,
     legs: LegSenders,
@@ -914,16 +940,16 @@ impl EarlyRequests {
         if let Some(u) = self.unconfirmed.take() {
             u.confirm();
         }
-        self.legs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
     }
 }
 
 impl Drop for EarlyRequests {
     fn drop(&mut self) {
         self.confirmed();
+        self.legs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 

@@ -36,14 +36,6 @@ pub(super) fn listen_not_configured(id: u64) -> FlowEvent {
     }
 }
 
-/// The answer to an `Offload` while offload is not wired.
-pub(super) fn offload_not_available() -> FlowEvent {
-    FlowEvent::TransferFailed {
-        reason: "not_available".into(),
-        detail: "offload is not available in this build".into(),
-    }
-}
-
 impl Call {
     /// Carries out what the flow asked for, in order, until the call ends.
     pub(super) fn pump_flow(&mut self, now: Instant) {
@@ -72,8 +64,14 @@ impl Call {
     fn action(&mut self, action: FlowAction, now: Instant) {
         match action {
             // Playback and the caller's media.
-            FlowAction::Play { id, file } => self.play(id, &file),
-            FlowAction::Say { id, text } => self.say(id, text),
+            FlowAction::Play { id, file } => {
+                self.transcribe(|t| t.prompt(now, &file));
+                self.play(id, &file)
+            }
+            FlowAction::Say { id, text } => {
+                self.transcribe(|t| t.say(now, &text));
+                self.say(id, text)
+            }
             FlowAction::StopPlayback => {
                 if let Some(rtp) = self.rtp.as_mut() {
                     rtp.clear_audio();
@@ -106,11 +104,15 @@ impl Call {
             FlowAction::StartRecording => self.start_recording(now),
             FlowAction::StopRecording => self.stop_recording(now, true),
             // Forward.
-            FlowAction::Transfer { to } => self.start_transfer(&to, now),
-            FlowAction::Offload { .. } => {
-                warn!("offload requested but not available in this build");
-                self.flow_event(offload_not_available());
+            FlowAction::Transfer { to } => {
+                self.transcribe(|t| t.transfer_started(now, &to));
+                self.start_transfer(&to, now)
             }
+            FlowAction::Offload {
+                to,
+                headers,
+                context,
+            } => self.start_offload(to, headers, context, now),
             // The call's lifecycle (an external bot decides before answer).
             FlowAction::Answer => {
                 info!("bot answers");
@@ -250,10 +252,6 @@ mod tests {
                 id: 4,
                 outcome: SpeechOutcome::Error(_)
             }
-        ));
-        assert!(matches!(
-            offload_not_available(),
-            FlowEvent::TransferFailed { reason, .. } if reason == "not_available"
         ));
     }
 }

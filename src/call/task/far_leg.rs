@@ -3,12 +3,12 @@
 //! DTMF to the caller (the caller's side of the relay is in `media`).
 
 use super::caller_leg::holds;
+use super::forward::Target;
 use super::Call;
 use crate::call::state::{EndReason, Input};
 use crate::call::transfer::TransferInput;
 use crate::media::codec::Codec;
 use crate::media::rtp::{RtpEvent, RtpSession};
-use crate::phone::E164;
 use crate::sip::sdp::{self, Direction, LocalMedia, Negotiated, SessionDescription};
 use crate::sip::{CallLeg, LegEnd, LegEvent, OutgoingInvite};
 use std::net::IpAddr;
@@ -27,7 +27,7 @@ pub(super) struct FarLeg {
 /// What the INVITE to the trunk says.
 #[derive(Debug, Clone)]
 pub(super) struct BridgeParams<'a> {
-    pub number: &'a E164,
+    pub target: &'a Target,
     /// The trunk's `host:port`.
     pub trunk: &'a str,
     /// `[transfer] caller_id`, if set.
@@ -52,14 +52,16 @@ pub(super) fn bridge_invite(
         None => format!("sip:anonymous@{}", p.advertised_ip),
     };
     OutgoingInvite {
-        target: format!("sip:{}@{}", p.number, p.trunk),
+        target: p.target.request_uri(p.trunk),
         from,
         from_display: None,
         sdp: sdp::build_offer(codecs, 101, local, Direction::SendRecv),
-        headers: vec![(
+        headers: std::iter::once((
             "Diversion".into(),
             format!("<{}>;reason=unconditional", p.called_uri),
-        )],
+        ))
+        .chain(p.target.headers.iter().cloned())
+        .collect(),
         credential: p.credential.clone(),
     }
 }
@@ -103,7 +105,7 @@ pub(super) fn far_response(r: FarResponse) -> (bool, bool, TransferInput) {
 
 impl Call {
     /// B2BUA: INVITE the trunk with our offer on a fresh media port.
-    pub(super) fn start_bridge(&mut self, number: &E164) {
+    pub(super) fn start_bridge(&mut self, number: &Target) {
         let Some(sip) = self.shared.sip() else {
             self.transfer_input(TransferInput::BridgeFailed(0));
             return;
@@ -126,7 +128,7 @@ impl Call {
         let cfg = &shared.config.transfer;
         let trunk = shared.validated.trunk.host_port();
         let params = BridgeParams {
-            number,
+            target: number,
             trunk: &trunk,
             caller_id: cfg.caller_id.as_deref(),
             caller_uri: &self.info.from_uri,
@@ -200,8 +202,10 @@ impl Call {
                 far.ended = true;
                 let leg = far.leg.clone();
                 let answered = far.answered;
+                let in_flight = self.shared.registry.hangup_started();
                 tokio::spawn(
                     async move {
+                        let _in_flight = in_flight;
                         let r = if answered {
                             leg.bye().await
                         } else {
@@ -392,12 +396,12 @@ mod tests {
     }
 
     fn params<'a>(
-        number: &'a E164,
+        target: &'a Target,
         caller_id: Option<&'a str>,
         caller_uri: &'a str,
     ) -> BridgeParams<'a> {
         BridgeParams {
-            number,
+            target,
             trunk: "10.1.1.1:5060",
             caller_id,
             caller_uri,
@@ -409,7 +413,9 @@ mod tests {
 
     #[test]
     fn the_far_invite_goes_to_the_trunk_with_diversion_and_our_offer() {
-        let n = parse_e164("+3225551212", &ParseOptions::default()).unwrap();
+        let n: Target = parse_e164("+3225551212", &ParseOptions::default())
+            .unwrap()
+            .into();
         let req = bridge_invite(
             &params(&n, None, "sip:alice@10.0.0.9"),
             &[Codec::Pcma],
@@ -436,8 +442,24 @@ mod tests {
     }
 
     #[test]
+    fn an_offload_invites_its_uri_with_the_context_headers() {
+        let t = Target {
+            dest: super::super::forward::Dest::Uri("sip:agents@127.0.0.1:5080".into()),
+            headers: vec![("X-Voxgate-Call-Id".into(), "c1".into())],
+        };
+        let req = bridge_invite(&params(&t, None, "sip:alice@x"), &[Codec::Pcmu], &local());
+        assert_eq!(req.target, "sip:agents@127.0.0.1:5080");
+        assert_eq!(
+            req.headers[1],
+            ("X-Voxgate-Call-Id".to_string(), "c1".to_string())
+        );
+    }
+
+    #[test]
     fn the_far_caller_id_is_configured_or_the_caller_or_anonymous() {
-        let n = parse_e164("+3225551212", &ParseOptions::default()).unwrap();
+        let n: Target = parse_e164("+3225551212", &ParseOptions::default())
+            .unwrap()
+            .into();
         let with_id = bridge_invite(
             &params(&n, Some("+3220000000"), "sip:alice@x"),
             &[Codec::Pcmu],

@@ -50,7 +50,7 @@ impl Refusal {
         }
     }
 
-    fn log(&self) {
+    pub(super) fn log(&self) {
         match self {
             Refusal::Busy => {}
             Refusal::Invalid { raw, error } => {
@@ -98,19 +98,73 @@ pub(super) fn check_forward(
     }
 }
 
-/// `Refer-To` and `Referred-By` for a REFER to `number` through the trunk.
-pub(super) fn refer_headers(number: &E164, trunk: &str, called_uri: &str) -> (String, String) {
-    (
-        format!("<sip:{number}@{trunk};user=phone>"),
-        format!("<{called_uri}>"),
-    )
+/// Where a forward goes: a checked number (through the trunk) or, for an `offload`, a SIP
+/// URI whose host `transfer.allow_uris` allows; with the context headers an offload adds.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Target {
+    pub dest: Dest,
+    /// `X-...` / `User-to-User` headers for the REFER's Refer-To or the bridged INVITE.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Dest {
+    Number(E164),
+    Uri(String),
+}
+
+impl From<E164> for Target {
+    fn from(n: E164) -> Target {
+        Target {
+            dest: Dest::Number(n),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.dest {
+            Dest::Number(n) => write!(f, "{n}"),
+            Dest::Uri(u) => f.write_str(u),
+        }
+    }
+}
+
+impl Target {
+    /// The Request-URI of a bridged INVITE (a number goes through the trunk).
+    pub fn request_uri(&self, trunk: &str) -> String {
+        match &self.dest {
+            Dest::Number(n) => format!("sip:{n}@{trunk}"),
+            Dest::Uri(u) => u.clone(),
+        }
+    }
+}
+
+/// `Refer-To` and `Referred-By` for a REFER to `target` (a number through the trunk). Context
+/// headers ride in the Refer-To URI (`?X-Voxgate-Call-Id=...`), so the transferee's INVITE
+/// carries them (RFC 3261 §19.1.5).
+pub(super) fn refer_headers(target: &Target, trunk: &str, called_uri: &str) -> (String, String) {
+    let uri = match &target.dest {
+        Dest::Number(n) => format!("sip:{n}@{trunk};user=phone"),
+        Dest::Uri(u) => u.clone(),
+    };
+    let refer_to = if target.headers.is_empty() {
+        format!("<{uri}>")
+    } else {
+        format!(
+            "<{uri}?{}>",
+            crate::integrations::offload::uri_headers(&target.headers)
+        )
+    };
+    (refer_to, format!("<{called_uri}>"))
 }
 
 /// What the call must do for one output of the forward.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Effect {
-    SendRefer(E164),
-    StartBridge(E164),
+    SendRefer(Target),
+    StartBridge(Target),
     /// CANCEL the far leg's INVITE and drop it.
     CancelFar,
     Flow(FlowEvent),
@@ -129,7 +183,7 @@ pub(super) enum Effect {
 /// after a successful REFER (IO-free).
 #[derive(Debug, Default)]
 pub(super) struct Forward {
-    active: Option<(Transfer, E164)>,
+    active: Option<(Transfer, Target)>,
     /// For the CDR: `completed:<mode>:<number>` or `failed:<reason>`.
     outcome: Option<String>,
     /// After a successful REFER: when to send our BYE.
@@ -170,11 +224,11 @@ impl Forward {
         &mut self,
         mode: TransferMode,
         timers: TransferTimers,
-        number: E164,
+        target: impl Into<Target>,
         now: Instant,
     ) -> Vec<TransferOutput> {
         let (t, out) = Transfer::start(mode, timers, now);
-        self.active = Some((t, number));
+        self.active = Some((t, target.into()));
         out
     }
 
@@ -248,6 +302,17 @@ impl Forward {
 }
 
 impl Call {
+    /// Stops a REFER transaction still running (unanswered, so still retransmitted): once the
+    /// forward has moved on (bridge fallback, call over) nobody waits for its answer.
+    pub(super) fn abandon_refer(&mut self) {
+        if let Some(task) = self.refer_task.take() {
+            if !task.is_finished() {
+                task.abort();
+                info!("REFER abandoned: no longer retransmitted");
+            }
+        }
+    }
+
     /// Validates the number, checks the policy (before any SIP), then starts the forward.
     pub(super) fn start_transfer(&mut self, raw: &str, now: Instant) {
         let cfg = &self.shared.config.transfer;
@@ -264,6 +329,12 @@ impl Call {
                 return;
             }
         };
+        self.begin_forward(number.into(), now);
+    }
+
+    /// Starts a checked forward (a number, or an offload's URI with its headers).
+    pub(super) fn begin_forward(&mut self, number: Target, now: Instant) {
+        let cfg = &self.shared.config.transfer;
         let timers = TransferTimers {
             refer_timeout: Duration::from_secs(cfg.refer_timeout_s),
             ring_timeout: Duration::from_secs(cfg.ring_timeout_s),
@@ -301,7 +372,7 @@ impl Call {
                 info!(%refer_to, "sending REFER");
                 let leg = self.leg.clone();
                 let inbox = self.inbox_tx.clone();
-                tokio::spawn(
+                let task = tokio::spawn(
                     async move {
                         let status = match leg.refer(&refer_to, &referred_by).await {
                             Ok(code) => code,
@@ -315,8 +386,12 @@ impl Call {
                     }
                     .in_current_span(),
                 );
+                self.refer_task = Some(task.abort_handle());
             }
-            Effect::StartBridge(number) => self.start_bridge(&number),
+            Effect::StartBridge(number) => {
+                self.abandon_refer();
+                self.start_bridge(&number)
+            }
             Effect::CancelFar => self.cancel_far(),
             Effect::Flow(ev) => self.flow_event(ev),
             Effect::CloseFlow => self.flow_closed = true,
@@ -393,8 +468,32 @@ mod tests {
     }
 
     #[test]
+    fn an_offload_refers_to_its_uri_with_the_context_headers() {
+        let t = Target {
+            dest: Dest::Uri("sip:agents@127.0.0.1:5080".into()),
+            headers: vec![
+                ("X-Voxgate-Call-Id".into(), "abc@host".into()),
+                ("X-Customer".into(), "Ann O'Brien".into()),
+            ],
+        };
+        let (to, _) = refer_headers(&t, "trunk:5060", "sip:bot@gw");
+        assert_eq!(
+            to,
+            "<sip:agents@127.0.0.1:5080?X-Voxgate-Call-Id=abc%40host&X-Customer=Ann%20O'Brien>"
+        );
+        assert_eq!(t.request_uri("trunk:5060"), "sip:agents@127.0.0.1:5080");
+        let n: Target = num("+3225551212").into();
+        assert_eq!(n.request_uri("trunk:5060"), "sip:+3225551212@trunk:5060");
+        assert_eq!(n.to_string(), "+3225551212");
+    }
+
+    #[test]
     fn refer_names_the_number_at_the_trunk() {
-        let (to, by) = refer_headers(&num("+3225551212"), "trunk.example:5060", "sip:bot@gw");
+        let (to, by) = refer_headers(
+            &num("+3225551212").into(),
+            "trunk.example:5060",
+            "sip:bot@gw",
+        );
         assert_eq!(to, "<sip:+3225551212@trunk.example:5060;user=phone>");
         assert_eq!(by, "<sip:bot@gw>");
     }
@@ -408,7 +507,7 @@ mod tests {
             out.into_iter()
                 .flat_map(|o| f.apply(o, b))
                 .collect::<Vec<_>>(),
-            vec![Effect::SendRefer(num("+3225551212"))]
+            vec![Effect::SendRefer(num("+3225551212").into())]
         );
         let out = f.handle(TransferInput::ReferAnswered(202), b);
         assert_eq!(
@@ -449,7 +548,7 @@ mod tests {
         let out = f.start(TransferMode::Bridge, TIMERS, num("+442079460958"), b);
         assert_eq!(
             f.apply(out[0].clone(), b),
-            vec![Effect::StartBridge(num("+442079460958"))]
+            vec![Effect::StartBridge(num("+442079460958").into())]
         );
         assert_eq!(f.poll_timeout(), Some(b + Duration::from_secs(30)));
         let out = f.handle(TransferInput::BridgeAnswered, b);

@@ -25,6 +25,7 @@ mod close;
 mod far_leg;
 mod forward;
 mod media;
+mod offload;
 mod recording;
 mod setup;
 
@@ -126,10 +127,16 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// The REFER transaction in flight, stopped when the forward moves on without it.
+    refer_task: Option<tokio::task::AbortHandle>,
     /// Digits that arrived before the flow started (handed over when it starts).
     early_dtmf: Vec<FlowEvent>,
     /// This call's slot under `max_calls` (released when the task ends).
     _slot: crate::sip::Reservation,
+    /// An offload waiting for its webhook before the transfer starts.
+    pending_offload: Option<forward::Target>,
+    /// What the bot said and the caller did (`GET /v1/calls/{id}/transcript`, mail reports).
+    transcript: Option<crate::integrations::transcript::SharedTranscript>,
 }
 
 impl Call {
@@ -190,6 +197,22 @@ impl Call {
             }
         }
         self.after_end().await;
+        // Written with the CDR, once late recording events are in.
+        if let Some(i) = self.shared.integrations.as_ref() {
+            if let Some(t) = i.transcripts.finish(&self.info.call_id) {
+                self.shared.store.submit(crate::store::Record::Transcript {
+                    call_id: self.info.call_id.clone(),
+                    transcript: (*t).clone(),
+                });
+            }
+        }
+    }
+
+    /// Adds to the call's transcript (IO-free; the lock is the API's, held for microseconds).
+    fn transcribe(&self, f: impl FnOnce(&mut crate::integrations::Transcript)) {
+        if let Some(t) = self.transcript.as_ref() {
+            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+        }
     }
 
     /// When the task must wake at the latest: the earliest timer of any part, within 1 s.
@@ -244,6 +267,11 @@ impl Call {
             rtp.handle_timeout(now);
         }
         let out = self.forward.handle_timeout(now);
+        if !out.is_empty() {
+            // The forward gave up waiting (for the REFER's answer or its NOTIFY): whatever
+            // comes next (bridge, back to the bot), the REFER is no longer retransmitted.
+            self.abandon_refer();
+        }
         self.transfer_outputs(out, now);
         self.pump_rtp(now);
         self.pump_far(now);
@@ -281,8 +309,11 @@ impl Call {
             }
             Command::SendBye => {
                 let leg = self.leg.clone();
+                // Shutdown waits for this BYE (and its retransmissions) to finish.
+                let in_flight = self.shared.registry.hangup_started();
                 tokio::spawn(
                     async move {
+                        let _in_flight = in_flight;
                         match leg.bye().await {
                             Ok(()) => info!("BYE sent and answered"),
                             Err(e) => warn!(error = %e, "BYE failed"),
@@ -300,6 +331,8 @@ impl Call {
         if let FlowEvent::Dtmf { .. } = ev {
             self.dtmf_count += 1;
         }
+        let now = Instant::now();
+        self.transcribe(|t| crate::integrations::transcript::record_event(t, now, &ev));
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(ev, Instant::now(), Utc::now());
         } else if !self.flow_closed && matches!(ev, FlowEvent::Dtmf { .. }) {
@@ -339,6 +372,7 @@ impl Call {
             }
             Delivery::Transfer(input) => self.transfer_input(input),
             Delivery::Drop(why) => debug!(why, "inbox message dropped"),
+            Delivery::Offload => self.offload_notified(),
         }
     }
 

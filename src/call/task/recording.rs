@@ -162,6 +162,8 @@ impl Call {
                 self.caller_frames.reset();
                 self.set_summary(|s| s.recording_id = Some(id));
                 self.recordings.started(rec);
+                // A crash from now on leaves a CDR naming this recording.
+                self.write_open_cdr();
             }
             Err(e) => {
                 // The recorder already sent Failed on rec_tx; the call goes on.
@@ -198,6 +200,14 @@ impl Call {
                 ..
             } => {
                 info!(recording = %id, duration_ms, %sha256, "recording ready");
+                if let Some(i) = self.shared.integrations.as_ref() {
+                    i.events.recording_ready(
+                        &self.info.call_id,
+                        &id.to_string(),
+                        *duration_ms,
+                        sha256,
+                    );
+                }
             }
             _ => {}
         }

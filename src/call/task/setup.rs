@@ -168,6 +168,10 @@ impl Call {
         }
         let (inbox_tx, inbox_rx) = inbox::inbox();
         let (rec_tx, rec_rx) = mpsc::unbounded_channel();
+        let transcript = shared
+            .integrations
+            .as_ref()
+            .map(|i| i.transcripts.open(&info.call_id, now, started_wall));
         Some(Call {
             shared,
             leg,
@@ -208,8 +212,11 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
+            refer_task: None,
             early_dtmf: Vec::new(),
             _slot: slot,
+            pending_offload: None,
+            transcript,
         })
     }
 
@@ -229,6 +236,7 @@ impl Call {
             s.codec = codec;
         });
         info!(codec = ?self.negotiated.as_ref().map(|n| n.codec.name()), "200 OK sent");
+        self.write_open_cdr();
     }
 
     /// Starts the caller's RTP session and, on first media, the flow.
