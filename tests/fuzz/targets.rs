@@ -9,8 +9,11 @@ use voxgate::media::rtp::{RtpConfig, RtpSession};
 use voxgate::sip::guard::{inspect_datagram, Verdict};
 use voxgate::sip::sdp::{negotiate_answer, LocalMedia, SessionDescription};
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name (the corpus directory of each is `tests/fuzz/corpus/<name>`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sip_guard", sip_guard),
     ("sdp", sdp),
     ("rtp_session", rtp_session),
