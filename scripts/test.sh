@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 # --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio),
 # python3-aiosmtpd (SMTP server for the mail tests) ----------------------------------------
+# chromium + nodejs/npm: the web console's browser test (tests/console.rs, Playwright).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
@@ -20,6 +21,9 @@ command -v sox >/dev/null 2>&1 || missing+=(sox)
 # Security tests: nftables (SIP loss in network namespaces), iproute2 (ip netns), mount (tmpfs).
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The tests signal the gateway with /bin/kill (procps), not the shell builtin.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
 # The integration-step tests (tests/integrations.rs) run a real SMTP server: Debian's aiosmtpd,
@@ -43,6 +47,22 @@ if ((${#missing[@]})); then
         echo "error: missing ${missing[*]}; install as root: apt-get install ${missing[*]}" >&2
         exit 1
     fi
+fi
+# --- node packages for the browser test: playwright-core, pinned by the lockfile -------------
+# (Playwright never downloads a browser here: it drives Debian's /usr/bin/chromium.)
+# Re-installed whenever the installed version is not the lockfile's (a bumped pin, a stale or
+# half-finished node_modules).
+pw_version() {
+    node -e 'try { console.log(require(process.argv[1]).version) } catch (e) { console.log("none") }' "$1"
+}
+pw_pin=$(node -p "require('./tests/console/package-lock.json').packages['node_modules/playwright-core'].version")
+if [[ $(pw_version ./tests/console/node_modules/playwright-core/package.json) != "$pw_pin" ]]; then
+    echo "==> npm ci (tests/console: playwright-core $pw_pin)"
+    (cd tests/console && npm ci --no-audit --no-fund)
+fi
+if [[ $(pw_version ./tests/console/node_modules/playwright-core/package.json) != "$pw_pin" ]]; then
+    echo "error: playwright-core $pw_pin did not install into tests/console/node_modules" >&2
+    exit 1
 fi
 if [[ $(id -u) -ne 0 ]]; then
     # SIPp's play_pcap_audio (RFC 4733 DTMF in the scenarios) opens a raw socket.
@@ -80,6 +100,8 @@ fi
 echo "${sipp_banner# }"
 first_line espeak-ng --version
 first_line sox --version
+first_line /usr/bin/chromium --version
+echo "node $(node --version), playwright-core $(node -p "require('./tests/console/node_modules/playwright-core/package.json').version")"
 /usr/bin/python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
 first_line kamailio -v
 first_line "$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n1)" --version

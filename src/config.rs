@@ -52,10 +52,90 @@ pub struct Config {
     pub shutdown_grace_s: u64,
     /// Where CDRs (one JSON line per call) and tracked events are appended.
     pub data_dir: PathBuf,
+    /// SIP registrations voxgate keeps with trunk providers / PBXs (`[[trunks]]`, docs/sip.md).
+    pub trunks: Vec<TrunkConfig>,
     /// This node's name, written into every record (CONTRACT §10).
     pub node: NodeConfig,
     /// Where records go: the embedded files (default) or a shared PostgreSQL (CONTRACT §10).
     pub store: StoreConfig,
+}
+
+/// One `[[trunks]]` entry: voxgate REGISTERs with `registrar` as `username` and keeps the
+/// binding fresh (CONTRACT §9).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// `sip:host[:port]`; `;transport=tcp` or the `transport` key picks TCP.
+    pub registrar: String,
+    pub username: String,
+    /// Digest user when it differs from `username` (the AOR user).
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Name of an environment variable holding the password (keeps it out of the file).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Requested binding lifetime in seconds.
+    #[serde(default = "default_trunk_expires")]
+    pub expires: u32,
+    /// "udp" (default) or "tcp".
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// Challenge INVITEs for this trunk (Request-URI user = `username`, or sent from the
+    /// registrar's IP) with digest auth against the same credentials.
+    #[serde(default)]
+    pub challenge_inbound: bool,
+}
+
+fn default_trunk_expires() -> u32 {
+    600
+}
+
+impl std::fmt::Debug for TrunkConfig {
+    // Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("registrar", &self.registrar)
+            .field("username", &self.username)
+            .field("auth_username", &self.auth_username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .field("expires", &self.expires)
+            .field("transport", &self.transport)
+            .field("challenge_inbound", &self.challenge_inbound)
+            .finish()
+    }
+}
+
+impl TrunkConfig {
+    /// The password, from the file or the environment.
+    pub fn resolve_password(&self) -> Result<String, String> {
+        match (&self.password, &self.password_env) {
+            (Some(p), None) => Ok(p.clone()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(p) if !p.is_empty() => Ok(p),
+                _ => Err(format!("environment variable `{var}` is not set")),
+            },
+            (Some(_), Some(_)) => Err("set `password` or `password_env`, not both".into()),
+            (None, None) => Err("`password` or `password_env` is required".into()),
+        }
+    }
+
+    /// "udp" or "tcp": the `transport` key, else the registrar's `;transport=` parameter.
+    pub fn transport_name(&self) -> String {
+        if let Some(t) = &self.transport {
+            return t.to_ascii_lowercase();
+        }
+        let lower = self.registrar.to_ascii_lowercase();
+        if lower.contains(";transport=tcp") {
+            "tcp".into()
+        } else {
+            "udp".into()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,6 +407,7 @@ impl Default for Config {
             offload: OffloadConfig::default(),
             shutdown_grace_s: 10,
             data_dir: PathBuf::from("data"),
+            trunks: Vec::new(),
             node: NodeConfig::default(),
             store: StoreConfig::default(),
         }
@@ -943,6 +1024,45 @@ impl Config {
                 "username and password must be set together".into(),
             ));
         }
+        let mut trunk_names = std::collections::HashSet::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            let key = |k: &str| format!("trunks[{i}].{k}");
+            if t.name.trim().is_empty() || !trunk_names.insert(t.name.clone()) {
+                return Err(bad(
+                    &key("name"),
+                    format!("`{}` must be non-empty and unique", t.name),
+                ));
+            }
+            parse_trunk(&t.registrar).map_err(|r| bad(&key("registrar"), r))?;
+            if t.username.trim().is_empty()
+                || t.username
+                    .contains(|c: char| c.is_whitespace() || "@:;<>\"".contains(c))
+            {
+                return Err(bad(
+                    &key("username"),
+                    format!("`{}` is not a SIP user name", t.username),
+                ));
+            }
+            t.resolve_password().map_err(|r| {
+                bad(
+                    &key(if t.password_env.is_some() {
+                        "password_env"
+                    } else {
+                        "password"
+                    }),
+                    r,
+                )
+            })?;
+            if !(2..=86_400).contains(&t.expires) {
+                return Err(bad(&key("expires"), "must be between 2 and 86400".into()));
+            }
+            if !matches!(t.transport_name().as_str(), "udp" | "tcp") {
+                return Err(bad(
+                    &key("transport"),
+                    format!("`{}` is not one of \"udp\", \"tcp\"", t.transport_name()),
+                ));
+            }
+        }
         self.validate_integrations(file)?;
         Ok(Validated {
             sip_listen,
@@ -1095,6 +1215,13 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
+/// The address of a `sip:` registrar URI when its host is a literal IP (for recognising
+/// requests that come from the registrar).
+pub fn parse_registrar_addr(s: &str) -> Option<SocketAddr> {
+    let t = parse_trunk(s).ok()?;
+    Some(SocketAddr::new(t.host.parse().ok()?, t.port))
+}
+
 fn parse_trunk(s: &str) -> Result<TrunkTarget, String> {
     let rest = s
         .strip_prefix("sip:")
@@ -1197,6 +1324,52 @@ allow = ["+32"]
             assert!(err.starts_with("bad.toml: key `"), "{err}");
             assert!(err.contains(key), "{text} -> {err}");
         }
+    }
+
+    #[test]
+    fn trunks_parse_and_validate() {
+        let text = r#"
+[[trunks]]
+name = "main"
+registrar = "sip:127.0.0.1:5090"
+username = "voxgate"
+password = "secret"
+expires = 60
+"#;
+        let (c, _) = Config::from_toml(text, "g.toml").unwrap();
+        assert_eq!(c.trunks.len(), 1);
+        assert_eq!(c.trunks[0].resolve_password().unwrap(), "secret");
+        assert_eq!(c.trunks[0].transport_name(), "udp");
+        assert!(!format!("{:?}", c.trunks[0]).contains("secret"));
+
+        let base = "[[trunks]]\nname = \"a\"\nregistrar = \"sip:x:5090\"\nusername = \"u\"\n";
+        let cases = [
+            (base.to_string(), "trunks[0].password"),
+            (format!("{base}password = \"p\"\nexpires = 1"), "trunks[0].expires"),
+            (format!("{base}password = \"p\"\ntransport = \"sctp\""), "trunks[0].transport"),
+            (
+                format!("{base}password_env = \"VOXGATE_TEST_SURELY_UNSET_VAR\""),
+                "trunks[0].password_env",
+            ),
+            (
+                "[[trunks]]\nname = \"a\"\nregistrar = \"127.0.0.1\"\nusername = \"u\"\npassword = \"p\"".into(),
+                "trunks[0].registrar",
+            ),
+            (
+                format!("{base}password = \"p\"\n{base}password = \"p\""),
+                "trunks[1].name",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(&text, "bad.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text} -> {err}");
+        }
+        let tcp = format!("{base}password = \"p\"\nregistrar = \"sip:x;transport=TCP\"");
+        let tcp = tcp.replace("registrar = \"sip:x:5090\"\n", "");
+        let (c, _) = Config::from_toml(&tcp, "g.toml").unwrap();
+        assert_eq!(c.trunks[0].transport_name(), "tcp");
     }
 
     #[test]

@@ -596,6 +596,27 @@ fn two_nodes_behind_kamailio_share_one_store() {
         Some(format!("bytes 10-109/{}", audio.body.len()).as_str())
     );
     eprintln!("scale: recording {rec_id} of node a downloaded through node b, sha256 ok");
+    // The console's waveform and search work on it too: peaks from the shared copy, `q`
+    // (case-insensitive, PostgreSQL ILIKE) finds it by a piece of its id.
+    let peaks = b
+        .get(&format!("/v1/recordings/{rec_id}/peaks?buckets=50"))
+        .unwrap();
+    assert_eq!(peaks.status, 200, "{}", peaks.text());
+    let peaks = peaks.json();
+    assert_eq!(
+        peaks["peaks"][0].as_array().map(Vec::len),
+        Some(50),
+        "{peaks}"
+    );
+    let piece = rec_id[rec_id.len() - 10..].to_uppercase();
+    let found = b.get(&format!("/v1/recordings?q={piece}")).unwrap().json();
+    let ids: Vec<&str> = found["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, [rec_id.as_str()], "q={piece}");
 
     // --- 3. PostgreSQL down for 10 s in the middle of a run ----------------------------------
     let outage = calls(kam.addr(), 100, 5, 1000).spawn();

@@ -1,21 +1,40 @@
 //! Bearer-token check for every `/v1/` path.
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, ApiState};
 
-/// Middleware: passes the request on only with `Authorization: Bearer <token>`.
+/// Middleware: passes the request on only with `Authorization: Bearer <token>`, or with a
+/// console session cookie (writes with the cookie also need the console's CSRF header).
 pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if authorized(&state.token, req.headers()) {
+    if authorized(&state.token, req.headers()) || console_session_allows(&state, &req) {
         next.run(req).await
     } else {
         tracing::debug!(path = %req.uri().path(), "API request without valid token");
         ApiError::Unauthorized.into_response()
     }
+}
+
+fn console_session_allows(state: &ApiState, req: &Request) -> bool {
+    use super::console;
+    if !console::has_session(state, req.headers()) {
+        return false;
+    }
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    read_only
+        || req
+            .headers()
+            .get(console::CSRF_HEADER)
+            .is_some_and(|v| v.as_bytes() == console::CSRF_VALUE.as_bytes())
+}
+
+/// True when `given` is the configured token (constant time; an empty token never matches).
+pub fn token_matches(expected: &str, given: &str) -> bool {
+    !expected.is_empty() && constant_time_eq(given, expected)
 }
 
 /// True when the header carries exactly `expected`. An empty configured token never matches,

@@ -277,6 +277,9 @@ mod tests {
         fn set_paused(&self, _: &str, _: bool) -> bool {
             false
         }
+        fn hangup(&self, _: &str) -> bool {
+            false
+        }
     }
 
     fn app(with: bool) -> (axum::Router, Arc<TranscriptStore>, tempfile::TempDir) {
@@ -292,6 +295,8 @@ mod tests {
                 None,
             )),
             metrics: Arc::new(String::new),
+            trunks: Arc::new(super::super::NoTrunks),
+            sessions: Arc::new(super::super::console::Sessions::new()),
         };
         let tables = Arc::new(TableStore::in_memory().unwrap());
         std::fs::write(tmp.path().join("vip.csv"), "number,name\n+3225550001,Ann\n").unwrap();

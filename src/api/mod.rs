@@ -7,6 +7,7 @@
 
 mod auth;
 mod calls;
+pub mod console;
 mod error;
 pub mod integrations;
 mod journal;
@@ -39,6 +40,23 @@ pub trait CallsView: Send + Sync {
     fn calls(&self) -> Vec<serde_json::Value>;
     /// Pauses or resumes the bot on a call; false when no such call is active.
     fn set_paused(&self, call_id: &str, paused: bool) -> bool;
+    /// Ends a call (BYE, or a final response before answer); false when no such call.
+    fn hangup(&self, call_id: &str) -> bool;
+}
+
+/// What the API needs from trunk registration (`GET /v1/trunks`).
+pub trait TrunksView: Send + Sync {
+    /// One JSON object per configured trunk.
+    fn trunks(&self) -> Vec<serde_json::Value>;
+}
+
+/// No trunks configured.
+pub struct NoTrunks;
+
+impl TrunksView for NoTrunks {
+    fn trunks(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
 }
 
 /// Renders the `/metrics` body.
@@ -55,6 +73,9 @@ pub struct ApiState {
     /// CDRs, events, transcripts and recording metadata (embedded files or PostgreSQL).
     pub store: Arc<dyn crate::store::Store>,
     pub metrics: MetricsRender,
+    pub trunks: Arc<dyn TrunksView>,
+    /// Console logins (cookie sessions that stand in for the bearer token).
+    pub sessions: Arc<console::Sessions>,
 }
 
 impl ApiState {
@@ -79,9 +100,13 @@ pub fn router(state: ApiState) -> Router {
         )
         // `get` also answers HEAD (axum drops the body, our Content-Length stays).
         .route("/recordings/{id}/audio", get(recordings::audio))
+        .route("/recordings/{id}/peaks", get(recordings::peaks))
         .route("/calls", get(calls::list))
+        .route("/calls/stream", get(calls::stream))
         .route("/calls/{call_id}/pause", post(calls::pause))
         .route("/calls/{call_id}/resume", post(calls::resume))
+        .route("/calls/{call_id}/hangup", post(calls::hangup))
+        .route("/trunks", get(trunks))
         .route("/calls/{call_id}/transcript", get(integrations::transcript))
         .route(
             "/tables",
@@ -114,6 +139,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
+        .merge(console::router())
         .fallback(not_found)
         .with_state(state)
 }
@@ -130,6 +156,10 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         )],
         (st.metrics)(),
     )
+}
+
+async fn trunks(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "trunks": st.trunks.trunks() }))
 }
 
 async fn not_found() -> ApiError {

@@ -56,6 +56,100 @@ pub fn document() -> &'static Value {
 }
 
 fn build() -> Value {
+    let mut doc = base();
+    if let (Some(paths), Value::Object(more)) = (doc["paths"].as_object_mut(), operator_paths()) {
+        paths.extend(more);
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.insert("Trunk".into(), trunk_schema());
+    }
+    doc
+}
+
+/// Live-call control, waveform peaks, trunks and the console (issue 15).
+fn operator_paths() -> Value {
+    let unauthorized = error_response("Missing or wrong bearer token");
+    let not_found = error_response("Unknown (or invalid) id");
+    json!({
+            "/v1/calls/stream": {"get": {
+                "summary": "Active calls as server-sent events",
+                "description": "An `event: calls` whose data is the `GET /v1/calls` body, sent at once and again whenever a call starts, ends or changes state; a comment line every 15 s keeps the stream open.",
+                "responses": {
+                    "200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "401": unauthorized
+                }
+            }},
+            "/v1/calls/{call_id}/hangup": {"post": {
+                "summary": "End a call now (BYE; before answer a final error response)",
+                "parameters": [call_id_param()],
+                "responses": {"204": {"description": "The call is being ended"}, "401": unauthorized, "404": error_response("No such active call")}
+            }},
+            "/v1/recordings/{id}/peaks": {"get": {
+                "summary": "Waveform peaks of a finished recording, per channel",
+                "parameters": [id_param(),
+                    {"name": "buckets", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 4000, "default": 800}}],
+                "responses": {
+                    "200": {"description": "Per channel (caller first in stereo), the loudest sample of each of `buckets` equal slices, 0..1000",
+                        "content": {"application/json": {"schema": {"type": "object", "properties": {
+                            "id": {"type": "string"}, "channels": {"type": "integer"}, "sample_rate": {"type": "integer"},
+                            "frames": {"type": "integer"}, "buckets": {"type": "integer"},
+                            "peaks": {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 1000}}}
+                        }}}}},
+                    "400": error_response("Invalid buckets"), "401": unauthorized, "404": not_found,
+                    "409": error_response("Still recording (or failed)")
+                }
+            }},
+            "/v1/trunks": {"get": {
+                "summary": "Trunk registrations ([[trunks]])",
+                "responses": {
+                    "200": {"description": "One object per configured trunk", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"trunks": {"type": "array", "items": {"$ref": "#/components/schemas/Trunk"}}}
+                    }}}},
+                    "401": unauthorized
+                }
+            }},
+            "/console": {"get": {
+                "summary": "The web console (HTML): the app with a session cookie, the login form without",
+                "security": [],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}
+            }},
+            "/console/login": {"post": {
+                "summary": "Console login: form field `token`; sets the `voxgate_session` cookie",
+                "security": [],
+                "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
+                    "type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
+                "responses": {"303": {"description": "Logged in; redirect to /console"}, "400": {"description": "No token"}, "401": {"description": "Wrong token (the form again)"}}
+            }},
+            "/console/logout": {"post": {
+                "summary": "Ends the console session and clears the cookie",
+                "security": [],
+                "responses": {"303": {"description": "Redirect to /console"}}
+            }}
+    })
+}
+
+fn trunk_schema() -> Value {
+    json!({"type": "object",
+        "required": ["name", "registered", "expires_at", "last_error"],
+        "properties": {
+            "name": {"type": "string"},
+            "registrar": {"type": "string"},
+            "username": {"type": "string"},
+            "transport": {"type": "string", "enum": ["udp", "tcp"]},
+            "state": {"type": "string", "enum": ["idle", "registered", "failed", "unregistered"]},
+            "registered": {"type": "boolean"},
+            "expires_at": {"type": "string", "format": "date-time", "nullable": true},
+            "last_registered_at": {"type": "string", "format": "date-time", "nullable": true},
+            "last_error": {"type": "string", "nullable": true},
+            "failures": {"type": "integer"},
+            "next_attempt_at": {"type": "string", "format": "date-time", "nullable": true},
+            "expires": {"type": "integer", "description": "Seconds asked for"},
+            "challenge_inbound": {"type": "boolean"}
+        }
+    })
+}
+
+fn base() -> Value {
     let unauthorized = error_response("Missing or wrong bearer token");
     let not_found = error_response("Unknown (or invalid) id");
     json!({
@@ -66,7 +160,7 @@ fn build() -> Value {
             "description": "Recordings, active calls, transcripts, CDRs, events and tables. Every /v1/ path needs `Authorization: Bearer <token>`."
         },
         "servers": [{"url": "/"}],
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"console": []}],
         "paths": {
             "/healthz": {"get": {
                 "summary": "Liveness probe", "security": [],
@@ -81,6 +175,7 @@ fn build() -> Value {
                 "summary": "List recordings, newest first",
                 "parameters": [
                     query_string("call_id", "Only recordings of this call"),
+                    query_string("q", "Case-insensitive text in the id, call id, from or to"),
                     query_string("since", "RFC 3339; started_at >= since"),
                     query_string("until", "RFC 3339; started_at < until"),
                     limit_param(),
@@ -279,7 +374,11 @@ fn build() -> Value {
             }}
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "console": {"type": "apiKey", "in": "cookie", "name": "voxgate_session",
+                    "description": "Set by POST /console/login; writes with it also need `X-Requested-With: voxgate-console`"}
+            },
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
                     "error": {"type": "string", "example": "not_found"},

@@ -54,6 +54,10 @@ impl ListQuery {
             until: time("until")?,
             limit: parse_limit(params)?,
             after,
+            text: params
+                .get("q")
+                .map(|t| t.trim().to_lowercase())
+                .filter(|t| !t.is_empty()),
         })
     }
 }
@@ -276,6 +280,117 @@ pub async fn audio(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// Most buckets `GET /v1/recordings/{id}/peaks` computes.
+pub const MAX_PEAK_BUCKETS: usize = 4000;
+/// Largest shared-storage recording the peaks endpoint reads into memory (about 4.5 h stereo).
+const MAX_SHARED_PEAK_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `GET /v1/recordings/{id}/peaks?buckets=N`: per channel, the loudest sample of each of `N`
+/// equal slices of a finished recording, scaled to 0..=1000. The console draws its waveform
+/// from this instead of downloading the audio twice.
+pub async fn peaks(
+    State(st): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_from(path)?;
+    let params = query_map(query)?;
+    let buckets = match params.get("buckets") {
+        None => 800,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_PEAK_BUCKETS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "`buckets` must be an integer from 1 to {MAX_PEAK_BUCKETS}, got {v:?}"
+                )))
+            }
+        },
+    };
+    let s = load(&st, &id).await?;
+    if !matches!(
+        s.status,
+        RecordingStatus::Complete | RecordingStatus::Recovered
+    ) {
+        return Err(ApiError::Conflict(format!(
+            "recording {id} is {}; peaks are computed once it is finished",
+            s.status.as_str()
+        )));
+    }
+    let wav = RecordingPaths::new(&st.recordings_dir, &id).wav;
+    let name = id.to_string();
+    let bad = move |e: hound::Error| ApiError::Internal(format!("recording {name}: {e}"));
+    let (channels, sample_rate, frames, peaks) = if tokio::fs::metadata(&wav).await.is_ok() {
+        blocking(move || {
+            let f = std::fs::File::open(&wav)
+                .map_err(|e| ApiError::Internal(format!("cannot read audio: {e}")))?;
+            wav_peaks(std::io::BufReader::new(f), buckets).map_err(bad)
+        })
+        .await?
+    } else {
+        // Made on another node (or moved off this one): read the shared copy.
+        let Some(file) = shared_audio(&st, &s).await? else {
+            return Err(ApiError::NotFound(format!(
+                "recording {id} has no audio here"
+            )));
+        };
+        let (AudioSource::Shared(key), Some(shared)) = (&file.source, st.store.shared()) else {
+            return Err(ApiError::NotFound(format!(
+                "recording {id} has no audio here"
+            )));
+        };
+        if file.len > MAX_SHARED_PEAK_BYTES {
+            return Err(ApiError::Conflict(format!(
+                "recording {id} is too long for peaks from shared storage"
+            )));
+        }
+        let mut stream = shared
+            .stream(key, 0..file.len)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(usize::try_from(file.len).unwrap_or(0));
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            let chunk = chunk.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            bytes.extend_from_slice(&chunk);
+        }
+        blocking(move || wav_peaks(std::io::Cursor::new(bytes), buckets).map_err(bad)).await?
+    };
+    Ok(Json(json!({
+        "id": s.id,
+        "channels": channels,
+        "sample_rate": sample_rate,
+        "frames": frames,
+        "buckets": buckets,
+        "peaks": peaks,
+    })))
+}
+
+/// What [`wav_peaks`] found: (channels, sample rate, frames, peaks per channel).
+pub type Peaks = (u16, u32, u64, Vec<Vec<u16>>);
+
+/// Reads a 16-bit PCM WAV and returns its peaks.
+pub fn wav_peaks(input: impl std::io::Read, buckets: usize) -> Result<Peaks, hound::Error> {
+    let mut reader = hound::WavReader::new(input)?;
+    let spec = reader.spec();
+    if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
+        return Err(hound::Error::Unsupported);
+    }
+    let channels = usize::from(spec.channels.max(1));
+    let frames = u64::from(reader.duration());
+    let mut peaks = vec![vec![0u16; buckets]; channels];
+    let per_bucket = frames.div_ceil(buckets as u64).max(1);
+    for (i, sample) in reader.samples::<i16>().enumerate() {
+        let sample = sample?;
+        let frame = (i / channels) as u64;
+        let bucket = usize::try_from(frame / per_bucket)
+            .unwrap_or(usize::MAX)
+            .min(buckets - 1);
+        let level = u16::try_from(u32::from(sample.unsigned_abs()) * 1000 / 32768).unwrap_or(1000);
+        let slot = &mut peaks[i % channels][bucket];
+        *slot = (*slot).max(level);
+    }
+    Ok((spec.channels, spec.sample_rate, frames, peaks))
+}
+
 /// Streams `len` bytes from `start` without loading the file into memory.
 async fn file_body(path: &FsPath, start: u64, len: u64) -> Result<Body, ApiError> {
     let open_err = |e: std::io::Error| ApiError::Internal(format!("cannot read audio: {e}"));
@@ -312,6 +427,48 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn peaks_follow_each_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        // First half: loud left, silent right; second half: the other way round.
+        for i in 0..8000 {
+            let (l, r) = if i < 4000 {
+                (16384i16, 0i16)
+            } else {
+                (0, -32768)
+            };
+            w.write_sample(l).unwrap();
+            w.write_sample(r).unwrap();
+        }
+        w.finalize().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (ch, rate, frames, p) = wav_peaks(&bytes[..], 4).unwrap();
+        assert_eq!((ch, rate, frames), (2, 8000, 8000));
+        assert_eq!(p[0], [500, 500, 0, 0]);
+        assert_eq!(p[1], [0, 0, 1000, 1000]);
+        // More buckets than frames still works.
+        let (_, _, _, p) = wav_peaks(&bytes[..], 4000).unwrap();
+        assert_eq!(p[0].len(), 4000);
+        assert!(wav_peaks(&b"not a wav"[..], 4).is_err());
+    }
+
+    #[test]
+    fn q_is_trimmed_and_lowercased() {
+        assert_eq!(
+            q(&[("q", " Sales ")]).unwrap().text.as_deref(),
+            Some("sales")
+        );
+        assert_eq!(q(&[("q", "  ")]).unwrap().text, None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ const TOKEN: &str = "t0ken";
 #[derive(Default)]
 struct FakeCalls {
     paused: Mutex<HashMap<String, bool>>,
+    hung_up: Mutex<Vec<String>>,
 }
 
 impl CallsView for FakeCalls {
@@ -32,6 +33,23 @@ impl CallsView for FakeCalls {
         }
         self.paused.lock().unwrap().insert(call_id.into(), paused);
         true
+    }
+    fn hangup(&self, call_id: &str) -> bool {
+        if call_id != "c-live" {
+            return false;
+        }
+        self.hung_up.lock().unwrap().push(call_id.into());
+        true
+    }
+}
+
+struct FakeTrunks;
+
+impl TrunksView for FakeTrunks {
+    fn trunks(&self) -> Vec<Value> {
+        vec![
+            json!({"name": "main", "registered": false, "expires_at": null, "last_error": "403 Forbidden"}),
+        ]
     }
 }
 
@@ -105,6 +123,8 @@ fn fixture() -> Fixture {
             None,
         )),
         metrics: Arc::new(|| "# TYPE voxgate_up gauge\nvoxgate_up 1\n".to_string()),
+        trunks: Arc::new(FakeTrunks),
+        sessions: Arc::new(console::Sessions::new()),
     };
     Fixture {
         app: router(state),
@@ -186,6 +206,9 @@ async fn every_v1_path_needs_the_token() {
         format!("/v1/recordings/{id}"),
         format!("/v1/recordings/{id}/audio"),
         "/v1/calls".into(),
+        "/v1/calls/stream".into(),
+        "/v1/trunks".into(),
+        format!("/v1/recordings/{id}/peaks"),
         "/v1/cdrs".into(),
         "/v1/events".into(),
         "/v1/openapi.json".into(),
@@ -544,6 +567,13 @@ async fn openapi_describes_every_route() {
         ("/v1/calls", "get"),
         ("/v1/calls/{call_id}/pause", "post"),
         ("/v1/calls/{call_id}/resume", "post"),
+        ("/v1/calls/{call_id}/hangup", "post"),
+        ("/v1/calls/stream", "get"),
+        ("/v1/recordings/{id}/peaks", "get"),
+        ("/v1/trunks", "get"),
+        ("/console", "get"),
+        ("/console/login", "post"),
+        ("/console/logout", "post"),
         ("/v1/cdrs", "get"),
         ("/v1/events", "get"),
         ("/v1/calls/{call_id}/transcript", "get"),
@@ -560,4 +590,264 @@ async fn openapi_describes_every_route() {
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");
     }
+}
+
+#[tokio::test]
+async fn hangup_and_trunks() {
+    let f = fixture();
+    let r = call(&f.app, Method::POST, "/v1/calls/c-live/hangup", &[], true).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(*f.calls.hung_up.lock().unwrap(), ["c-live"]);
+    let r = call(&f.app, Method::POST, "/v1/calls/nope/hangup", &[], true).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(&f.app, Method::POST, "/v1/calls/c-live/hangup", &[], false).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let v = get(&f.app, "/v1/trunks").await.json();
+    assert_eq!(v["trunks"][0]["name"], "main");
+    assert_eq!(v["trunks"][0]["last_error"], "403 Forbidden");
+}
+
+#[tokio::test]
+async fn calls_stream_sends_the_calls_at_once() {
+    let f = fixture();
+    let req = Request::builder()
+        .uri("/v1/calls/stream")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = f.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut body = resp.into_body().into_data_stream();
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        futures::StreamExt::next(&mut body),
+    )
+    .await
+    .expect("an event at once")
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&first).into_owned();
+    assert!(text.starts_with("event: calls\ndata: "), "{text}");
+    assert!(text.contains("\"call_id\":\"c-live\""), "{text}");
+}
+
+#[tokio::test]
+async fn peaks_of_a_finished_recording() {
+    let f = fixture();
+    // Replace the first recording's bytes with a real stereo WAV: loud left, quiet right.
+    let (id, _) = &f.done[0];
+    let wav = RecordingPaths::new(&f.dir, id).wav;
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for _ in 0..800 {
+        w.write_sample(32000i16).unwrap();
+        w.write_sample(-3277i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let r = get(&f.app, &format!("/v1/recordings/{id}/peaks?buckets=10")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["channels"], 2);
+    assert_eq!(v["frames"], 800);
+    assert_eq!(v["peaks"][0].as_array().unwrap().len(), 10);
+    assert_eq!(v["peaks"][0][3], 976);
+    assert_eq!(v["peaks"][1][9], 100);
+    for bad in ["buckets=0", "buckets=99999", "buckets=x"] {
+        let r = get(&f.app, &format!("/v1/recordings/{id}/peaks?{bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let live = get(&f.app, &format!("/v1/recordings/{}/peaks", f.live)).await;
+    assert_eq!(live.status, StatusCode::CONFLICT);
+    // Not a WAV: a clear 500, not a panic.
+    let broken = get(&f.app, &format!("/v1/recordings/{}/peaks", f.done[1].0)).await;
+    assert_eq!(broken.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+async fn form(app: &Router, uri: &str, body: &str, extra: &[(&str, &str)]) -> Resp {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn console_login_session_and_logout() {
+    let f = fixture();
+    // Without a session: the login form, and the app's script is not served.
+    let page = call(&f.app, Method::GET, "/console", &[], false).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = String::from_utf8_lossy(&page.body).into_owned();
+    assert!(html.contains("id=\"login-form\"") && !html.contains("console.js"));
+    assert!(page
+        .header(header::CONTENT_SECURITY_POLICY)
+        .contains("default-src 'self'"));
+    assert_eq!(page.header(header::CACHE_CONTROL), "no-store");
+    let js = call(
+        &f.app,
+        Method::GET,
+        "/console/assets/console.js",
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(js.status, StatusCode::UNAUTHORIZED);
+    let css = call(
+        &f.app,
+        Method::GET,
+        "/console/assets/console.css",
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(css.status, StatusCode::OK);
+    let nope = call(
+        &f.app,
+        Method::GET,
+        "/console/assets/..%2fmod.rs",
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(nope.status, StatusCode::NOT_FOUND);
+
+    // A wrong token: 401 and the form again, no cookie.
+    let bad = form(&f.app, "/console/login", "token=wrong", &[]).await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(!bad.headers.contains_key(header::SET_COOKIE));
+    assert!(String::from_utf8_lossy(&bad.body).contains("Wrong token"));
+    let empty = form(&f.app, "/console/login", "", &[]).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+
+    // The right token: a redirect with an HttpOnly, SameSite=Strict session cookie.
+    let ok = form(&f.app, "/console/login", &format!("token={TOKEN}"), &[]).await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER);
+    assert_eq!(ok.header(header::LOCATION), "/console");
+    let set = ok.header(header::SET_COOKIE).to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains(TOKEN), "the cookie is not the token");
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    let app = call(
+        &f.app,
+        Method::GET,
+        "/console",
+        &[("cookie", &cookie)],
+        false,
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&app.body).contains("console.js"));
+    let js = call(
+        &f.app,
+        Method::GET,
+        "/console/assets/console.js",
+        &[("cookie", &cookie)],
+        false,
+    )
+    .await;
+    assert_eq!(js.status, StatusCode::OK);
+    assert!(js
+        .header(header::CONTENT_TYPE)
+        .starts_with("text/javascript"));
+
+    // The cookie opens /v1/ reads; writes also need the CSRF header.
+    let list = call(
+        &f.app,
+        Method::GET,
+        "/v1/recordings",
+        &[("cookie", &cookie)],
+        false,
+    )
+    .await;
+    assert_eq!(list.status, StatusCode::OK);
+    let audio = format!("/v1/recordings/{}/audio", f.done[0].0);
+    let ranged = call(
+        &f.app,
+        Method::GET,
+        &audio,
+        &[("cookie", &cookie), ("range", "bytes=0-9")],
+        false,
+    )
+    .await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    let csrf = call(
+        &f.app,
+        Method::POST,
+        "/v1/calls/c-live/pause",
+        &[("cookie", &cookie)],
+        false,
+    )
+    .await;
+    assert_eq!(csrf.status, StatusCode::UNAUTHORIZED);
+    let write = call(
+        &f.app,
+        Method::POST,
+        "/v1/calls/c-live/pause",
+        &[("cookie", &cookie), ("x-requested-with", "voxgate-console")],
+        false,
+    )
+    .await;
+    assert_eq!(write.status, StatusCode::NO_CONTENT);
+    let forged = call(
+        &f.app,
+        Method::GET,
+        "/v1/calls",
+        &[("cookie", &format!("voxgate_session={}", "a".repeat(64)))],
+        false,
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+
+    // Logout ends the session.
+    let out = form(&f.app, "/console/logout", "", &[("cookie", &cookie)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out.header(header::SET_COOKIE).contains("Max-Age=0"));
+    let after = call(
+        &f.app,
+        Method::GET,
+        "/v1/calls",
+        &[("cookie", &cookie)],
+        false,
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    let page = call(
+        &f.app,
+        Method::GET,
+        "/console",
+        &[("cookie", &cookie)],
+        false,
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&page.body).contains("id=\"login-form\""));
 }

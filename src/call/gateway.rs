@@ -41,12 +41,28 @@ pub enum StartError {
     Integrations(String),
     #[error("{0}")]
     Store(String),
+    #[error("{0}")]
+    Trunk(#[from] crate::sip::register::TrunkError),
+}
+
+/// The flow new calls start with. With `flow.websocket_url` set the bot is external and no
+/// flow file is read: calls get an empty stand-in whose only use is resolving the prompt names
+/// the bot plays, under `prompts/` next to the flow file's directory (`sip-config/prompts` by
+/// default), as with the demo flow.
+fn load_flow(config: &Config) -> Result<Arc<FlowDefinition>, String> {
+    if config.flow.websocket_url.is_none() {
+        return FlowDefinition::load(&config.flow.file).map_err(|e| e.to_string());
+    }
+    const EXTERNAL: &str =
+        "name: external\nstart: bot\nprompts_dir: ../prompts\ndialogs:\n  bot:\n    - hangup\n";
+    FlowDefinition::from_str(EXTERNAL, &config.flow.file).map_err(|e| e.to_string())
 }
 
 pub struct Gateway {
     shared: Arc<Shared>,
     sip: Arc<SipServer>,
     config_path: PathBuf,
+    trunks: Arc<crate::sip::register::Trunks>,
 }
 
 impl Gateway {
@@ -55,8 +71,8 @@ impl Gateway {
         validated: Arc<Validated>,
         config_path: PathBuf,
     ) -> Result<Gateway, StartError> {
-        let flow =
-            FlowDefinition::load(&config.flow.file).map_err(|e| StartError::Flow(e.to_string()))?;
+        let flow = load_flow(&config).map_err(StartError::Flow)?;
+        let trunks = crate::sip::register::Trunks::new(&config.trunks)?;
         let rec_dir = config.recordings.dir.clone();
         match crate::media::recorder::recover_dir(&rec_dir) {
             Ok(report) => info!(?report, dir = %rec_dir.display(), "recordings checked"),
@@ -137,6 +153,8 @@ impl Gateway {
             calls: registry.clone(),
             store: store.clone(),
             metrics: crate::api::ApiState::prometheus(metrics),
+            trunks: trunks.clone(),
+            sessions: Arc::new(crate::api::console::Sessions::new()),
         };
         let listener = tokio::net::TcpListener::bind(validated.http_listen)
             .await
@@ -163,11 +181,14 @@ impl Gateway {
                 t1: Duration::from_millis(config.sip.t1_ms),
                 user_agent: config.sip.user_agent.clone(),
                 limits: crate::sip::server::SipLimits::from_config(&config.sip, &validated),
+                invite_auth: crate::sip::inbound_auth::TrunkChallenge::from_config(&config.trunks)
+                    .map(|c| Arc::new(c) as Arc<dyn crate::sip::inbound_auth::InviteAuth>),
             },
             registry.clone(),
         )
         .await?;
         shared.sip.set(sip.clone()).ok();
+        trunks.start(&sip);
         {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -194,19 +215,26 @@ impl Gateway {
                 }
             });
         }
-        info!(
-            flow = %config.flow.file.display(),
-            "voxgate ready"
-        );
+        match &config.flow.websocket_url {
+            Some(url) => info!(websocket_url = %url, "voxgate ready (external bot)"),
+            None => info!(flow = %config.flow.file.display(), "voxgate ready"),
+        }
         Ok(Gateway {
             shared,
             sip,
             config_path,
+            trunks,
         })
     }
 
     /// Reloads the flow file (SIGHUP). Running calls keep the version they started with.
     pub fn reload_flow(&self) -> Result<String, String> {
+        if self.shared.config.flow.websocket_url.is_some() {
+            return Err(
+                "flow.websocket_url is set: the bot is external, there is no flow file to reload"
+                    .into(),
+            );
+        }
         let path = self.shared.config.flow.file.clone();
         let def = FlowDefinition::load(&path).map_err(|e| e.to_string())?;
         *self.shared.flow.write().unwrap_or_else(|p| p.into_inner()) = def;
@@ -224,6 +252,9 @@ impl Gateway {
         let registry = &self.shared.registry;
         let grace_end = tokio::time::Instant::now() + grace;
         registry.begin_shutdown();
+        // De-register from the trunks at once (they stop sending calls) while calls drain.
+        let trunks = self.trunks.clone();
+        let unregistered = tokio::spawn(async move { trunks.shutdown().await });
         info!(
             calls = registry.len(),
             grace_s = grace.as_secs(),
@@ -282,6 +313,7 @@ impl Gateway {
                 "records still waiting for the database at exit; they stay spooled for the next start"
             );
         }
+        unregistered.await.ok();
         self.sip.shutdown();
     }
 }

@@ -15,6 +15,8 @@ pub enum Control {
     Resume,
     /// Graceful shutdown is over: end the call now.
     Hangup,
+    /// An operator ends the call (API / console).
+    OperatorHangup,
 }
 
 /// The public view of a call.
@@ -242,6 +244,10 @@ impl crate::api::CallsView for Registry {
                 Control::Resume
             },
         )
+    }
+
+    fn hangup(&self, call_id: &str) -> bool {
+        self.control(call_id, Control::OperatorHangup)
     }
 }
 

@@ -66,6 +66,8 @@ pub enum EndReason {
     /// The far leg of a bridged forward hung up.
     FarEndHangup,
     Shutdown,
+    /// An operator ended the call (`POST /v1/calls/{id}/hangup`, the console).
+    Operator,
     NoAck,
     Error(String),
 }
@@ -83,6 +85,7 @@ impl EndReason {
             EndReason::Transferred => "transferred".into(),
             EndReason::FarEndHangup => "far_end_hangup".into(),
             EndReason::Shutdown => "shutdown".into(),
+            EndReason::Operator => "operator_hangup".into(),
             EndReason::NoAck => "no_ack".into(),
             EndReason::Error(_) => "error".into(),
         }
@@ -295,6 +298,27 @@ mod tests {
                 Command::Finish(EndReason::Shutdown)
             ]
         );
+    }
+
+    #[test]
+    fn operator_hangup_rejects_before_answer_and_byes_after() {
+        let b = Instant::now();
+        let mut c = CallState::new(b);
+        assert_eq!(
+            c.handle(Input::Hangup(EndReason::Operator), t(1, b)),
+            vec![
+                Command::SendReject(480),
+                Command::Finish(EndReason::Operator)
+            ]
+        );
+        let mut c = CallState::new(b);
+        c.handle(Input::Answer, t(1, b));
+        c.handle(Input::Acked, t(2, b));
+        assert_eq!(
+            c.handle(Input::Hangup(EndReason::Operator), t(3, b)),
+            vec![Command::SendBye, Command::Finish(EndReason::Operator)]
+        );
+        assert_eq!(EndReason::Operator.code(), "operator_hangup");
     }
 
     #[test]

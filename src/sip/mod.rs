@@ -4,6 +4,8 @@
 pub mod access;
 pub mod dtmf_info;
 pub mod guard;
+pub mod inbound_auth;
+pub mod register;
 pub mod sdp;
 pub mod server;
 pub mod sipfrag;

@@ -51,6 +51,9 @@ pub struct SipServerConfig {
     pub user_agent: String,
     /// Access control and TCP limits.
     pub limits: SipLimits,
+    /// Digest challenge of inbound INVITEs (trunks with `challenge_inbound`); see
+    /// `sip/inbound_auth.rs`.
+    pub invite_auth: Option<Arc<dyn super::inbound_auth::InviteAuth>>,
 }
 
 /// Who may call and how much (docs/security.md): access control for new INVITEs and the
@@ -472,6 +475,7 @@ impl SipServer {
                 },
                 incoming,
                 token,
+                config.invite_auth.clone(),
             )
             .instrument(info_span!("sip")),
         );
@@ -600,6 +604,7 @@ async fn dispatch(
     d: Dispatch,
     mut incoming: rsipstack::transaction::TransactionReceiver,
     token: CancellationToken,
+    invite_auth: Option<Arc<dyn super::inbound_auth::InviteAuth>>,
 ) {
     loop {
         let mut tx = tokio::select! {
@@ -645,6 +650,22 @@ async fn dispatch(
                         continue;
                     }
                 };
+                if let Some((status, headers)) = invite_auth
+                    .as_ref()
+                    .and_then(|a| inbound_check(a.as_ref(), &tx))
+                {
+                    info!(call_id = %call_id_of(&tx), status, "INVITE challenged (trunk digest auth)");
+                    tokio::spawn(async move {
+                        let headers = headers
+                            .into_iter()
+                            .map(|(n, v)| Header::Other(n, v))
+                            .collect();
+                        tx.reply_with(StatusCode::from(status), headers, None)
+                            .await
+                            .ok();
+                    });
+                    continue;
+                }
                 let slot = match d.admission.admit() {
                     Ok(slot) => slot,
                     Err((status, retry_after)) => {
@@ -1149,6 +1170,38 @@ fn invite_info(tx: &Transaction, transport: &'static str) -> InviteInfo {
             .and_then(|c| c.get_remote_addr().and_then(|a| a.get_socketaddr().ok())),
         transport,
     }
+}
+
+// --- hooks for trunks (sip/register.rs, sip/inbound_auth.rs) ----------------------------------
+
+/// The stack's endpoint, for requests outside any dialog (REGISTER).
+pub(super) type EndpointRef = rsipstack::transaction::endpoint::EndpointInnerRef;
+
+impl SipServer {
+    pub(super) fn endpoint(&self) -> EndpointRef {
+        self.dialog_layer.endpoint.clone()
+    }
+
+    /// The address voxgate puts in its Contact (external_ip when behind NAT).
+    pub(super) fn contact_host(&self) -> SocketAddr {
+        self.contact_host
+    }
+}
+
+fn inbound_check(
+    auth: &dyn super::inbound_auth::InviteAuth,
+    tx: &Transaction,
+) -> Option<(u16, Vec<(String, String)>)> {
+    let source = tx
+        .connection
+        .as_ref()
+        .and_then(|c| c.get_remote_addr().and_then(|a| a.get_socketaddr().ok()));
+    let authorization = header_value(&tx.original.headers, "authorization");
+    auth.check(
+        &tx.original.uri.to_string(),
+        authorization.as_deref(),
+        source,
+    )
 }
 
 #[cfg(test)]

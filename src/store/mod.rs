@@ -89,6 +89,20 @@ pub struct RecordingQuery {
     pub limit: usize,
     /// Resume after this (started_at ms, id) sort key.
     pub after: Option<(i64, String)>,
+    /// Lower-case text that the id, call id, from or to must contain (`q`, the console's
+    /// search box).
+    pub text: Option<String>,
+}
+
+impl RecordingQuery {
+    /// Whether a recording matches `text` (case-insensitive substring).
+    pub fn text_matches(&self, s: &Sidecar) -> bool {
+        self.text.as_ref().is_none_or(|t| {
+            [&s.id, &s.call_id, &s.from, &s.to]
+                .iter()
+                .any(|f| f.to_lowercase().contains(t.as_str()))
+        })
+    }
 }
 
 /// One page of recordings, newest first, and the cursor of the next page.
@@ -221,6 +235,7 @@ pub fn page(items: Vec<Sidecar>, q: &RecordingQuery) -> RecordingPage {
     let mut items: Vec<_> = items
         .into_iter()
         .filter(|s| q.call_id.as_ref().is_none_or(|c| &s.call_id == c))
+        .filter(|s| q.text_matches(s))
         .filter(|s| {
             let t = s.started_at_utc();
             q.since.is_none_or(|since| t.is_some_and(|t| t >= since))
@@ -385,6 +400,28 @@ mod tests {
         query.call_id = Some("a".into());
         let (p, _) = page(items, &query);
         assert!(p.iter().all(|s| s.call_id == "a") && p.len() == 3);
+    }
+
+    #[test]
+    fn text_search_matches_id_call_and_parties() {
+        let mut items: Vec<_> = (0..4).map(|i| rec(&format!("call-{i}"), i)).collect();
+        items[1].from = "+3225550101".into();
+        items[2].to = "Sales-Line".into();
+        let search = |t: &str| {
+            let mut query = q(100);
+            query.text = Some(t.into());
+            page(items.clone(), &query).0
+        };
+        let p = search("5550101");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].call_id, "call-1");
+        // `text` arrives lower-cased (ListQuery); the fields are compared case-insensitively.
+        assert_eq!(search("sales")[0].call_id, "call-2");
+        assert_eq!(search("call-3")[0].call_id, "call-3");
+        let id_piece = items[0].id[items[0].id.len() - 8..].to_string();
+        assert_eq!(search(&id_piece)[0].call_id, "call-0");
+        assert!(search("nobody").is_empty());
+        assert_eq!(page(items.clone(), &q(100)).0.len(), 4);
     }
 
     #[test]

@@ -800,6 +800,14 @@ impl Store for PgStore {
             .and_then(|(ms, _)| DateTime::<Utc>::from_timestamp_millis(*ms));
         let after_id = q.after.as_ref().map(|(_, id)| id.clone());
         let limit = q.limit as i64 + 1;
+        // `q`: a case-insensitive substring of id, call id, from or to (LIKE wildcards escaped).
+        let like = q.text.as_ref().map(|t| {
+            let escaped = t
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
         let rows = self
             .reader
             .query(
@@ -809,8 +817,12 @@ impl Store for PgStore {
                    AND ($2::timestamptz IS NULL OR started_at >= $2)
                    AND ($3::timestamptz IS NULL OR started_at < $3)
                    AND ($4::timestamptz IS NULL OR (started_at, id) < ($4, $5::text))
+                   AND ($7::text IS NULL OR id ILIKE $7 OR call_id ILIKE $7
+                        OR body->>'from' ILIKE $7 OR body->>'to' ILIKE $7)
                  ORDER BY started_at DESC, id DESC LIMIT $6",
-                &[&q.call_id, &q.since, &q.until, &after_at, &after_id, &limit],
+                &[
+                    &q.call_id, &q.since, &q.until, &after_at, &after_id, &limit, &like,
+                ],
             )
             .await?;
         let mut items: Vec<Sidecar> = bodies(rows)

@@ -237,6 +237,9 @@ pub struct GatewayBuilder {
     flow_yaml: Option<String>,
     overrides: Vec<String>,
     program: Option<(PathBuf, Vec<String>)>,
+    cwd: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    no_flow_file: bool,
 }
 
 impl GatewayBuilder {
@@ -259,6 +262,24 @@ impl GatewayBuilder {
     /// the config path is passed in the `VOXGATE_TEST_CONFIG` environment variable.
     pub fn program(mut self, exe: PathBuf, args: &[&str]) -> Self {
         self.program = Some((exe, args.iter().map(|a| a.to_string()).collect()));
+        self
+    }
+
+    /// Run the gateway in this directory instead of the repository root.
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
+    /// An environment variable for the gateway process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Leave `[flow] file` out of the config (the gateway's default path applies).
+    pub fn without_flow_file(mut self) -> Self {
+        self.no_flow_file = true;
         self
     }
 
@@ -338,12 +359,19 @@ allow = ["+32", "+31", "+44", "+1"]
                 .unwrap_or_else(|e| panic!("harness: bad TOML override {extra:?}: {e}"));
             merge_toml(&mut table, over);
         }
+        if self.no_flow_file {
+            if let Some(toml::Value::Table(flow)) = table.get_mut("flow") {
+                flow.remove("file");
+            }
+        }
         let config_text = toml::to_string(&table).expect("harness: serialize config");
         let config_path = root.join("gateway.toml");
         fs::write(&config_path, &config_text).expect("harness: write gateway.toml");
 
         Gateway {
             program: self.program,
+            cwd: self.cwd,
+            env: self.env,
             config_path,
             log_path: root.join("gateway.log"),
             config_text,
@@ -389,6 +417,8 @@ pub struct Gateway {
     /// Inclusive `[rtp] ports` range.
     pub rtp_ports: (u16, u16),
     program: Option<(PathBuf, Vec<String>)>,
+    cwd: Option<PathBuf>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     runs: u32,
     run_log_offset: u64,
@@ -466,8 +496,9 @@ impl Gateway {
                 c
             }
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
-            .current_dir(repo_root())
+            .current_dir(self.cwd.clone().unwrap_or_else(repo_root))
             .env("VOXGATE_TEST_CONFIG", &self.config_path)
             .env("RUST_LOG", "info,voxgate=debug")
             .env("NO_COLOR", "1")

@@ -356,6 +356,7 @@ impl Call {
                 self.flow_event(FlowEvent::Resumed);
             }
             Control::Hangup => self.input(Input::Hangup(super::state::EndReason::Shutdown)),
+            Control::OperatorHangup => self.input(Input::Hangup(super::state::EndReason::Operator)),
         }
     }
 

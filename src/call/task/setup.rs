@@ -228,6 +228,9 @@ impl Call {
             return;
         }
         self.answered_wall = Some(Utc::now());
+        // The transcript's `call answered` entry (FlowEvent::Started goes straight to the
+        // flow in start_media, not through flow_event, so nothing else adds it).
+        self.transcribe(|t| t.answered(Instant::now()));
         let answered = self.answered_wall.map(|t| t.to_rfc3339());
         let codec = self.negotiated.as_ref().map(|n| n.codec.name().to_string());
         self.set_summary(|s| {
