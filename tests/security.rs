@@ -833,9 +833,14 @@ fn cdrs_of(gw: &Gateway, call_id: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Open CDRs fully written (`*.json`; a `*.json.tmp` is one being written).
 fn open_cdr_files(gw: &Gateway) -> usize {
     std::fs::read_dir(gw.data_dir().join("calls-open"))
-        .map(|d| d.filter_map(|e| e.ok()).count())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
