@@ -23,6 +23,9 @@ command -v sox >/dev/null 2>&1 || missing+=(sox)
 # (no -dev package, nothing linked at build time) and its US English model.
 /sbin/ldconfig -p 2>/dev/null | grep -q 'libpocketsphinx\.so\.3 ' || missing+=(libpocketsphinx3)
 [[ -d /usr/share/pocketsphinx/model/en-us/en-us ]] || missing+=(pocketsphinx-en-us)
+# Security tests: nftables (SIP loss in network namespaces), iproute2 (ip netns), mount (tmpfs).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -119,5 +122,8 @@ cargo clippy --all-targets -- -D warnings
 
 echo "==> cargo test (release)"
 cargo test --release --all-targets -- --test-threads="${VOXGATE_TEST_THREADS:-4}"
+
+# The fuzz corpus (tests/fuzz/corpus) is replayed through every parser by `cargo test`
+# (tests/fuzz_corpus.rs); long coverage-guided runs are manual (docs/security.md).
 
 echo "==> all checks passed"

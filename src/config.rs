@@ -174,7 +174,27 @@ pub struct SipConfig {
     pub max_calls: usize,
     /// RFC 3261 T1 in milliseconds (retransmission base).
     pub t1_ms: u64,
+    /// Server / User-Agent header. No version by default (less fingerprinting).
     pub user_agent: String,
+    /// CIDRs whose INVITEs are accepted (CONTRACT §8); others get 403. Unset: everyone (with a
+    /// start-up warning).
+    pub trusted: Option<Vec<String>>,
+    /// New INVITEs per second one source address may send (sustained rate; 0: no limit).
+    pub invite_rate_per_source: f64,
+    /// Burst of INVITEs a source may send above the sustained rate.
+    pub invite_burst_per_source: u32,
+    /// Answered calls not yet confirmed by an ACK, per source and in total. Over it: 503.
+    pub max_unconfirmed_per_source: usize,
+    pub max_unconfirmed: usize,
+    /// User-Agent substrings of known scanners; their INVITEs/OPTIONS get no answer at all.
+    pub scanner_user_agents: Vec<String>,
+    /// TCP: seconds a peer has to complete a message's headers once it started one.
+    pub tcp_header_timeout_s: u64,
+    /// TCP: seconds without a complete message before the connection is closed.
+    pub tcp_idle_timeout_s: u64,
+    /// TCP connections accepted from one source address / in total.
+    pub tcp_max_connections_per_source: usize,
+    pub tcp_max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -343,6 +363,9 @@ pub struct TransferConfig {
     pub allow: Vec<String>,
     /// Prefixes refused even when allowed (premium-rate ranges).
     pub deny: Vec<String>,
+    /// Also refuse the built-in premium-rate / shared-cost / satellite ranges
+    /// ([`crate::phone::DEFAULT_DENY`]), even where `allow` covers the country.
+    pub deny_defaults: bool,
     /// Accept numbers written without '+' (country code first) and normalise them.
     pub legacy_no_plus: bool,
     /// Caller id for bridged legs; the original caller when unset.
@@ -574,7 +597,27 @@ impl Default for SipConfig {
             external_ip: None,
             max_calls: 200,
             t1_ms: 500,
-            user_agent: format!("voxgate/{}", env!("CARGO_PKG_VERSION")),
+            user_agent: "voxgate".into(),
+            trusted: None,
+            invite_rate_per_source: 5.0,
+            invite_burst_per_source: 20,
+            max_unconfirmed_per_source: 4,
+            max_unconfirmed: 20,
+            scanner_user_agents: vec![
+                "friendly-scanner".into(),
+                "sipvicious".into(),
+                "sipcli".into(),
+                "sip-scan".into(),
+                "sundayddr".into(),
+                "VaxSIPUserAgent".into(),
+                "iWar".into(),
+                "SIVuS".into(),
+                "pplsip".into(),
+            ],
+            tcp_header_timeout_s: 5,
+            tcp_idle_timeout_s: 300,
+            tcp_max_connections_per_source: 16,
+            tcp_max_connections: 512,
         }
     }
 }
@@ -646,6 +689,7 @@ impl Default for TransferConfig {
             trunk: "sip:127.0.0.1:5080".into(),
             allow: vec!["+32".into(), "+31".into(), "+44".into(), "+1".into()],
             deny: Vec::new(),
+            deny_defaults: true,
             legacy_no_plus: false,
             caller_id: None,
             refer_timeout_s: 15,
@@ -852,6 +896,8 @@ pub struct Validated {
     pub http_listen: SocketAddr,
     pub trunk: TrunkTarget,
     pub codecs: Vec<crate::media::codec::Codec>,
+    /// `sip.trusted` parsed; `None` when unset (every source accepted).
+    pub trusted: Option<Vec<crate::sip::access::Cidr>>,
 }
 
 /// `transfer.trunk` split into host and port.
@@ -885,10 +931,17 @@ impl Config {
 
     /// Parses and validates config text; `file` is used in error messages.
     pub fn from_toml(text: &str, file: &str) -> Result<(Config, Validated), ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: file.to_string(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        if config.transfer.deny_defaults {
+            for p in crate::phone::DEFAULT_DENY {
+                if !config.transfer.deny.iter().any(|d| d == p) {
+                    config.transfer.deny.push((*p).to_string());
+                }
+            }
+        }
         let validated = config.validate(file)?;
         Ok((config, validated))
     }
@@ -917,6 +970,43 @@ impl Config {
         }
         if !(50..=10_000).contains(&self.sip.t1_ms) {
             return Err(bad("sip.t1_ms", "must be between 50 and 10000".into()));
+        }
+        let trusted = match &self.sip.trusted {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|c| c.parse::<crate::sip::access::Cidr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|r| bad("sip.trusted", r))?,
+            ),
+        };
+        if !self.sip.invite_rate_per_source.is_finite() || self.sip.invite_rate_per_source < 0.0 {
+            return Err(bad(
+                "sip.invite_rate_per_source",
+                "must be a number >= 0 (0 disables the limit)".into(),
+            ));
+        }
+        for (key, v) in [
+            ("sip.max_unconfirmed", self.sip.max_unconfirmed),
+            (
+                "sip.max_unconfirmed_per_source",
+                self.sip.max_unconfirmed_per_source,
+            ),
+            ("sip.tcp_max_connections", self.sip.tcp_max_connections),
+            (
+                "sip.tcp_max_connections_per_source",
+                self.sip.tcp_max_connections_per_source,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+        if self.sip.tcp_header_timeout_s == 0 || self.sip.tcp_idle_timeout_s == 0 {
+            return Err(bad(
+                "sip.tcp_header_timeout_s / sip.tcp_idle_timeout_s",
+                "must be at least 1".into(),
+            ));
         }
         let rtp_ports = parse_port_range(&self.rtp.ports).map_err(|r| bad("rtp.ports", r))?;
         if self.rtp.inactivity_timeout_s == 0 {
@@ -1112,6 +1202,7 @@ impl Config {
             http_listen,
             trunk,
             codecs,
+            trusted,
         })
     }
 }

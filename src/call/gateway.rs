@@ -18,6 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// At shutdown, how long BYEs sent after the grace period still get to be answered (Timer E
+/// retransmits at 0.5, 1, 2, 4 s: four copies within this).
+const BYE_WAIT: Duration = Duration::from_secs(8);
+/// RFC 3261 Timer F (64*T1): a BYE transaction never runs longer.
+const TIMER_F: Duration = Duration::from_secs(32);
+
 /// Start-up failures, each with enough context to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -145,6 +151,14 @@ impl Gateway {
         let store = crate::store::open(&config)
             .await
             .map_err(StartError::Store)?;
+        // The numbering-plan database loads lazily; load it now, not inside the first forward.
+        if let Err(e) = tokio::task::spawn_blocking(crate::phone::warm_up).await {
+            warn!(error = %e, "numbering plan warm-up failed");
+        }
+        // Calls an earlier process lost (kill -9, crash): complete their CDRs before serving.
+        let open_dir = crate::call::open_cdr::dir(&config.data_dir);
+        crate::call::open_cdr::recover(open_dir.clone(), store.clone()).await;
+        let open_cdrs = crate::call::open_cdr::OpenCdrs::start(open_dir);
         let mut rec_config = RecorderConfig::new(rec_dir.clone());
         if config.recordings.channels == "mixed" {
             rec_config.channels = ChannelMode::Mixed;
@@ -194,6 +208,7 @@ impl Gateway {
             recorder: Recorder::new(rec_config),
             ports: PortAllocator::new(listen_ip, validated.rtp_ports.0, validated.rtp_ports.1),
             store: store.clone(),
+            open_cdrs,
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(
                 config.transfer.allow.clone(),
@@ -243,6 +258,7 @@ impl Gateway {
                 external_ip: validated.external_ip,
                 t1: Duration::from_millis(config.sip.t1_ms),
                 user_agent: config.sip.user_agent.clone(),
+                limits: crate::sip::server::SipLimits::from_config(&config.sip, &validated),
                 invite_auth: crate::sip::inbound_auth::TrunkChallenge::from_config(&config.trunks)
                     .map(|c| Arc::new(c) as Arc<dyn crate::sip::inbound_auth::InviteAuth>),
             },
@@ -332,6 +348,7 @@ impl Gateway {
     /// finalize every recording, then return.
     pub async fn shutdown(&self, grace: Duration) {
         let registry = &self.shared.registry;
+        let grace_end = tokio::time::Instant::now() + grace;
         registry.begin_shutdown();
         // De-register from the trunks at once (they stop sending calls) while calls drain.
         let trunks = self.trunks.clone();
@@ -355,6 +372,27 @@ impl Gateway {
                 .is_err()
             {
                 warn!(calls = registry.len(), "some calls did not end in time");
+            }
+        }
+        // The BYEs just sent are retransmitted (Timer E) until answered: wait for them until
+        // the grace period ends, and at least BYE_WAIT (a few retransmissions) when the grace
+        // period is already over; never past Timer F.
+        let bye_end = grace_end
+            .max(tokio::time::Instant::now() + BYE_WAIT)
+            .min(tokio::time::Instant::now() + TIMER_F);
+        if registry.hangups_in_flight() > 0 {
+            info!(
+                byes = registry.hangups_in_flight(),
+                "waiting for BYEs to be answered"
+            );
+            if tokio::time::timeout_at(bye_end, registry.wait_hangups())
+                .await
+                .is_err()
+            {
+                warn!(
+                    byes = registry.hangups_in_flight(),
+                    "BYEs still unanswered at exit"
+                );
             }
         }
         if tokio::time::timeout(Duration::from_secs(10), self.shared.recorder.finalized())

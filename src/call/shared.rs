@@ -28,6 +28,8 @@ pub struct Shared {
     /// CDRs, events, transcripts and recording metadata: the embedded files or the shared
     /// PostgreSQL (`[store] url`). `submit` never blocks.
     pub store: Arc<dyn crate::store::Store>,
+    /// CDRs of calls in progress, on disk so a crash still leaves a CDR (`open_cdr`).
+    pub open_cdrs: super::open_cdr::OpenCdrs,
     /// The address written into SDP (external_ip when behind NAT).
     pub advertised_ip: IpAddr,
     /// Where forwards may go (`transfer.allow` / `transfer.deny`).

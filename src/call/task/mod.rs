@@ -129,6 +129,12 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// The REFER transaction in flight, stopped when the forward moves on without it.
+    refer_task: Option<tokio::task::AbortHandle>,
+    /// Digits that arrived before the flow started (handed over when it starts).
+    early_dtmf: Vec<FlowEvent>,
+    /// This call's slot under `max_calls` (released when the task ends).
+    _slot: crate::sip::Reservation,
     /// An offload waiting for its webhook before the transfer starts.
     pending_offload: Option<forward::Target>,
     /// What the bot said and the caller did (`GET /v1/calls/{id}/transcript`, mail reports).
@@ -263,6 +269,11 @@ impl Call {
             rtp.handle_timeout(now);
         }
         let out = self.forward.handle_timeout(now);
+        if !out.is_empty() {
+            // The forward gave up waiting (for the REFER's answer or its NOTIFY): whatever
+            // comes next (bridge, back to the bot), the REFER is no longer retransmitted.
+            self.abandon_refer();
+        }
         self.transfer_outputs(out, now);
         self.pump_rtp(now);
         self.pump_far(now);
@@ -290,15 +301,21 @@ impl Call {
                 info!(status = code, "INVITE answered with a failure");
             }
             Command::StartMedia => {
-                if let Some(n) = self.negotiated.clone() {
-                    self.start_media(&n, now);
+                // At the ACK. Without an offer in the INVITE, the ACK's answer already
+                // started media (`accept_ack_answer`).
+                if self.rtp.is_none() {
+                    if let Some(n) = self.negotiated.clone() {
+                        self.start_media(&n, now);
+                    }
                 }
-                // Without an offer, media and the flow start when the ACK brings the answer.
             }
             Command::SendBye => {
                 let leg = self.leg.clone();
+                // Shutdown waits for this BYE (and its retransmissions) to finish.
+                let in_flight = self.shared.registry.hangup_started();
                 tokio::spawn(
                     async move {
+                        let _in_flight = in_flight;
                         match leg.bye().await {
                             Ok(()) => info!("BYE sent and answered"),
                             Err(e) => warn!(error = %e, "BYE failed"),
@@ -320,6 +337,10 @@ impl Call {
         self.transcribe(|t| crate::integrations::transcript::record_event(t, now, &ev));
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(ev, Instant::now(), Utc::now());
+        } else if !self.flow_closed && matches!(ev, FlowEvent::Dtmf { .. }) {
+            // A digit typed between our 200 and the caller's ACK (INFO) waits for the flow,
+            // which starts at the ACK.
+            self.early_dtmf.push(ev);
         }
     }
 

@@ -162,6 +162,8 @@ impl Call {
                 self.caller_frames.reset();
                 self.set_summary(|s| s.recording_id = Some(id));
                 self.recordings.started(rec);
+                // A crash from now on leaves a CDR naming this recording.
+                self.write_open_cdr();
             }
             Err(e) => {
                 // The recorder already sent Failed on rec_tx; the call goes on.

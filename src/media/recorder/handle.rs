@@ -145,13 +145,12 @@ impl Recorder {
                 metrics::counter!(metric::ERRORS).increment(1);
                 let mut failed = sidecar;
                 failed.mark_failed(&reason, started_at);
-                if self.config.dir.is_dir() {
-                    if let Err(e) = store::write_sidecar(&self.config.dir, &id, &failed) {
-                        tracing::warn!(recording = %id, error = %e, "could not record failure");
-                    }
-                    if let Some(sink) = &self.config.sink {
-                        sink.notify(&failed);
-                    }
+                // Listed as failed either way: on disk when possible, in memory until then.
+                if let Err(e) = store::write_sidecar(&self.config.dir, &id, &failed) {
+                    tracing::warn!(recording = %id, error = %e, "could not write the failure to disk yet; kept in memory");
+                }
+                if let Some(sink) = &self.config.sink {
+                    sink.notify(&failed);
                 }
                 let _ = events.send(RecorderEvent::Failed { id, reason });
                 Err(e)

@@ -115,8 +115,9 @@ pub(crate) fn run(job: WriterJob) {
         tracing::error!(recording = %id, %reason, "recording failed");
         metrics::counter!(metric::ERRORS).increment(1);
         sidecar.mark_failed(&reason, Utc::now());
+        super::recovery::keep_partial_audio(&dir, &id, sidecar);
         if let Err(e) = store::write_sidecar(&dir, &id, sidecar) {
-            tracing::warn!(recording = %id, error = %e, "could not record failure in sidecar");
+            tracing::warn!(recording = %id, error = %e, "could not write the failure to disk yet; kept in memory");
         }
         if let Some(sink) = &sink {
             sink.notify(sidecar);
@@ -132,6 +133,10 @@ pub(crate) fn run(job: WriterJob) {
         Err(e) => {
             // Closing the queue tells `push` to stop sending; the call carries on.
             drop(frames);
+            // Save what reached the disk: header sizes as far as they go.
+            let _ = wav.finalize();
+            let _ = file.sync_all();
+            drop(file);
             fail(&mut sidecar, format!("write error: {e}"));
             return;
         }
