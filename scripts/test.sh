@@ -11,13 +11,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts), sox (audio),
-# python3-aiosmtpd (SMTP server for the mail tests) ----------------------------------------
+# --- system packages (Debian): sipp (sip-tester), espeak-ng (TTS prompts, test speech), sox
+# (audio), python3-aiosmtpd (SMTP server for the mail tests), libpocketsphinx3 +
+# pocketsphinx-en-us (speech recognition, loaded at run time) --------------------------------
 # chromium + nodejs/npm: the web console's browser test (tests/console.rs, Playwright).
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+# Speech recognition (tests/speech.rs): the gateway loads libpocketsphinx.so.3 at run time
+# (no -dev package, nothing linked at build time) and its US English model.
+/sbin/ldconfig -p 2>/dev/null | grep -q 'libpocketsphinx\.so\.3 ' || missing+=(libpocketsphinx3)
+[[ -d /usr/share/pocketsphinx/model/en-us/en-us ]] || missing+=(pocketsphinx-en-us)
+# Security tests: nftables (SIP loss in network namespaces), iproute2 (ip netns), mount (tmpfs).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -119,5 +127,8 @@ echo "==> load benchmark smoke (a few calls; figures are not checked here)"
 bench_out=$(mktemp -d)
 bash scripts/bench-load --smoke -B -o "$bench_out"
 rm -rf "$bench_out"
+
+# The fuzz corpus (tests/fuzz/corpus) is replayed through every parser by `cargo test`
+# (tests/fuzz_corpus.rs); long coverage-guided runs are manual (docs/security.md).
 
 echo "==> all checks passed"

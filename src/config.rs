@@ -39,6 +39,8 @@ pub struct Config {
     pub transfer: TransferConfig,
     pub tts: TtsConfig,
     pub media: MediaConfig,
+    pub speech: SpeechConfig,
+    pub knowledge_base: KnowledgeBaseConfig,
     /// Outbound HTTP and scripts of the integration steps (`api`, `code`).
     pub integrations: IntegrationsConfig,
     /// Where `json_builder` events and `recording.ready` are POSTed.
@@ -173,7 +175,27 @@ pub struct SipConfig {
     pub max_calls: usize,
     /// RFC 3261 T1 in milliseconds (retransmission base).
     pub t1_ms: u64,
+    /// Server / User-Agent header. No version by default (less fingerprinting).
     pub user_agent: String,
+    /// CIDRs whose INVITEs are accepted (CONTRACT §8); others get 403. Unset: everyone (with a
+    /// start-up warning).
+    pub trusted: Option<Vec<String>>,
+    /// New INVITEs per second one source address may send (sustained rate; 0: no limit).
+    pub invite_rate_per_source: f64,
+    /// Burst of INVITEs a source may send above the sustained rate.
+    pub invite_burst_per_source: u32,
+    /// Answered calls not yet confirmed by an ACK, per source and in total. Over it: 503.
+    pub max_unconfirmed_per_source: usize,
+    pub max_unconfirmed: usize,
+    /// User-Agent substrings of known scanners; their INVITEs/OPTIONS get no answer at all.
+    pub scanner_user_agents: Vec<String>,
+    /// TCP: seconds a peer has to complete a message's headers once it started one.
+    pub tcp_header_timeout_s: u64,
+    /// TCP: seconds without a complete message before the connection is closed.
+    pub tcp_idle_timeout_s: u64,
+    /// TCP connections accepted from one source address / in total.
+    pub tcp_max_connections_per_source: usize,
+    pub tcp_max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -354,6 +376,9 @@ pub struct TransferConfig {
     pub allow: Vec<String>,
     /// Prefixes refused even when allowed (premium-rate ranges).
     pub deny: Vec<String>,
+    /// Also refuse the built-in premium-rate / shared-cost / satellite ranges
+    /// ([`crate::phone::DEFAULT_DENY`]), even where `allow` covers the country.
+    pub deny_defaults: bool,
     /// Accept numbers written without '+' (country code first) and normalise them.
     pub legacy_no_plus: bool,
     /// Caller id for bridged legs; the original caller when unset.
@@ -380,6 +405,132 @@ pub struct TtsConfig {
     pub binary: String,
 }
 
+/// Speech recognition for `listen` steps (docs/speech.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechConfig {
+    /// "pocketsphinx" (in-process, offline), "vosk" (a Vosk-protocol server over WebSocket)
+    /// or "off" (listen steps fail over at once).
+    pub engine: String,
+    /// Recognisers (threads); a listen beyond this many at once fails over at once.
+    pub pool_size: usize,
+    /// PocketSphinx model directory (Debian's pocketsphinx-en-us layout). When unset, the
+    /// Debian path is used if it exists, else speech is off with a warning.
+    pub model_dir: Option<PathBuf>,
+    /// Load the n-gram model so `listen` without grammar or keywords works (~70 MB each).
+    pub free_speech: bool,
+    /// Below this confidence (0..1) a hypothesis is a no-match.
+    pub min_confidence: f32,
+    /// Silence that ends an utterance.
+    pub end_silence_ms: u64,
+    /// A frame is speech when this many dB above the noise floor.
+    pub vad_threshold_db: f32,
+    /// 20 ms frames queued between the media path and a recogniser (dropped when full).
+    pub frame_queue: usize,
+    /// engine = "vosk": the server, e.g. "ws://127.0.0.1:2700".
+    pub server_url: Option<String>,
+    /// engine = "vosk": connect / answer timeout.
+    pub server_timeout_ms: u64,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        SpeechConfig {
+            engine: "pocketsphinx".into(),
+            pool_size: 2,
+            model_dir: None,
+            free_speech: false,
+            min_confidence: 0.5,
+            end_silence_ms: 700,
+            vad_threshold_db: 10.0,
+            frame_queue: 50,
+            server_url: None,
+            server_timeout_ms: 3000,
+        }
+    }
+}
+
+/// Documents for the `knowledge_base` step (docs/speech.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeBaseConfig {
+    /// A folder of Markdown / text documents, indexed at start-up and on SIGHUP.
+    pub dir: PathBuf,
+}
+
+impl Default for KnowledgeBaseConfig {
+    fn default() -> Self {
+        KnowledgeBaseConfig {
+            dir: PathBuf::from("sip-config/kb"),
+        }
+    }
+}
+
+impl SpeechConfig {
+    fn validate(&self, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        match self.engine.as_str() {
+            "off" | "vosk" | "pocketsphinx" => {}
+            other => {
+                return Err(bad(
+                    "speech.engine",
+                    format!("`{other}` is not one of \"pocketsphinx\", \"vosk\", \"off\""),
+                ))
+            }
+        }
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(bad("speech.pool_size", "must be between 1 and 64".into()));
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return Err(bad(
+                "speech.min_confidence",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if !(100..=5000).contains(&self.end_silence_ms) {
+            return Err(bad(
+                "speech.end_silence_ms",
+                "must be between 100 and 5000".into(),
+            ));
+        }
+        if !(3.0..=40.0).contains(&self.vad_threshold_db) {
+            return Err(bad(
+                "speech.vad_threshold_db",
+                "must be between 3 and 40".into(),
+            ));
+        }
+        if !(5..=1000).contains(&self.frame_queue) {
+            return Err(bad(
+                "speech.frame_queue",
+                "must be between 5 and 1000".into(),
+            ));
+        }
+        if self.engine == "vosk" {
+            match &self.server_url {
+                Some(u) if u.starts_with("ws://") => {}
+                Some(u) => {
+                    return Err(bad(
+                        "speech.server_url",
+                        format!("`{u}` must start with ws://"),
+                    ))
+                }
+                None => {
+                    return Err(bad(
+                        "speech.server_url",
+                        "must be set when speech.engine is \"vosk\"".into(),
+                    ))
+                }
+            }
+        }
+        if !(100..=60_000).contains(&self.server_timeout_ms) {
+            return Err(bad(
+                "speech.server_timeout_ms",
+                "must be between 100 and 60000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -391,6 +542,8 @@ impl Default for Config {
             transfer: TransferConfig::default(),
             tts: TtsConfig::default(),
             media: MediaConfig::default(),
+            speech: SpeechConfig::default(),
+            knowledge_base: KnowledgeBaseConfig::default(),
             integrations: IntegrationsConfig::default(),
             events: EventsConfig::default(),
             mail: MailConfig::default(),
@@ -458,7 +611,27 @@ impl Default for SipConfig {
             external_ip: None,
             max_calls: 200,
             t1_ms: 500,
-            user_agent: format!("voxgate/{}", env!("CARGO_PKG_VERSION")),
+            user_agent: "voxgate".into(),
+            trusted: None,
+            invite_rate_per_source: 5.0,
+            invite_burst_per_source: 20,
+            max_unconfirmed_per_source: 4,
+            max_unconfirmed: 20,
+            scanner_user_agents: vec![
+                "friendly-scanner".into(),
+                "sipvicious".into(),
+                "sipcli".into(),
+                "sip-scan".into(),
+                "sundayddr".into(),
+                "VaxSIPUserAgent".into(),
+                "iWar".into(),
+                "SIVuS".into(),
+                "pplsip".into(),
+            ],
+            tcp_header_timeout_s: 5,
+            tcp_idle_timeout_s: 300,
+            tcp_max_connections_per_source: 16,
+            tcp_max_connections: 512,
         }
     }
 }
@@ -530,6 +703,7 @@ impl Default for TransferConfig {
             trunk: "sip:127.0.0.1:5080".into(),
             allow: vec!["+32".into(), "+31".into(), "+44".into(), "+1".into()],
             deny: Vec::new(),
+            deny_defaults: true,
             legacy_no_plus: false,
             caller_id: None,
             refer_timeout_s: 15,
@@ -736,6 +910,8 @@ pub struct Validated {
     pub http_listen: SocketAddr,
     pub trunk: TrunkTarget,
     pub codecs: Vec<crate::media::codec::Codec>,
+    /// `sip.trusted` parsed; `None` when unset (every source accepted).
+    pub trusted: Option<Vec<crate::sip::access::Cidr>>,
 }
 
 /// `transfer.trunk` split into host and port.
@@ -769,10 +945,17 @@ impl Config {
 
     /// Parses and validates config text; `file` is used in error messages.
     pub fn from_toml(text: &str, file: &str) -> Result<(Config, Validated), ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: file.to_string(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        if config.transfer.deny_defaults {
+            for p in crate::phone::DEFAULT_DENY {
+                if !config.transfer.deny.iter().any(|d| d == p) {
+                    config.transfer.deny.push((*p).to_string());
+                }
+            }
+        }
         let validated = config.validate(file)?;
         Ok((config, validated))
     }
@@ -801,6 +984,43 @@ impl Config {
         }
         if !(50..=10_000).contains(&self.sip.t1_ms) {
             return Err(bad("sip.t1_ms", "must be between 50 and 10000".into()));
+        }
+        let trusted = match &self.sip.trusted {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|c| c.parse::<crate::sip::access::Cidr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|r| bad("sip.trusted", r))?,
+            ),
+        };
+        if !self.sip.invite_rate_per_source.is_finite() || self.sip.invite_rate_per_source < 0.0 {
+            return Err(bad(
+                "sip.invite_rate_per_source",
+                "must be a number >= 0 (0 disables the limit)".into(),
+            ));
+        }
+        for (key, v) in [
+            ("sip.max_unconfirmed", self.sip.max_unconfirmed),
+            (
+                "sip.max_unconfirmed_per_source",
+                self.sip.max_unconfirmed_per_source,
+            ),
+            ("sip.tcp_max_connections", self.sip.tcp_max_connections),
+            (
+                "sip.tcp_max_connections_per_source",
+                self.sip.tcp_max_connections_per_source,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+        if self.sip.tcp_header_timeout_s == 0 || self.sip.tcp_idle_timeout_s == 0 {
+            return Err(bad(
+                "sip.tcp_header_timeout_s / sip.tcp_idle_timeout_s",
+                "must be at least 1".into(),
+            ));
         }
         let rtp_ports = parse_port_range(&self.rtp.ports).map_err(|r| bad("rtp.ports", r))?;
         if self.rtp.inactivity_timeout_s == 0 {
@@ -871,6 +1091,7 @@ impl Config {
                 "must be set when flow.websocket_url is not".into(),
             ));
         }
+        self.speech.validate(&bad)?;
         let trunk = parse_trunk(&self.transfer.trunk).map_err(|r| bad("transfer.trunk", r))?;
         if !valid_node_name(&self.node.name) {
             return Err(bad(
@@ -995,6 +1216,7 @@ impl Config {
             http_listen,
             trunk,
             codecs,
+            trusted,
         })
     }
 }

@@ -79,6 +79,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     Ok(name) => info!(flow = %name, "SIGHUP: flow reloaded; running calls keep their version"),
                     Err(e) => warn!("SIGHUP: flow reload failed, keeping the old flow: {e}"),
                 }
+                match gateway.reload_kb().await {
+                    Ok(what) => info!(%what, "SIGHUP: knowledge base re-indexed"),
+                    Err(e) => warn!("SIGHUP: knowledge base not re-indexed, keeping the old one: {e}"),
+                }
             }
         }
     }

@@ -12,6 +12,13 @@ use phonenumber::metadata::DATABASE;
 use thiserror::Error;
 use tracing::{debug, info};
 
+/// Loads the numbering-plan database (a lazy, one-time parse that takes hundreds of ms on a
+/// busy machine). Called once at start-up off the tokio workers, so the first forward does not
+/// stall its call task (RTP and SIP responses wait meanwhile).
+pub fn warm_up() {
+    let _ = parse_e164("+3225551212", &ParseOptions::default());
+}
+
 /// E.164 allows at most 15 digits (country code included).
 const MAX_DIGITS: usize = 15;
 /// Fewer digits than this cannot be a country code plus a subscriber number.
@@ -235,6 +242,23 @@ fn check_with_metadata(normalised: &str) -> Result<(), PhoneError> {
     }
     Ok(())
 }
+
+/// Premium-rate, shared-cost, personal-number and satellite ranges refused by default
+/// (`[transfer] deny_defaults = true`), even when `allow` covers the country: these are the
+/// numbers toll fraud dials. Documented in docs/security.md; an operator who really needs one
+/// sets `deny_defaults = false` and writes their own `deny` list.
+pub const DEFAULT_DENY: &[&str] = &[
+    // International networks and satellite (GMSS, Inmarsat, Iridium, Thuraya, ...).
+    "+870", "+878", "+881", "+882", "+883", "+888", "+979",
+    // UK: 09 premium rate, 087 / 084 shared cost and revenue share, 070 personal numbers,
+    // 118 directory enquiries.
+    "+449", "+4487", "+4484", "+4470", "+44118",
+    // NANP: 900 premium and 976 pay-per-call.
+    "+1900", "+1976",
+    // Belgium 090x, Netherlands 090x, Germany 0900 / 0137, France 089x / 081x,
+    // Ireland 15xx premium.
+    "+3290", "+3190", "+49900", "+49137", "+3389", "+3381", "+35315",
+];
 
 /// Why a destination may not be called, or why a policy could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -604,5 +628,38 @@ mod tests {
         assert_eq!(n.code(), "denied");
         assert!(d.reason().contains("blocked"));
         assert!(n.reason().contains("not allowed"));
+    }
+
+    #[test]
+    fn default_deny_list_blocks_premium_ranges_in_allowed_countries() {
+        let deny: Vec<String> = DEFAULT_DENY.iter().map(|s| s.to_string()).collect();
+        let p = DestinationPolicy::new(vec!["+44".into(), "+1".into(), "+32".into()], deny)
+            .expect("the default deny list is valid");
+        for n in [
+            "+449098765432",
+            "+448712345678",
+            "+19005551234",
+            "+88161234567",
+        ] {
+            let e: E164 = match n.parse() {
+                Ok(e) => e,
+                Err(_) => E164(n.to_string()),
+            };
+            assert!(
+                matches!(
+                    p.check(&e),
+                    Err(PolicyError::Denied { .. }) | Err(PolicyError::NotAllowed { .. })
+                ),
+                "{n} must be refused"
+            );
+        }
+        let ok: E164 = "+442071234567".parse().unwrap();
+        assert_eq!(p.check(&ok), Ok(()));
+        let ok: E164 = "+3225551212".parse().unwrap();
+        assert_eq!(p.check(&ok), Ok(()));
+        let premium = E164("+449098765432".into());
+        assert!(
+            matches!(p.check(&premium), Err(PolicyError::Denied { prefix, .. }) if prefix == "+449")
+        );
     }
 }

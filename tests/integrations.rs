@@ -49,7 +49,15 @@ struct Smtpd {
 
 impl Smtpd {
     fn start(dir: &Path, tls: Option<(&Path, &Path)>, auth: Option<(&str, &str)>) -> Smtpd {
-        let port = common::free_tcp_port();
+        Smtpd::start_on(common::free_tcp_port(), dir, tls, auth)
+    }
+
+    fn start_on(
+        port: u16,
+        dir: &Path,
+        tls: Option<(&Path, &Path)>,
+        auth: Option<(&str, &str)>,
+    ) -> Smtpd {
         let maildir = dir.join("maildir");
         let log = dir.join("smtpd.log");
         let script = common::repo_root().join("tests/smtp/smtpd.py");
@@ -208,7 +216,7 @@ fn mail_starttls_and_auth() {
             ca_file: Some(ca.clone()),
             ..MailConfig::default()
         };
-        let mailer = Mailer::start(&cfg).expect("mailer");
+        let mailer = Mailer::start(&cfg, None).expect("mailer");
         let start = Instant::now();
         let mut t = Transcript::new("call-42", start, chrono::Utc::now());
         t.say(start, "Welcome to voxgate");
@@ -252,10 +260,13 @@ fn mail_starttls_and_auth() {
         );
 
         // A wrong password is refused for good: a clear step error, no retry loop.
-        let bad = Mailer::start(&MailConfig {
-            password: Some(Secret::new("wrong")),
-            ..cfg.clone()
-        })
+        let bad = Mailer::start(
+            &MailConfig {
+                password: Some(Secret::new("wrong")),
+                ..cfg.clone()
+            },
+            None,
+        )
         .unwrap();
         let e = bad
             .send_step(req, &ctx, Duration::from_secs(8))
@@ -263,6 +274,76 @@ fn mail_starttls_and_auth() {
             .unwrap_err();
         assert_eq!(e.code, "smtp", "{e:?}");
         assert!(!e.message.contains("wrong"), "{e:?}");
+    });
+}
+
+/// A message queued while the SMTP server is down is kept in the spool; the process stops
+/// (its runtime and queue are gone); the next start sends it once the server is there.
+#[test]
+fn queued_mail_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("mail-spool");
+    let port = common::free_tcp_port();
+    let cfg = MailConfig {
+        smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
+        from: "voxgate@example.com".into(),
+        starttls: StartTls::Never,
+        ..MailConfig::default()
+    };
+    let ctx = RequestContext {
+        call_id: "call-7".into(),
+        ..RequestContext::default()
+    };
+    let req = MailRequest {
+        to: vec!["ops@example.com".into()],
+        cc: vec![],
+        subject: "Callback for +3225550001".into(),
+        body: "Call +3225550001 back".into(),
+        report: false,
+    };
+    {
+        // First run: nothing listens on the port; the step answers "queued, not sent".
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt.block_on(async {
+            let mailer = Mailer::start(&cfg, Some(spool.clone())).expect("mailer");
+            mailer
+                .send_step(req, &ctx, Duration::from_millis(1500))
+                .await
+                .expect("queued")
+        });
+        assert_eq!(
+            (&r["queued"], &r["sent"]),
+            (&json!(true), &json!(false)),
+            "{r}"
+        );
+        // The process stops: its queue and retries are gone with the runtime.
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+    let files: Vec<_> = std::fs::read_dir(&spool).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one spooled message");
+    // The SMTP server is back, and the gateway starts again with the same spool.
+    let smtpd = Smtpd::start_on(port, tmp.path(), None, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let _mailer = Mailer::start(&cfg, Some(spool.clone())).expect("mailer");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while smtpd.messages().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let msgs = smtpd.messages();
+        assert_eq!(msgs.len(), 1, "{}", smtpd.log_text());
+        assert!(
+            msgs[0].contains("Subject: Callback for +3225550001"),
+            "{}",
+            msgs[0]
+        );
+        assert!(msgs[0].contains("Call +3225550001 back"), "{}", msgs[0]);
+        // Sent: its spool file is gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_dir(&spool).unwrap().count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
     });
 }
 

@@ -13,6 +13,11 @@
 //! 5. Node A drained (SIGTERM): its OPTIONS answer 503 so no new call reaches it, its calls
 //!    finish, it exits 0, and its CDRs are in the database.
 //!
+//! 6. (`tables_and_transcripts_are_shared_by_every_node`) The flow's tables live in PostgreSQL:
+//!    a CSV seeded by both nodes exists once, a row inserted by a call on node A is found by a
+//!    `table` lookup on node B and listed by both APIs, and node B serves the transcript of
+//!    node A's call from the store.
+//!
 //! Needs kamailio and PostgreSQL (scripts/test.sh installs both); fails, never skips, without.
 
 mod common;
@@ -705,4 +710,160 @@ fn two_nodes_behind_kamailio_share_one_store() {
     let ids: BTreeSet<String> = long.answered_by.keys().cloned().collect();
     let nodes = wait_cdrs(&pg, &ids, Duration::from_secs(20));
     assert_eq!(nodes.values().filter(|n| *n == "a").count(), long_on_a);
+}
+
+/// A node with a flow that looks the caller up in `callbacks`, reports what it found, then
+/// adds a row for this call.
+fn table_node(name: &str, pg: &Postgres, tables: &Path) -> Gateway {
+    let flow = r#"
+name: shared_tables
+start: main
+inactivity_s: 0
+dialogs:
+  main:
+    - table: {op: lookup, table: callbacks, where: {number: call.from}, save_as: prev}
+    - table: {op: lookup, table: vip, where: {number: call.from}, save_as: vip}
+    - track_event: {name: shared_lookup, properties: {before: prev_count, vip: vip.name}}
+    - message: {text: "Noted"}
+    - table: {op: insert, table: callbacks, values: {number: call.from, note: call.call_id}}
+    - close
+"#;
+    Gateway::builder()
+        .flow_yaml(flow)
+        .toml(&format!(
+            "[node]\nname = \"{name}\"\n[store]\nurl = \"{}\"\ntimeout_ms = 2000\n[tables]\ndir = {:?}\n",
+            pg.url(),
+            tables.display().to_string()
+        ))
+        .start()
+}
+
+/// Polls `path` on `gw` until `ok` holds for its JSON.
+fn wait_json(
+    gw: &Gateway,
+    path: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = gw
+            .get(path)
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.json())
+            .unwrap_or_default();
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path}: {v}\n{}",
+            gw.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn tables_and_transcripts_are_shared_by_every_node() {
+    require_sipp();
+    let pg = Postgres::start();
+    let tables = tempfile::tempdir().unwrap();
+    fs::write(
+        tables.path().join("vip.csv"),
+        "number,name\nsipp,Ann\n+3225550002,Bob\n",
+    )
+    .unwrap();
+    fs::write(tables.path().join("callbacks.csv"), "number,note\n").unwrap();
+    let a = table_node("a", &pg, tables.path());
+    let b = table_node("b", &pg, tables.path());
+    // Both nodes seed the same CSVs; the shared tables hold them once.
+    let has_tables = |v: &serde_json::Value| {
+        let t = v["tables"].as_array().cloned().unwrap_or_default();
+        t.iter().any(|t| t["name"] == "vip") && t.iter().any(|t| t["name"] == "callbacks")
+    };
+    wait_json(&a, "/v1/tables", has_tables);
+    let listed = wait_json(&b, "/v1/tables", has_tables);
+    let vip = listed["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "vip")
+        .cloned()
+        .unwrap();
+    assert_eq!(vip["rows"], 2, "seeded once: {listed}");
+    assert_eq!(vip["columns"], serde_json::json!(["number", "name"]));
+
+    // A call on node A finds nothing in `callbacks` and adds a row.
+    Sipp::uac("uac_remote_bye.xml", a.sip_addr())
+        .timeout_s(20)
+        .run()
+        .assert_success();
+    let rows = wait_json(&b, "/v1/tables/callbacks/rows", |v| {
+        v["rows"].as_array().is_some_and(|r| r.len() == 1)
+    });
+    let row_a = rows["rows"][0].clone();
+    assert_eq!(row_a["number"], "sipp", "{rows}");
+    let call_a = row_a["note"].as_str().unwrap().to_string();
+    assert!(!call_a.is_empty());
+    // A call on node B: its lookup finds node A's row, then it adds its own.
+    Sipp::uac("uac_remote_bye.xml", b.sip_addr())
+        .timeout_s(20)
+        .run()
+        .assert_success();
+    let rows = wait_json(&a, "/v1/tables/callbacks/rows", |v| {
+        v["rows"].as_array().is_some_and(|r| r.len() == 2)
+    });
+    assert_eq!(rows["rows"][0], row_a, "{rows}");
+    let lookups = wait_json(&a, "/v1/events?name=shared_lookup", |v| {
+        v["events"].as_array().is_some_and(|e| e.len() == 2)
+    });
+    let mut seen: Vec<(String, serde_json::Value, serde_json::Value)> = lookups["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["node"].as_str().unwrap_or("?").to_string(),
+                e["properties"]["before"].clone(),
+                e["properties"]["vip"].clone(),
+            )
+        })
+        .collect();
+    seen.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "a".to_string(),
+                serde_json::json!(0),
+                serde_json::json!("Ann")
+            ),
+            (
+                "b".to_string(),
+                serde_json::json!(1),
+                serde_json::json!("Ann")
+            ),
+        ],
+        "{lookups}"
+    );
+    // The rows are PostgreSQL's, each naming the node that wrote it.
+    let nodes: BTreeSet<String> = pg
+        .query("SELECT node FROM table_rows WHERE table_name = 'callbacks'")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from(["a".to_string(), "b".to_string()]));
+    // Node B serves node A's transcript, from the store.
+    let t = wait_json(&b, &format!("/v1/calls/{call_a}/transcript"), |v| {
+        v["entries"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    assert!(
+        t["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "say" && e["text"] == "Noted"),
+        "{t}"
+    );
 }

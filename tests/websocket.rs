@@ -142,6 +142,8 @@ enum Script {
     Twilio,
     /// Answer, send 7 s of audio in one binary message and a mark; hang up when it comes back.
     Utterance,
+    /// Answer, `dispatch` an event; hang up once its `CL_DISPATCH_EVENT` comes back.
+    Dispatch,
 }
 
 #[derive(Default)]
@@ -363,6 +365,17 @@ async fn serve(tcp: tokio::net::TcpStream, conn: usize, script: Script, seen: Ar
                     .await
                     .ok();
                 seen.lock().unwrap().utterance_sent = Some(Instant::now());
+            }
+            Script::Dispatch if is("session.start") => {
+                tx.send(send(json!({"type":"answer"}))).await.ok();
+                let from = got.as_ref().map(|v| v["from"].clone()).unwrap_or_default();
+                tx.send(send(json!({"type":"dispatch","id":"d1",
+                    "payload":{"language":"nl","caller":from,"items":[1,2]}})))
+                    .await
+                    .ok();
+            }
+            Script::Dispatch if is("CL_DISPATCH_EVENT") => {
+                tx.send(send(json!({"type":"hangup"}))).await.ok();
             }
             Script::Utterance if is("playback.mark") => {
                 tx.send(send(json!({"type":"hangup"}))).await.ok();
@@ -710,4 +723,110 @@ fn native_bot_gets_continuous_audio_through_silence_and_plays_a_whole_utterance(
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(bot.seen.lock().unwrap().gateway_close, Some(1000));
+}
+
+/// A webhook receiver: every request's headers and body.
+type Hooks = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+
+fn webhook_receiver(rt: &tokio::runtime::Runtime) -> (SocketAddr, Hooks) {
+    async fn hook(
+        axum::extract::State(seen): axum::extract::State<Hooks>,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        let h = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        seen.lock().unwrap().push((h, body.to_vec()));
+        axum::http::StatusCode::NO_CONTENT
+    }
+    let seen: Hooks = Arc::default();
+    let app = axum::Router::new().fallback(hook).with_state(seen.clone());
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(listener, app).await.ok() });
+    (addr, seen)
+}
+
+#[test]
+fn dispatch_from_the_bot_reaches_the_webhook_the_journal_and_the_bot() {
+    require_sipp();
+    let bot = Bot::start(Script::Dispatch);
+    let (hook_addr, hooks) = webhook_receiver(&bot._rt);
+    let gw = gateway(
+        &bot,
+        &format!("[events]\nwebhook_url = \"http://{hook_addr}/hook\"\nsecret = \"hook-secret\"\n"),
+    );
+    Sipp::uac("uac_remote_bye.xml", gw.sip_addr())
+        .timeout_s(20)
+        .run()
+        .assert_success();
+    assert!(bot.wait_for("session.end", Duration::from_secs(5)));
+    bot.assert_schema_clean();
+    let want = json!({"language": "nl", "caller": "sipp", "items": [1, 2]});
+    // The bot got the event back, then its command's result.
+    let ev = bot.of_type("CL_DISPATCH_EVENT");
+    assert_eq!(ev.len(), 1, "{:#?}", bot.texts());
+    assert_eq!(ev[0]["payload"], want);
+    assert_eq!(ev[0]["id"], "d1");
+    assert_eq!(ev[0]["webhook"], "queued");
+    let call_id = ev[0]["call_id"].as_str().unwrap().to_string();
+    let res: Vec<Value> = bot
+        .of_type("result")
+        .into_iter()
+        .filter(|v| v["id"] == "d1")
+        .collect();
+    assert_eq!(res.len(), 1);
+    assert_eq!(
+        (&res[0]["command"], &res[0]["ok"]),
+        (&json!("dispatch"), &json!(true))
+    );
+    // The webhook got the same event, signed as for the embedded json_builder.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hooks.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (headers, body) = hooks
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("webhook called");
+    let posted: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(posted["type"], "CL_DISPATCH_EVENT");
+    assert_eq!(posted["payload"], want);
+    assert_eq!(posted["call_id"], call_id.as_str());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mac = {
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+        m.update(get("x-voxgate-timestamp").as_bytes());
+        m.update(b".");
+        m.update(&body);
+        format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+    };
+    assert_eq!(get("x-voxgate-signature"), mac);
+    // And the events journal has it, noting that the bot got it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let v = gw
+            .get("/v1/events?name=CL_DISPATCH_EVENT")
+            .expect("GET /v1/events")
+            .json();
+        if v["events"][0].is_object() || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let e = &events["events"][0];
+    assert_eq!(e["properties"], want, "{events}");
+    assert_eq!(e["call_id"], call_id.as_str());
+    assert_eq!(e["websocket"], true);
 }

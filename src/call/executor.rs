@@ -18,6 +18,8 @@ pub struct RequestContext {
     pub to: String,
     /// Recordings started on this call so far, oldest first.
     pub recording_ids: Vec<String>,
+    /// An external bot drives the call over the WebSocket (a dispatched event reaches it).
+    pub websocket: bool,
 }
 
 /// Runs integration steps for every call.
@@ -55,7 +57,7 @@ impl RequestExecutor for crate::integrations::Integrations {
             to: call.to.clone(),
             transcript: None,
             recording_ids: call.recording_ids.clone(),
-            websocket_delivered: false,
+            websocket_delivered: call.websocket && matches!(request, StepRequest::Dispatch { .. }),
         };
         let step = crate::integrations::kind_of(&request);
         let transcripts = self.transcripts.clone();

@@ -19,6 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// At shutdown, how long BYEs sent after the grace period still get to be answered (Timer E
+/// retransmits at 0.5, 1, 2, 4 s: four copies within this).
+const BYE_WAIT: Duration = Duration::from_secs(8);
+/// RFC 3261 Timer F (64*T1): a BYE transaction never runs longer.
+const TIMER_F: Duration = Duration::from_secs(32);
+
 /// Start-up failures, each with enough context to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -32,6 +38,8 @@ pub enum StartError {
     Http { addr: SocketAddr, reason: String },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("speech: {0}")]
+    Speech(String),
     #[error("{0}")]
     Integrations(String),
     #[error("{0}")]
@@ -66,6 +74,68 @@ fn load_flow(config: &Config) -> Result<Arc<FlowDefinition>, String> {
     FlowDefinition::from_str(EXTERNAL, &config.flow.file).map_err(|e| e.to_string())
 }
 
+/// Loads the recognisers and indexes the knowledge base, off the async workers.
+async fn start_speech_and_kb(
+    config: &Config,
+) -> Result<
+    (
+        Result<crate::speech::SpeechPool, crate::speech::SpeechError>,
+        Option<crate::kb::KbHandle>,
+    ),
+    StartError,
+> {
+    let speech_cfg = config.speech.clone();
+    let kb_dir = config.knowledge_base.dir.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let speech = crate::speech::start_pool(&speech_cfg);
+        let kb = crate::kb::load_dir(&kb_dir);
+        (speech, kb)
+    })
+    .await
+    .map_err(|e| StartError::Speech(format!("start-up task failed: {e}")))?;
+    // Speech that cannot start is not fatal: the gateway runs, and each `listen` fails over
+    // (keys, else on_error with error.detail_code) with the reason logged here once.
+    let speech = joined.0;
+    match &speech {
+        Ok(pool) => info!(
+            engine = pool.engine(),
+            recognisers = pool.size(),
+            "speech recognition ready"
+        ),
+        Err(crate::speech::SpeechError::Off) => {
+            info!("speech recognition is off; listen steps fail over to keys / on_error")
+        }
+        Err(e) => warn!(
+            code = e.code(),
+            "{e}; the gateway runs without it and listen steps fail over to keys / on_error \
+             (error.detail_code = {})",
+            e.code()
+        ),
+    }
+    let kb = match joined.1 {
+        Ok(report) => {
+            for (path, why) in &report.skipped {
+                warn!(file = %path.display(), reason = %why, "knowledge base: file skipped");
+            }
+            info!(
+                dir = %config.knowledge_base.dir.display(),
+                documents = report.kb.documents(),
+                passages = report.kb.passages(),
+                "knowledge base indexed"
+            );
+            Some(crate::kb::KbHandle::new(
+                config.knowledge_base.dir.clone(),
+                report.kb,
+            ))
+        }
+        Err(e) => {
+            warn!(error = %e, "knowledge base not loaded; knowledge_base steps will fail over");
+            None
+        }
+    };
+    Ok((speech, kb))
+}
+
 pub struct Gateway {
     shared: Arc<Shared>,
     sip: Arc<SipServer>,
@@ -95,6 +165,14 @@ impl Gateway {
         let store = crate::store::open(&config)
             .await
             .map_err(StartError::Store)?;
+        // The numbering-plan database loads lazily; load it now, not inside the first forward.
+        if let Err(e) = tokio::task::spawn_blocking(crate::phone::warm_up).await {
+            warn!(error = %e, "numbering plan warm-up failed");
+        }
+        // Calls an earlier process lost (kill -9, crash): complete their CDRs before serving.
+        let open_dir = crate::call::open_cdr::dir(&config.data_dir);
+        crate::call::open_cdr::recover(open_dir.clone(), store.clone()).await;
+        let open_cdrs = crate::call::open_cdr::OpenCdrs::start(open_dir);
         let mut rec_config = RecorderConfig::new(rec_dir.clone());
         if config.recordings.channels == "mixed" {
             rec_config.channels = ChannelMode::Mixed;
@@ -115,6 +193,7 @@ impl Gateway {
                 .with_binary(config.tts.binary.clone())
                 .with_prompt_cache(prompts.clone()),
         );
+        let (speech, kb) = start_speech_and_kb(&config).await?;
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
         let integrations = {
@@ -124,6 +203,17 @@ impl Gateway {
                 Arc::new(move |v| store.submit(crate::store::Record::Event(v))),
             )
             .map_err(|e| StartError::Integrations(e.to_string()))?
+        };
+        // The knowledge_base step is answered from the KB; every other request goes on to the
+        // integrations.
+        let integration_requests: Arc<dyn crate::call::executor::RequestExecutor> =
+            Arc::new(integrations.clone());
+        let requests: Arc<dyn crate::call::executor::RequestExecutor> = match kb.clone() {
+            Some(kb) => Arc::new(
+                crate::kb::KbExecutor::new(kb, Some(integration_requests))
+                    .with_transcripts(integrations.transcripts.clone()),
+            ),
+            None => integration_requests,
         };
         let shared = Arc::new(Shared {
             registry: registry.clone(),
@@ -135,13 +225,16 @@ impl Gateway {
             media: MediaPlane::start(config.media.workers, config.media.realtime)
                 .map_err(StartError::Media)?,
             store: store.clone(),
+            open_cdrs,
             advertised_ip: validated.external_ip.unwrap_or(listen_ip),
             policy: DestinationPolicy::new(
                 config.transfer.allow.clone(),
                 config.transfer.deny.clone(),
             )
             .map_err(|e| StartError::Flow(format!("transfer policy: {e}")))?,
-            requests: Some(Arc::new(integrations.clone())),
+            requests: Some(requests),
+            speech,
+            kb,
             integrations: Some(integrations.clone()),
             sip: std::sync::OnceLock::new(),
             config: config.clone(),
@@ -182,6 +275,7 @@ impl Gateway {
                 external_ip: validated.external_ip,
                 t1: Duration::from_millis(config.sip.t1_ms),
                 user_agent: config.sip.user_agent.clone(),
+                limits: crate::sip::server::SipLimits::from_config(&config.sip, &validated),
                 invite_auth: crate::sip::inbound_auth::TrunkChallenge::from_config(&config.trunks)
                     .map(|c| Arc::new(c) as Arc<dyn crate::sip::inbound_auth::InviteAuth>),
             },
@@ -252,6 +346,26 @@ impl Gateway {
         Ok(path.display().to_string())
     }
 
+    /// Re-indexes the knowledge base (SIGHUP) on a blocking thread; calls keep answering from
+    /// the old index until the new one is swapped in.
+    pub async fn reload_kb(&self) -> Result<String, String> {
+        let Some(kb) = self.shared.kb.clone() else {
+            return Err("no knowledge base is loaded".into());
+        };
+        let report = tokio::task::spawn_blocking(move || kb.reload())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for (path, why) in &report.skipped {
+            warn!(file = %path.display(), reason = %why, "knowledge base: file skipped");
+        }
+        Ok(format!(
+            "{} documents, {} passages",
+            report.kb.documents(),
+            report.kb.passages()
+        ))
+    }
+
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip.local_addr()
     }
@@ -260,6 +374,7 @@ impl Gateway {
     /// finalize every recording, then return.
     pub async fn shutdown(&self, grace: Duration) {
         let registry = &self.shared.registry;
+        let grace_end = tokio::time::Instant::now() + grace;
         registry.begin_shutdown();
         // De-register from the trunks at once (they stop sending calls) while calls drain.
         let trunks = self.trunks.clone();
@@ -283,6 +398,27 @@ impl Gateway {
                 .is_err()
             {
                 warn!(calls = registry.len(), "some calls did not end in time");
+            }
+        }
+        // The BYEs just sent are retransmitted (Timer E) until answered: wait for them until
+        // the grace period ends, and at least BYE_WAIT (a few retransmissions) when the grace
+        // period is already over; never past Timer F.
+        let bye_end = grace_end
+            .max(tokio::time::Instant::now() + BYE_WAIT)
+            .min(tokio::time::Instant::now() + TIMER_F);
+        if registry.hangups_in_flight() > 0 {
+            info!(
+                byes = registry.hangups_in_flight(),
+                "waiting for BYEs to be answered"
+            );
+            if tokio::time::timeout_at(bye_end, registry.wait_hangups())
+                .await
+                .is_err()
+            {
+                warn!(
+                    byes = registry.hangups_in_flight(),
+                    "BYEs still unanswered at exit"
+                );
             }
         }
         if tokio::time::timeout(Duration::from_secs(10), self.shared.recorder.finalized())

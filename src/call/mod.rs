@@ -6,6 +6,7 @@
 pub mod executor;
 pub mod gateway;
 pub mod inbox;
+pub mod open_cdr;
 pub mod ports;
 pub mod registry;
 pub mod shared;

@@ -1,10 +1,10 @@
 //! The set of live calls: admission (capacity, shutdown), a summary per call for
 //! `GET /v1/calls`, and a control channel to each call task.
 
-use crate::sip::Admission;
+use crate::sip::{Admission, Reservation};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
@@ -44,8 +44,28 @@ struct Entry {
 pub struct Registry {
     calls: Mutex<HashMap<String, Entry>>,
     max_calls: usize,
+    /// Slots reserved by admitted INVITEs, held until their calls end (atomic admission).
+    slots: Arc<AtomicUsize>,
     shutting_down: AtomicBool,
     emptied: Notify,
+    /// BYEs (and far-leg CANCELs) sent and not yet answered or timed out: shutdown waits for
+    /// them so their retransmissions (Timer E) still go out.
+    hangups: Arc<AtomicUsize>,
+    hangups_done: Arc<Notify>,
+}
+
+/// Held while a BYE or CANCEL transaction runs (see [`Registry::hangup_started`]).
+pub struct HangupInFlight {
+    count: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+}
+
+impl Drop for HangupInFlight {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.done.notify_waiters();
+        }
+    }
 }
 
 impl Registry {
@@ -53,8 +73,11 @@ impl Registry {
         Arc::new(Registry {
             calls: Mutex::new(HashMap::new()),
             max_calls,
+            slots: Arc::new(AtomicUsize::new(0)),
             shutting_down: AtomicBool::new(false),
             emptied: Notify::new(),
+            hangups: Arc::new(AtomicUsize::new(0)),
+            hangups_done: Arc::new(Notify::new()),
         })
     }
 
@@ -150,17 +173,53 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// A BYE or CANCEL transaction starts; hold the guard until it ends.
+    pub fn hangup_started(&self) -> HangupInFlight {
+        self.hangups.fetch_add(1, Ordering::SeqCst);
+        HangupInFlight {
+            count: self.hangups.clone(),
+            done: self.hangups_done.clone(),
+        }
+    }
+
+    /// BYE / CANCEL transactions still running.
+    pub fn hangups_in_flight(&self) -> usize {
+        self.hangups.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no BYE or CANCEL transaction is running.
+    pub async fn wait_hangups(&self) {
+        loop {
+            let notified = self.hangups_done.notified();
+            if self.hangups_in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 impl Admission for Registry {
-    fn admit(&self) -> Option<(u16, u32)> {
+    fn admit(&self) -> Result<Reservation, (u16, u32)> {
         if self.is_shutting_down() {
             metrics::counter!("voxgate_invites_refused_total", "reason" => "shutdown").increment(1);
-            return Some((503, 30));
+            return Err((503, 30));
         }
-        if self.len() >= self.max_calls {
+        // Reserve in one atomic step: INVITEs that arrive together each see the others.
+        let reserved = self
+            .slots
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_calls).then_some(n + 1)
+            });
+        if reserved.is_err() {
             metrics::counter!("voxgate_invites_refused_total", "reason" => "capacity").increment(1);
-            return Some((503, 5));
+            return Err((503, 5));
         }
-        None
+        let slots = self.slots.clone();
+        Ok(Reservation::new(move || {
+            slots.fetch_sub(1, Ordering::SeqCst);
+        }))
     }
 
     fn draining(&self) -> bool {
@@ -210,18 +269,50 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn hangups_in_flight_are_counted_until_dropped() {
+        let r = Registry::new(2);
+        r.wait_hangups().await;
+        let a = r.hangup_started();
+        let b = r.hangup_started();
+        assert_eq!(r.hangups_in_flight(), 2);
+        drop(a);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), r.wait_hangups());
+        assert!(waiting.await.is_err(), "one BYE still runs");
+        let r2 = r.clone();
+        let waiter = tokio::spawn(async move { r2.wait_hangups().await });
+        tokio::task::yield_now().await;
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken when the last BYE ends")
+            .expect("waiter task");
+        assert_eq!(r.hangups_in_flight(), 0);
+    }
+
     #[test]
     fn capacity_and_shutdown_admission() {
-        let r = Registry::new(1);
-        assert_eq!(r.admit(), None);
-        let _rx = r.insert(summary("c1"));
-        assert_eq!(r.admit(), Some((503, 5)));
-        r.remove("c1");
-        assert_eq!(r.admit(), None);
+        let r = Registry::new(2);
+        let a = r.admit().expect("first slot");
+        let _b = r.admit().expect("second slot");
+        // Reserved slots count before any call is in the registry (INVITEs arriving together).
+        assert_eq!(r.admit().err(), Some((503, 5)));
+        drop(a);
+        let _c = r.admit().expect("a freed slot is reusable");
         assert!(!r.draining(), "full is not draining: OPTIONS stay 200");
         r.begin_shutdown();
-        assert_eq!(r.admit(), Some((503, 30)));
+        assert_eq!(r.admit().err(), Some((503, 30)));
         assert!(r.draining(), "OPTIONS answer 503 from now on");
+    }
+
+    #[test]
+    fn simultaneous_admissions_never_exceed_the_limit() {
+        let r = Registry::new(5);
+        let granted: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| r.admit().ok())).collect();
+            hs.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(granted.len(), 5);
     }
 
     #[test]

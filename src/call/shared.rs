@@ -31,12 +31,19 @@ pub struct Shared {
     /// CDRs, events, transcripts and recording metadata: the embedded files or the shared
     /// PostgreSQL (`[store] url`). `submit` never blocks.
     pub store: Arc<dyn crate::store::Store>,
+    /// CDRs of calls in progress, on disk so a crash still leaves a CDR (`open_cdr`).
+    pub open_cdrs: super::open_cdr::OpenCdrs,
     /// The address written into SDP (external_ip when behind NAT).
     pub advertised_ip: IpAddr,
     /// Where forwards may go (`transfer.allow` / `transfer.deny`).
     pub policy: DestinationPolicy,
     /// Runs integration steps (`FlowAction::Request`); `None` answers them `not_configured`.
     pub requests: Option<Arc<dyn RequestExecutor>>,
+    /// Recognisers for `FlowAction::Listen`, or why there are none (engine off, library or
+    /// model not installed): every listen then fails over at once with that error.
+    pub speech: Result<crate::speech::SpeechPool, crate::speech::SpeechError>,
+    /// The knowledge base (`[knowledge_base] dir`), reloaded on SIGHUP.
+    pub kb: Option<crate::kb::KbHandle>,
     /// The integration executors: the call's transcript store, `recording.ready` events,
     /// the offload webhook. `None` in builds/tests that do not start them.
     pub integrations: Option<crate::integrations::Integrations>,

@@ -45,7 +45,9 @@ pub enum Command {
     SendAnswer,
     SendReject(u16),
     SendBye,
-    /// Start sending and receiving media (once, at answer).
+    /// Start sending and receiving media, and the flow (once, at the ACK: nothing is sent to
+    /// an address that has not confirmed the dialog, so an INVITE with a forged SDP address
+    /// cannot turn the gateway into a reflector).
     StartMedia,
     /// The call is over: stop media, finalize recordings, tell the flow, write the CDR.
     Finish(EndReason),
@@ -141,7 +143,7 @@ impl CallState {
             (Offered, Input::Answer) => {
                 self.phase = Answered;
                 self.answered_at = Some(now);
-                vec![Command::SendAnswer, Command::StartMedia]
+                vec![Command::SendAnswer]
             }
             (Offered, Input::Reject(code)) => self.finish(
                 EndReason::Rejected(code),
@@ -165,7 +167,7 @@ impl CallState {
                 self.phase = Confirmed;
                 match self.pending_hangup.take() {
                     Some(reason) => self.finish(reason, now, vec![Command::SendBye]),
-                    None => Vec::new(),
+                    None => vec![Command::StartMedia],
                 }
             }
             (Answered, Input::Cancelled) => {
@@ -212,11 +214,8 @@ mod tests {
     fn normal_call_caller_hangs_up() {
         let b = Instant::now();
         let mut c = CallState::new(b);
-        assert_eq!(
-            c.handle(Input::Answer, t(10, b)),
-            vec![Command::SendAnswer, Command::StartMedia]
-        );
-        assert!(c.handle(Input::Acked, t(20, b)).is_empty());
+        assert_eq!(c.handle(Input::Answer, t(10, b)), vec![Command::SendAnswer]);
+        assert_eq!(c.handle(Input::Acked, t(20, b)), vec![Command::StartMedia]);
         assert_eq!(c.phase(), Phase::Confirmed);
         assert_eq!(
             c.handle(Input::RemoteBye, t(3000, b)),

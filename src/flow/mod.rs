@@ -302,8 +302,10 @@ pub enum SpeechOutcome {
     NoMatch { text: String, confidence: f32 },
     /// No speech before `timeout`.
     Timeout,
-    /// No recogniser free, engine error: the step fails over (on_error / DTMF).
-    Error(String),
+    /// No recogniser free, none installed, engine error: the step fails over (keys, else
+    /// `on_error` with `error.code = speech` and `error.detail_code` = the failure's code:
+    /// `busy`, `not_configured`, `unavailable`, `grammar`, `unsupported`, `engine`).
+    Error(StepFailure),
 }
 
 mod clock;

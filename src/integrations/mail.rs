@@ -7,9 +7,18 @@
 //! Not yet (slow server, connection refused, 4xx): `{"queued": true, "sent": false, ...}` and
 //! the queue retries with backoff up to `max_attempts`. Refused for good (5xx, bad address):
 //! a step error `smtp`.
+//!
+//! The queue survives a restart: each message is written to the spool directory
+//! (`<data_dir>/mail-spool/`, one JSON file per message: envelope and the formatted message;
+//! temp file, fsync, rename, on the blocking pool) before it is queued, and deleted once it is
+//! sent, refused or given up. At start-up what is left there is queued again.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use base64::Engine;
+use lettre::address::{Address, Envelope};
 
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -81,8 +90,93 @@ pub fn check_address(addr: &str) -> Result<Mailbox, String> {
 struct Job {
     message_id: String,
     to: String,
-    message: Message,
+    envelope: Envelope,
+    raw: Arc<Vec<u8>>,
     first: Option<oneshot::Sender<Attempt>>,
+    /// Its spool file, deleted once the message is done with.
+    spooled: Option<PathBuf>,
+}
+
+/// A spooled message, as one JSON file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Spooled {
+    message_id: String,
+    to: String,
+    from: Option<String>,
+    rcpt: Vec<String>,
+    /// The formatted message, base64.
+    raw: String,
+}
+
+fn spool_name(message_id: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(message_id.as_bytes());
+    format!("{}.json", &hex::encode(h)[..32])
+}
+
+/// Writes one message to the spool (temp file, fsync, rename). Blocking.
+fn spool_write(dir: &Path, s: &Spooled) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(spool_name(&s.message_id));
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(s).map_err(std::io::Error::other)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(path)
+}
+
+/// Every message left in the spool, as jobs (unreadable files are logged and kept). Blocking.
+fn spool_load(dir: &Path) -> Vec<Job> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut jobs = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let parsed = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Spooled>(&b).map_err(|e| e.to_string()))
+            .and_then(|s| {
+                let from = match &s.from {
+                    Some(f) => Some(f.parse::<Address>().map_err(|e| e.to_string())?),
+                    None => None,
+                };
+                let rcpt = s
+                    .rcpt
+                    .iter()
+                    .map(|r| r.parse::<Address>().map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let envelope = Envelope::new(from, rcpt).map_err(|e| e.to_string())?;
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(&s.raw)
+                    .map_err(|e| e.to_string())?;
+                Ok(Job {
+                    message_id: s.message_id,
+                    to: s.to,
+                    envelope,
+                    raw: Arc::new(raw),
+                    first: None,
+                    spooled: Some(path.clone()),
+                })
+            });
+        match parsed {
+            Ok(job) => jobs.push(job),
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "unreadable mail spool file; left in place")
+            }
+        }
+    }
+    jobs
 }
 
 #[derive(Debug)]
@@ -97,6 +191,8 @@ pub struct Mailer {
     tx: mpsc::Sender<Job>,
     from: Mailbox,
     link_base: Option<String>,
+    /// Where queued messages wait on disk (none: in memory only).
+    spool: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -106,8 +202,9 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    /// Builds the transport and starts the queue (needs a tokio runtime).
-    pub fn start(cfg: &MailConfig) -> Result<Mailer, String> {
+    /// Builds the transport and starts the queue (needs a tokio runtime). With `spool`, queued
+    /// messages are kept there until done, and those left by a previous run are sent again.
+    pub fn start(cfg: &MailConfig, spool: Option<PathBuf>) -> Result<Mailer, String> {
         let url = cfg.smtp_url.as_deref().ok_or("mail.smtp_url is not set")?;
         let target = SmtpTarget::parse(url)?;
         let from = check_address(&cfg.from)?;
@@ -147,10 +244,28 @@ impl Mailer {
         let (tx, rx) = mpsc::channel(cfg.queue_size);
         tokio::spawn(run_queue(transport, rx, cfg.max_attempts));
         info!(host = %target.host, port = target.port, starttls = ?cfg.starttls, "mail queue ready");
+        if let Some(dir) = spool.clone() {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let d = dir.clone();
+                let jobs = tokio::task::spawn_blocking(move || spool_load(&d))
+                    .await
+                    .unwrap_or_default();
+                if !jobs.is_empty() {
+                    info!(messages = jobs.len(), dir = %dir.display(), "mail left in the spool queued again");
+                }
+                for job in jobs {
+                    if tx.send(job).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         Ok(Mailer {
             tx,
             from,
             link_base: cfg.recording_link_base.clone(),
+            spool,
         })
     }
 
@@ -254,15 +369,48 @@ impl Mailer {
             chrono::Utc::now().timestamp()
         );
         let message = self.build(&req, ctx, &message_id)?;
+        let envelope = message.envelope().clone();
+        let raw = Arc::new(message.formatted());
+        let to = req.to.join(", ");
+        let spooled = match &self.spool {
+            None => None,
+            Some(dir) => {
+                let record = Spooled {
+                    message_id: message_id.clone(),
+                    to: to.clone(),
+                    from: envelope.from().map(|a| a.to_string()),
+                    rcpt: envelope.to().iter().map(|a| a.to_string()).collect(),
+                    raw: base64::engine::general_purpose::STANDARD.encode(raw.as_slice()),
+                };
+                let dir = dir.clone();
+                match tokio::task::spawn_blocking(move || spool_write(&dir, &record)).await {
+                    Ok(Ok(path)) => Some(path),
+                    Ok(Err(e)) => {
+                        warn!(message_id = %message_id, error = %e, "mail not spooled (kept in memory only)");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(message_id = %message_id, error = %e, "mail not spooled (kept in memory only)");
+                        None
+                    }
+                }
+            }
+        };
         let (first_tx, first_rx) = oneshot::channel();
-        self.tx
-            .try_send(Job {
-                message_id: message_id.clone(),
-                to: req.to.join(", "),
-                message,
-                first: Some(first_tx),
-            })
-            .map_err(|_| StepError::new("smtp", "the mail queue is full"))?;
+        let job = Job {
+            message_id: message_id.clone(),
+            to,
+            envelope,
+            raw,
+            first: Some(first_tx),
+            spooled: spooled.clone(),
+        };
+        if self.tx.try_send(job).is_err() {
+            if let Some(path) = spooled {
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+            }
+            return Err(StepError::new("smtp", "the mail queue is full"));
+        }
         match tokio::time::timeout(budget, first_rx).await {
             Ok(Ok(Attempt::Sent)) => {
                 Ok(json!({"queued": true, "sent": true, "message_id": message_id}))
@@ -311,7 +459,7 @@ async fn run_queue(
             let mut attempt = 1;
             loop {
                 tokio::time::sleep(super::webhook::backoff(attempt).saturating_mul(4)).await;
-                let outcome = match transport.send(job.message.clone()).await {
+                let outcome = match transport.send_raw(&job.envelope, &job.raw).await {
                     Ok(_) => Attempt::Sent,
                     Err(e) => classify(&e),
                 };
@@ -342,6 +490,10 @@ async fn run_queue(
                     first.send(outcome).ok();
                 }
                 if done {
+                    if let Some(path) = job.spooled.take() {
+                        let _ =
+                            tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+                    }
                     return;
                 }
                 attempt += 1;
@@ -384,6 +536,7 @@ mod tests {
             tx,
             from: check_address("voxgate@example.com").unwrap(),
             link_base: Some("https://gw.example.com/".into()),
+            spool: None,
         }
     }
 

@@ -144,20 +144,50 @@ impl Integrations {
         .map_err(|e| InitError::Script(e.to_string()))?;
         let events = EventSink::start(&config.events, log_event)?;
         let mail = match &config.mail.smtp_url {
-            Some(_) => Some(mail::Mailer::start(&config.mail).map_err(InitError::Mail)?),
+            Some(_) => Some(
+                mail::Mailer::start(&config.mail, Some(config.data_dir.join("mail-spool")))
+                    .map_err(InitError::Mail)?,
+            ),
             None => None,
         };
-        let tables = Arc::new(tables::TableStore::open(
-            &config.data_dir.join("tables.sqlite3"),
-        )?);
-        match tables.seed_dir(&config.tables.dir, config.tables.reseed) {
-            Ok(report) => {
-                if !report.is_empty() {
-                    tracing::info!(?report, dir = %config.tables.dir.display(), "tables seeded");
-                }
+        let tables = match (
+            config.store.resolved_url(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            // With a shared store the tables are shared too (every node sees every row).
+            (Some(url), Ok(runtime)) => {
+                let pg = tables::pg::PgTables::new(
+                    tables::pg::PgTablesConfig {
+                        url,
+                        ca_file: config.store.ca_file.clone(),
+                        timeout: Duration::from_millis(config.store.timeout_ms),
+                        node: config.node.name.clone(),
+                    },
+                    runtime,
+                );
+                let tables = Arc::new(tables::TableStore::Postgres(pg));
+                seed_shared(
+                    tables.clone(),
+                    config.tables.dir.clone(),
+                    config.tables.reseed,
+                )?;
+                tables
             }
-            Err(e) => return Err(InitError::Tables(e)),
-        }
+            _ => {
+                let tables = Arc::new(tables::TableStore::open(
+                    &config.data_dir.join("tables.sqlite3"),
+                )?);
+                match tables.seed_dir(&config.tables.dir, config.tables.reseed) {
+                    Ok(report) => {
+                        if !report.is_empty() {
+                            tracing::info!(?report, dir = %config.tables.dir.display(), "tables seeded");
+                        }
+                    }
+                    Err(e) => return Err(InitError::Tables(e)),
+                }
+                tables
+            }
+        };
         let offload = offload::OffloadNotifier::new(&config.offload)?;
         let transcripts = Arc::new(TranscriptStore::new(config.data_dir.join("transcripts")));
         Ok(Integrations {
@@ -294,6 +324,51 @@ impl Integrations {
             )),
         }
     }
+}
+
+/// Seeds the shared tables off the runtime's workers: the CSV files are read and checked now
+/// (a bad file stops the start, as with SQLite); the database is written in the background,
+/// retried until it answers, so a node starts while the database is down.
+fn seed_shared(
+    tables: Arc<tables::TableStore>,
+    dir: std::path::PathBuf,
+    reseed: bool,
+) -> Result<(), InitError> {
+    let files = tables::csv_files(&dir)?;
+    let mut csvs = Vec::new();
+    for (name, path) in files {
+        csvs.push((name, path.clone(), tables::SeedCsv::read(&path)?));
+    }
+    if csvs.is_empty() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut delay = Duration::from_millis(500);
+        let mut pending = csvs;
+        while !pending.is_empty() {
+            pending.retain(|(name, path, csv)| {
+                let tables::TableStore::Postgres(pg) = tables.as_ref() else {
+                    return false;
+                };
+                match pg.seed(name, csv, reseed) {
+                    Ok(_) => false,
+                    Err(e) if e.is_client_error() => {
+                        warn!(table = %name, file = %path.display(), error = %e, "shared table not seeded");
+                        false
+                    }
+                    Err(e) => {
+                        warn!(table = %name, error = %e, "shared table not seeded yet; retrying");
+                        true
+                    }
+                }
+            });
+            if !pending.is_empty() {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The step name of a request, for logs and metrics.

@@ -1,5 +1,6 @@
 //! The `table` step's tables: an embedded SQLite database (`<data_dir>/tables.sqlite3`,
-//! rusqlite with the bundled SQLite), seeded from `<tables.dir>/<name>.csv` at start-up and
+//! rusqlite with the bundled SQLite), or, with `[store] url`, the shared PostgreSQL ([`pg`]:
+//! every node sees the same rows). Seeded from `<tables.dir>/<name>.csv` at start-up and
 //! managed over `/v1/tables`.
 //!
 //! Every statement is parameterised: values are bound, never spliced. Table and column names
@@ -49,6 +50,9 @@ pub enum TableError {
     Io(#[from] std::io::Error),
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The shared PostgreSQL failed or cannot be reached.
+    #[error("database: {0}")]
+    Database(String),
 }
 
 impl TableError {
@@ -56,7 +60,10 @@ impl TableError {
     pub fn is_client_error(&self) -> bool {
         !matches!(
             self,
-            TableError::Io(_) | TableError::Sqlite(_) | TableError::Csv { .. }
+            TableError::Io(_)
+                | TableError::Sqlite(_)
+                | TableError::Database(_)
+                | TableError::Csv { .. }
         )
     }
 }
@@ -116,20 +123,303 @@ fn from_sql(v: SqlValue) -> Value {
     }
 }
 
-/// The embedded table store.
-pub struct TableStore {
-    conn: Mutex<Connection>,
+/// The flow's tables, wherever they are kept. Every method blocks (disk or network): call
+/// them from `spawn_blocking` or a plain thread, never on a tokio worker.
+pub enum TableStore {
+    /// The embedded default: one SQLite file per node.
+    Sqlite(SqliteTables),
+    /// `[store] url`: the shared PostgreSQL.
+    Postgres(pg::PgTables),
 }
 
 impl std::fmt::Debug for TableStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TableStore")
+        match self {
+            TableStore::Sqlite(_) => f.write_str("TableStore(sqlite)"),
+            TableStore::Postgres(_) => f.write_str("TableStore(postgres)"),
+        }
     }
 }
 
+/// Calls the same method on whichever backend holds the tables.
+macro_rules! either {
+    ($self:ident, $t:ident => $e:expr) => {
+        match $self {
+            TableStore::Sqlite($t) => $e,
+            TableStore::Postgres($t) => $e,
+        }
+    };
+}
+
 impl TableStore {
-    /// Opens (or creates) the database file.
+    /// Opens (or creates) the embedded database file.
     pub fn open(path: &Path) -> Result<TableStore, TableError> {
+        SqliteTables::open(path).map(TableStore::Sqlite)
+    }
+
+    /// An in-memory embedded store (tests).
+    pub fn in_memory() -> Result<TableStore, TableError> {
+        SqliteTables::in_memory().map(TableStore::Sqlite)
+    }
+
+    /// Whether the tables are shared by every node (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, TableStore::Postgres(_))
+    }
+
+    pub fn columns(&self, table: &str) -> Result<Vec<String>, TableError> {
+        either!(self, t => t.columns(table))
+    }
+
+    /// Creates an empty table with TEXT columns.
+    pub fn create_table(&self, name: &str, columns: &[String]) -> Result<TableInfo, TableError> {
+        either!(self, t => t.create_table(name, columns))
+    }
+
+    /// Drops a table (its CSV seeds it again at the next start-up).
+    pub fn drop_table(&self, name: &str) -> Result<(), TableError> {
+        either!(self, t => t.drop_table(name))
+    }
+
+    /// Every table, with its columns and row count.
+    pub fn tables(&self) -> Result<Vec<TableInfo>, TableError> {
+        either!(self, t => t.tables())
+    }
+
+    /// Matching rows (oldest first) and how many match in all.
+    pub fn find(
+        &self,
+        table: &str,
+        filter: &[(String, Value)],
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Value>, i64), TableError> {
+        either!(self, t => t.find(table, filter, limit, offset))
+    }
+
+    pub fn get_row(&self, table: &str, id: i64) -> Result<Value, TableError> {
+        either!(self, t => t.get_row(table, id))
+    }
+
+    /// Inserts one row; returns its `_id`.
+    pub fn insert(&self, table: &str, values: &[(String, Value)]) -> Result<i64, TableError> {
+        either!(self, t => t.insert(table, values))
+    }
+
+    /// Sets `values` on every row matching `filter` (which must not be empty).
+    pub fn update(
+        &self,
+        table: &str,
+        filter: &[(String, Value)],
+        values: &[(String, Value)],
+    ) -> Result<usize, TableError> {
+        if filter.is_empty() {
+            return Err(TableError::Invalid(
+                "update needs a `where` (refusing to change every row)".into(),
+            ));
+        }
+        if values.is_empty() {
+            return Err(TableError::Invalid("update needs `values`".into()));
+        }
+        either!(self, t => t.update(table, filter, values))
+    }
+
+    /// Deletes every row matching `filter` (which must not be empty).
+    pub fn delete(&self, table: &str, filter: &[(String, Value)]) -> Result<usize, TableError> {
+        if filter.is_empty() {
+            return Err(TableError::Invalid(
+                "delete needs a `where` (refusing to delete every row)".into(),
+            ));
+        }
+        either!(self, t => t.delete(table, filter))
+    }
+
+    pub fn update_row(
+        &self,
+        table: &str,
+        id: i64,
+        values: &[(String, Value)],
+    ) -> Result<(), TableError> {
+        if values.is_empty() {
+            return Err(TableError::Invalid("no values to set".into()));
+        }
+        either!(self, t => t.update_row(table, id, values))
+    }
+
+    pub fn delete_row(&self, table: &str, id: i64) -> Result<(), TableError> {
+        either!(self, t => t.delete_row(table, id))
+    }
+
+    /// Seeds tables from `<dir>/*.csv`. A missing dir seeds nothing. Returns (table, rows)
+    /// for each table (re)loaded.
+    pub fn seed_dir(&self, dir: &Path, reseed: bool) -> Result<Vec<(String, usize)>, TableError> {
+        let mut report = Vec::new();
+        for (name, path) in csv_files(dir)? {
+            if let Some(n) = self.seed_csv(&name, &path, reseed)? {
+                report.push((name, n));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Seeds one table; `None` when it already existed and was left alone.
+    pub fn seed_csv(
+        &self,
+        name: &str,
+        path: &Path,
+        reseed: bool,
+    ) -> Result<Option<usize>, TableError> {
+        let csv = SeedCsv::read(path)?;
+        let seeded = either!(self, t => t.seed(name, &csv, reseed))?;
+        if let Some(n) = seeded {
+            info!(table = name, rows = n, file = %path.display(), "table seeded from CSV");
+        }
+        Ok(seeded)
+    }
+
+    /// Answers a `table` step. Results: lookup `{"row": {...} | null, "count": n}`;
+    /// insert `{"inserted": 1, "id": n}`; update / delete `{"affected": n}`.
+    pub fn run(&self, req: &TableRequest) -> Result<Value, StepError> {
+        match req.op {
+            TableOp::Lookup => {
+                let (rows, count) = self.find(&req.table, &req.filter, 1, 0)?;
+                Ok(json!({"row": rows.into_iter().next(), "count": count}))
+            }
+            TableOp::Insert => {
+                if req.values.is_empty() {
+                    return Err(StepError::new("table", "insert needs `values`"));
+                }
+                let id = self.insert(&req.table, &req.values)?;
+                Ok(json!({"inserted": 1, "id": id}))
+            }
+            TableOp::Update => {
+                Ok(json!({"affected": self.update(&req.table, &req.filter, &req.values)?}))
+            }
+            TableOp::Delete => Ok(json!({"affected": self.delete(&req.table, &req.filter)?})),
+        }
+    }
+}
+
+/// The `.csv` files of the seed directory, as (table name, path), sorted.
+pub fn csv_files(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, TableError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(TableError::Csv {
+                file: dir.display().to_string(),
+                message: e.to_string(),
+            })
+        }
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv")))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !valid_identifier(&name) {
+            return Err(TableError::Csv {
+                file: path.display().to_string(),
+                message: format!("`{name}` is not a valid table name (letters, digits, `_`)"),
+            });
+        }
+        out.push((name, path));
+    }
+    Ok(out)
+}
+
+/// A seed CSV, read and checked: the header (the columns), the rows, and the file's sha256
+/// (a table is not re-seeded from a changed file unless `[tables] reseed`).
+pub struct SeedCsv {
+    pub file: String,
+    pub sha256: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl SeedCsv {
+    pub fn read(path: &Path) -> Result<SeedCsv, TableError> {
+        let file = path.display().to_string();
+        let csv_err = |message: String| TableError::Csv {
+            file: file.clone(),
+            message,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CSV + 1).read_to_end(&mut bytes))
+            .map_err(|e| csv_err(e.to_string()))?;
+        if bytes.len() as u64 > MAX_CSV {
+            return Err(csv_err(format!("larger than {} MiB", MAX_CSV >> 20)));
+        }
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .trim(csv::Trim::All)
+            .from_reader(bytes.as_slice());
+        let header: Vec<String> = reader
+            .headers()
+            .map_err(|e| csv_err(format!("header row: {e}")))?
+            .iter()
+            .map(|h| h.trim_start_matches('\u{feff}').to_string())
+            .collect();
+        check_new_columns(&header).map_err(|e| csv_err(format!("header row: {e}")))?;
+        let mut rows = Vec::new();
+        for (i, record) in reader.records().enumerate() {
+            let record = record.map_err(|e| csv_err(format!("row {}: {e}", i + 2)))?;
+            if record.len() != header.len() {
+                return Err(csv_err(format!(
+                    "row {} has {} fields, the header has {}",
+                    i + 2,
+                    record.len(),
+                    header.len()
+                )));
+            }
+            rows.push(record.iter().map(str::to_string).collect());
+        }
+        Ok(SeedCsv {
+            file,
+            sha256,
+            header,
+            rows,
+        })
+    }
+}
+
+/// The columns of a new table: at least one, identifiers, no `_id`, no duplicates.
+pub fn check_new_columns(columns: &[String]) -> Result<(), TableError> {
+    if columns.is_empty() {
+        return Err(TableError::Invalid(
+            "a table needs at least one column".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in columns {
+        if !valid_identifier(c) || c.eq_ignore_ascii_case("_id") {
+            return Err(TableError::BadName(c.clone()));
+        }
+        if !seen.insert(c.to_ascii_lowercase()) {
+            return Err(TableError::Invalid(format!("column `{c}` appears twice")));
+        }
+    }
+    Ok(())
+}
+
+/// The embedded table store (one SQLite file per node).
+pub struct SqliteTables {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteTables {
+    /// Opens (or creates) the database file.
+    pub fn open(path: &Path) -> Result<SqliteTables, TableError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -138,18 +428,18 @@ impl TableStore {
     }
 
     /// An in-memory store (tests).
-    pub fn in_memory() -> Result<TableStore, TableError> {
+    pub fn in_memory() -> Result<SqliteTables, TableError> {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<TableStore, TableError> {
+    fn init(conn: Connection) -> Result<SqliteTables, TableError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // WAL lets the API read while a call writes; ignored for in-memory databases.
         let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _voxgate_seeds (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, seeded_at TEXT NOT NULL);",
         )?;
-        Ok(TableStore {
+        Ok(SqliteTables {
             conn: Mutex::new(conn),
         })
     }
@@ -226,20 +516,7 @@ impl TableStore {
     }
 
     fn create(conn: &Connection, name: &str, columns: &[String]) -> Result<(), TableError> {
-        if columns.is_empty() {
-            return Err(TableError::Invalid(
-                "a table needs at least one column".into(),
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for c in columns {
-            if !valid_identifier(c) || c.eq_ignore_ascii_case("_id") {
-                return Err(TableError::BadName(c.clone()));
-            }
-            if !seen.insert(c.to_ascii_lowercase()) {
-                return Err(TableError::Invalid(format!("column `{c}` appears twice")));
-            }
-        }
+        check_new_columns(columns)?;
         let cols = columns
             .iter()
             .map(|c| format!("{} TEXT", quote(c)))
@@ -511,64 +788,8 @@ impl TableStore {
         Ok(())
     }
 
-    /// Seeds tables from `<dir>/*.csv`. A missing dir seeds nothing. Returns (table, rows)
-    /// for each table (re)loaded.
-    pub fn seed_dir(&self, dir: &Path, reseed: bool) -> Result<Vec<(String, usize)>, TableError> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(TableError::Csv {
-                    file: dir.display().to_string(),
-                    message: e.to_string(),
-                })
-            }
-        };
-        let mut files: Vec<_> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv")))
-            .collect();
-        files.sort();
-        let mut report = Vec::new();
-        for path in files {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            if !valid_identifier(&name) {
-                return Err(TableError::Csv {
-                    file: path.display().to_string(),
-                    message: format!("`{name}` is not a valid table name (letters, digits, `_`)"),
-                });
-            }
-            if let Some(n) = self.seed_csv(&name, &path, reseed)? {
-                report.push((name, n));
-            }
-        }
-        Ok(report)
-    }
-
-    /// Seeds one table; `None` when it already existed and was left alone.
-    pub fn seed_csv(
-        &self,
-        name: &str,
-        path: &Path,
-        reseed: bool,
-    ) -> Result<Option<usize>, TableError> {
-        let csv_err = |message: String| TableError::Csv {
-            file: path.display().to_string(),
-            message,
-        };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_CSV + 1).read_to_end(&mut bytes))
-            .map_err(|e| csv_err(e.to_string()))?;
-        if bytes.len() as u64 > MAX_CSV {
-            return Err(csv_err(format!("larger than {} MiB", MAX_CSV >> 20)));
-        }
-        let sha = hex::encode(Sha256::digest(&bytes));
+    /// Seeds one table from a read CSV; `None` when it already existed and was left alone.
+    fn seed(&self, name: &str, csv: &SeedCsv, reseed: bool) -> Result<Option<usize>, TableError> {
         let mut conn = self.conn();
         let exists = Self::exists(&conn, name)?;
         if exists && !reseed {
@@ -579,26 +800,17 @@ impl TableStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            if seeded.as_deref() != Some(sha.as_str()) {
-                warn!(table = name, file = %path.display(), "the CSV differs from the one that seeded the table; it is not re-applied (set [tables] reseed = true)");
+            if seeded.as_deref() != Some(csv.sha256.as_str()) {
+                warn!(table = name, file = %csv.file, "the CSV differs from the one that seeded the table; it is not re-applied (set [tables] reseed = true)");
             }
             return Ok(None);
         }
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .trim(csv::Trim::All)
-            .from_reader(bytes.as_slice());
-        let header: Vec<String> = reader
-            .headers()
-            .map_err(|e| csv_err(format!("header row: {e}")))?
-            .iter()
-            .map(|h| h.trim_start_matches('\u{feff}').to_string())
-            .collect();
+        let header = &csv.header;
         let tx = conn.transaction()?;
         if exists {
             tx.execute_batch(&format!("DROP TABLE {};", quote(name)))?;
         }
-        Self::create(&tx, name, &header).map_err(|e| csv_err(format!("header row: {e}")))?;
+        Self::create(&tx, name, header)?;
         let sql = format!(
             "INSERT INTO {} ({}) VALUES ({})",
             quote(name),
@@ -612,52 +824,18 @@ impl TableStore {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut n = 0;
         {
             let mut stmt = tx.prepare(&sql)?;
-            for (i, record) in reader.records().enumerate() {
-                let record = record.map_err(|e| csv_err(format!("row {}: {e}", i + 2)))?;
-                if record.len() != header.len() {
-                    return Err(csv_err(format!(
-                        "row {} has {} fields, the header has {}",
-                        i + 2,
-                        record.len(),
-                        header.len()
-                    )));
-                }
+            for record in &csv.rows {
                 stmt.execute(params_from_iter(record.iter()))?;
-                n += 1;
             }
         }
         tx.execute(
             "INSERT OR REPLACE INTO _voxgate_seeds (name, sha256, seeded_at) VALUES (?1, ?2, ?3)",
-            rusqlite::params![name, sha, chrono::Utc::now().to_rfc3339()],
+            rusqlite::params![name, csv.sha256, chrono::Utc::now().to_rfc3339()],
         )?;
         tx.commit()?;
-        info!(table = name, rows = n, file = %path.display(), "table seeded from CSV");
-        Ok(Some(n))
-    }
-
-    /// Answers a `table` step. Results: lookup `{"row": {...} | null, "count": n}`;
-    /// insert `{"inserted": 1, "id": n}`; update / delete `{"affected": n}`.
-    pub fn run(&self, req: &TableRequest) -> Result<Value, StepError> {
-        match req.op {
-            TableOp::Lookup => {
-                let (rows, count) = self.find(&req.table, &req.filter, 1, 0)?;
-                Ok(json!({"row": rows.into_iter().next(), "count": count}))
-            }
-            TableOp::Insert => {
-                if req.values.is_empty() {
-                    return Err(StepError::new("table", "insert needs `values`"));
-                }
-                let id = self.insert(&req.table, &req.values)?;
-                Ok(json!({"inserted": 1, "id": id}))
-            }
-            TableOp::Update => {
-                Ok(json!({"affected": self.update(&req.table, &req.filter, &req.values)?}))
-            }
-            TableOp::Delete => Ok(json!({"affected": self.delete(&req.table, &req.filter)?})),
-        }
+        Ok(Some(csv.rows.len()))
     }
 }
 
@@ -683,6 +861,8 @@ pub fn query_filter(params: &BTreeMap<String, String>) -> Vec<(String, Value)> {
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect()
 }
+
+pub mod pg;
 
 #[cfg(test)]
 mod tests;

@@ -864,6 +864,62 @@ mod tests {
     }
 
     #[test]
+    fn packets_from_a_foreign_source_are_neither_heard_nor_relayed() {
+        // sec's latching rule on the media plane: once a leg has latched onto its peer,
+        // RTP from any other address is dropped before the bridge relay sees it.
+        let t0 = Instant::now();
+        let mut core = started_core(t0);
+        core.command(
+            MediaCommand::FarMedia {
+                config: leg_config(Codec::Pcmu, addr(FAR_PEER, 6000), 2),
+            },
+            t0,
+            Utc::now(),
+        );
+        core.command(MediaCommand::Bridge(true), t0, Utc::now());
+        let mut net = Net::default();
+        let good = vec![0x13u8; 160];
+        let evil = vec![0x55u8; 160];
+        for (leg, peer) in [(Leg::Caller, CALLER_PEER), (Leg::Far, FAR_PEER)] {
+            let port = if leg == Leg::Caller { 4000 } else { 6000 };
+            core.handle_datagram(
+                leg,
+                false,
+                &peer_packet(0, Codec::Pcmu, &good),
+                addr(peer, port),
+                ms(t0, 1),
+            );
+        }
+        core.on_tick(ms(t0, 1), &mut net);
+        assert!(rtp_of(&mut net, Leg::Far)
+            .iter()
+            .any(|p| p[12..] == good[..]));
+        net.sent.clear();
+        for k in 1..4u16 {
+            let now = ms(t0, 20 * u64::from(k) + 1);
+            for (leg, port) in [(Leg::Caller, 4000), (Leg::Far, 6000)] {
+                // Another host, and another port of the peer's own host.
+                for from in [addr(66, port), addr(CALLER_PEER, port + 2)] {
+                    core.handle_datagram(
+                        leg,
+                        false,
+                        &peer_packet(k, Codec::Pcmu, &evil),
+                        from,
+                        now,
+                    );
+                }
+            }
+            core.on_tick(now, &mut net);
+            for leg in [Leg::Caller, Leg::Far] {
+                assert!(
+                    rtp_of(&mut net, leg).iter().all(|p| p[12..] != evil[..]),
+                    "foreign audio relayed to {leg:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_full_tap_drops_and_counts_instead_of_waiting() {
         let t0 = Instant::now();
         let stats = Arc::new(MediaStats::default());

@@ -40,6 +40,12 @@ const DTMF_GAP_SLOTS: u32 = 2;
 pub const MAX_RELAY_FRAMES: usize = 3;
 /// Spare sample buffers kept for reuse (see [`RtpSession::recycle`]).
 const POOL_MAX: usize = 16;
+/// How long after the session starts (or after a re-INVITE's new address) RTP from an address
+/// other than the SDP's may still be latched onto (NAT); after that only the SDP address or
+/// the latched one is accepted.
+pub const DEFAULT_LATCH_WINDOW: Duration = Duration::from_secs(10);
+/// Foreign packets are logged at most this often per session.
+const FOREIGN_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Sequential packets a new SSRC must send before it replaces the current stream, so a
 /// stray late packet from an old stream does not reset everything (RFC 3550 probation).
 const SSRC_PROBATION: usize = 2;
@@ -52,8 +58,11 @@ pub struct RtpConfig {
     pub payload_type: u8,
     /// Negotiated `telephone-event/8000` payload type, if any.
     pub telephone_event_pt: Option<u8>,
-    /// Where the SDP says to send; replaced by the source of the peer's packets (latching).
+    /// Where the SDP says to send. RTP is accepted from this address, or latched once onto the
+    /// first source within `latch_window` (NAT); see [`RtpSession`] "Media latching".
     pub remote: Option<SocketAddr>,
+    /// See [`DEFAULT_LATCH_WINDOW`].
+    pub latch_window: Duration,
     /// Report `Inactive` after this long without valid RTP (`Duration::ZERO`: never).
     pub inactivity_timeout: Duration,
     /// How long a hole in the sequence may delay later frames before it becomes a gap.
@@ -80,6 +89,7 @@ impl RtpConfig {
             payload_type,
             telephone_event_pt,
             remote: None,
+            latch_window: DEFAULT_LATCH_WINDOW,
             inactivity_timeout: DEFAULT_INACTIVITY_TIMEOUT,
             jitter_depth: DEFAULT_JITTER_DEPTH,
             send_silence: true,
@@ -169,6 +179,8 @@ pub enum RtpError {
     DtmfNotNegotiated,
     #[error("not a valid RTCP packet: {0}")]
     Rtcp(#[from] RtcpError),
+    #[error("RTP from {0}, which is not the peer's address")]
+    ForeignSource(SocketAddr),
 }
 
 /// Counters for RTCP, logs and metrics.
@@ -195,6 +207,8 @@ pub struct RtpStats {
     pub discarded: u64,
     /// Send slots skipped because the driver was more than 200 ms late.
     pub send_slots_skipped: u64,
+    /// RTP/RTCP from an address other than the peer's (dropped: injection / "RTP bleed").
+    pub foreign: u64,
     /// RFC 3550 interarrival jitter of the current stream.
     pub jitter: Duration,
     /// Round-trip time from the peer's last report about us.
@@ -217,7 +231,6 @@ struct Stream {
 struct Candidate {
     ssrc: u32,
     next_seq: u16,
-    from: SocketAddr,
     frames: Vec<(u16, u32, Vec<i16>)>,
 }
 
@@ -275,6 +288,13 @@ pub struct RtpSession {
     send_addr: Option<SocketAddr>,
     latched: bool,
     rtcp_addr: Option<SocketAddr>,
+    /// The address the SDP gave (always accepted until another one is latched).
+    sdp_addr: Option<SocketAddr>,
+    latch_window: Duration,
+    /// When the current latch window opened (`None`: at the next packet, after a re-INVITE).
+    latch_window_start: Option<Instant>,
+    foreign_logged_at: Option<Instant>,
+    foreign_since_log: u64,
 
     stream: Option<Stream>,
     candidate: Option<Candidate>,
@@ -337,6 +357,11 @@ impl RtpSession {
             send_addr: config.remote,
             latched: false,
             rtcp_addr: None,
+            sdp_addr: config.remote,
+            latch_window: config.latch_window,
+            latch_window_start: Some(now),
+            foreign_logged_at: None,
+            foreign_since_log: 0,
             stream: None,
             candidate: None,
             lost_in_old_streams: 0,
@@ -373,6 +398,10 @@ impl RtpSession {
             debug!(%from, error = %e, "dropping non-RTP datagram");
         })?;
         let h = pkt.header;
+        if !self.accept_source(from, now) {
+            self.foreign(from, now);
+            return Err(RtpError::ForeignSource(from));
+        }
         if Some(h.payload_type) == self.te_pt {
             return self.handle_telephone_event(h, pkt.payload, from, now);
         }
@@ -397,14 +426,10 @@ impl RtpSession {
         self.stats.packets_received += 1;
         self.stats.bytes_received += pkt.payload.len() as u64;
         self.note_alive(now);
-        if !self.latched {
-            self.latch(from);
-        }
         match &self.stream {
-            None => self.start_stream(h.ssrc, h.sequence, h.timestamp, samples, from, now),
-            Some(s) if s.ssrc != h.ssrc => self.consider_new_ssrc(h, samples, from, now),
+            None => self.start_stream(h.ssrc, h.sequence, h.timestamp, samples, now),
+            Some(s) if s.ssrc != h.ssrc => self.consider_new_ssrc(h, samples, now),
             Some(_) => {
-                self.latch(from);
                 let entry = Entry::Audio {
                     timestamp: h.timestamp,
                     samples,
@@ -430,6 +455,13 @@ impl RtpSession {
         let packets = rtcp::parse_compound(buf).inspect_err(|e| {
             debug!(%from, error = %e, "dropping bad RTCP");
         })?;
+        // RTCP comes from the RTP peer's host (its port is RTP + 1, or muxed): anything else is
+        // foreign.
+        let peer_ip = self.send_addr.map(|a| a.ip());
+        if self.latched && peer_ip != Some(from.ip()) {
+            self.foreign(from, now);
+            return Err(RtpError::ForeignSource(from));
+        }
         if self.rtcp_addr != Some(from) {
             debug!(%from, "RTCP peer address latched");
             self.rtcp_addr = Some(from);
@@ -679,7 +711,9 @@ impl RtpSession {
     pub fn set_remote(&mut self, addr: SocketAddr) {
         info!(%addr, "RTP remote set from SDP");
         self.send_addr = Some(addr);
+        self.sdp_addr = Some(addr);
         self.latched = false;
+        self.latch_window_start = None;
         self.rtcp_addr = None;
     }
 
@@ -774,13 +808,10 @@ impl RtpSession {
         self.stats.packets_received += 1;
         self.stats.bytes_received += payload.len() as u64;
         self.note_alive(now);
+        // Some senders (SIPp pcaps) use a separate SSRC for events: they come from the
+        // latched address (checked above) but never replace the audio stream.
         if self.stream_ssrc() == Some(h.ssrc) {
-            self.latch(from);
             self.ingest(h.sequence, Entry::Skip, None, now);
-        } else if !self.latched {
-            // Some senders (SIPp pcaps) use a separate SSRC for events: they still count
-            // for latching but never replace the audio stream.
-            self.latch(from);
         }
         self.dtmf_rx
             .handle_packet(h.ssrc, h.timestamp, h.marker, payload, now)?;
@@ -797,6 +828,46 @@ impl RtpSession {
         if self.inactive_fired {
             info!("RTP resumed");
             self.inactive_fired = false;
+        }
+    }
+
+    /// Media latching: RTP is taken only from the address the SDP gave, or from the first
+    /// source seen within the latch window (a peer behind NAT), which we then also send to.
+    /// Once latched, the peer's address never moves mid-call except through a re-INVITE
+    /// ([`set_remote`](Self::set_remote)), and a new SSRC is accepted only from it: anything
+    /// else is dropped and counted (Asterisk CVE-2017-14099, "RTP bleed").
+    fn accept_source(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if self.latched {
+            return self.send_addr == Some(from);
+        }
+        let window_start = *self.latch_window_start.get_or_insert(now);
+        if self.sdp_addr == Some(from)
+            || now.saturating_duration_since(window_start) < self.latch_window
+        {
+            self.latch(from);
+            return true;
+        }
+        false
+    }
+
+    /// Counts a packet from a foreign source; logs at most once a minute.
+    fn foreign(&mut self, from: SocketAddr, now: Instant) {
+        self.stats.foreign += 1;
+        metrics::counter!("voxgate_rtp_foreign_packets_total").increment(1);
+        let due = self
+            .foreign_logged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= FOREIGN_LOG_INTERVAL);
+        if due {
+            warn!(
+                %from,
+                peer = ?self.send_addr,
+                suppressed = self.foreign_since_log,
+                "RTP from a foreign source dropped"
+            );
+            self.foreign_logged_at = Some(now);
+            self.foreign_since_log = 0;
+        } else {
+            self.foreign_since_log += 1;
         }
     }
 
@@ -821,7 +892,6 @@ impl RtpSession {
         seq: u16,
         timestamp: u32,
         samples: Vec<i16>,
-        from: SocketAddr,
         now: Instant,
     ) {
         info!(ssrc, seq, "remote RTP stream started");
@@ -829,23 +899,15 @@ impl RtpSession {
         let first = tracker.first_extended();
         self.stream = Some(Stream { ssrc, seq: tracker });
         self.candidate = None;
-        self.latch(from);
         let entry = Entry::Audio { timestamp, samples };
         self.place(SeqUpdate::Ahead(first), entry, Some(timestamp), now);
     }
 
-    fn consider_new_ssrc(
-        &mut self,
-        h: RtpHeader,
-        samples: Vec<i16>,
-        from: SocketAddr,
-        now: Instant,
-    ) {
+    fn consider_new_ssrc(&mut self, h: RtpHeader, samples: Vec<i16>, now: Instant) {
         let confirmed = match &mut self.candidate {
             Some(c) if c.ssrc == h.ssrc && c.next_seq == h.sequence => {
                 c.frames.push((h.sequence, h.timestamp, samples));
                 c.next_seq = h.sequence.wrapping_add(1);
-                c.from = from;
                 c.frames.len() >= SSRC_PROBATION
             }
             _ => {
@@ -853,7 +915,6 @@ impl RtpSession {
                 self.candidate = Some(Candidate {
                     ssrc: h.ssrc,
                     next_seq: h.sequence.wrapping_add(1),
-                    from,
                     frames: vec![(h.sequence, h.timestamp, samples)],
                 });
                 false
@@ -872,7 +933,7 @@ impl RtpSession {
         }
         let mut frames = c.frames.into_iter();
         if let Some((seq, ts, samples)) = frames.next() {
-            self.start_stream(c.ssrc, seq, ts, samples, c.from, now);
+            self.start_stream(c.ssrc, seq, ts, samples, now);
         }
         for (seq, ts, samples) in frames {
             let entry = Entry::Audio {
@@ -1706,43 +1767,79 @@ mod tests {
     }
 
     #[test]
-    fn symmetric_rtp_latches_and_relatches() {
+    fn latching_once_and_foreign_sources_dropped() {
         let t0 = Instant::now();
         let mut s = RtpSession::new(seeded(1), t0);
         let (t, _) = first_rtp(&mut s, t0).unwrap();
         assert_eq!(t.dest, sdp_addr());
-        // Peer behind NAT: packets come from elsewhere.
+        // Peer behind NAT: packets come from elsewhere, within the latch window.
         let nat = addr(77, 40_000);
         s.try_handle_datagram(&audio(PEER_SSRC, 1, 0), nat, ms(t0, 10))
             .unwrap();
         assert!(events(&mut s).contains(&RtpEvent::RemoteAddrChanged(nat)));
         let (t, _) = first_rtp(&mut s, ms(t0, 20)).unwrap();
         assert_eq!(t.dest, nat);
-        // Invalid junk and other SSRCs from a third address do not move us.
+        // Junk, other SSRCs, and even our peer's own SSRC from any other address (another
+        // port of the same host included) are dropped and counted; nothing moves.
         let evil = addr(66, 1_234);
-        let _ = s.try_handle_datagram(&[0x80, 0, 1], evil, ms(t0, 25));
-        s.try_handle_datagram(&audio(0xBAD, 1, 0), evil, ms(t0, 26))
-            .unwrap();
+        let same_host = addr(77, 40_002);
+        for (i, from) in [evil, same_host, sdp_addr()].into_iter().enumerate() {
+            let seq = 2 + i as u16;
+            assert_eq!(
+                s.try_handle_datagram(&audio(0xBAD, seq, 0), from, ms(t0, 25)),
+                Err(RtpError::ForeignSource(from))
+            );
+            assert_eq!(
+                s.try_handle_datagram(&audio(PEER_SSRC, seq, 160), from, ms(t0, 26)),
+                Err(RtpError::ForeignSource(from))
+            );
+            // And a new SSRC from a foreign address never passes probation.
+            let _ = s.try_handle_datagram(&audio(0xBAD, seq + 1, 160), from, ms(t0, 27));
+        }
         assert_eq!(s.remote_addr(), Some(nat));
-        // NAT rebinding: our peer's stream continues from a new port.
-        let rebound = addr(77, 40_002);
-        s.try_handle_datagram(&audio(PEER_SSRC, 2, 160), rebound, ms(t0, 30))
+        assert_eq!(s.remote_ssrc(), Some(PEER_SSRC));
+        assert!(s.stats().foreign >= 8);
+        assert!(!events(&mut s)
+            .iter()
+            .any(|e| matches!(e, RtpEvent::RemoteAddrChanged(_) | RtpEvent::Audio { .. })));
+        // RTCP from a foreign host is dropped too.
+        assert!(matches!(
+            s.try_handle_rtcp(&[0x80, 201, 0, 1, 0, 0, 0, 1], evil, ms(t0, 28)),
+            Err(RtpError::ForeignSource(_))
+        ));
+        // An SSRC change from the latched address is accepted after probation.
+        s.try_handle_datagram(&audio(0xB, 7, 50_000), nat, ms(t0, 30))
             .unwrap();
-        assert!(events(&mut s).contains(&RtpEvent::RemoteAddrChanged(rebound)));
-        assert_eq!(s.remote_addr(), Some(rebound));
-        // re-INVITE: new SDP address until the next packet arrives.
+        s.try_handle_datagram(&audio(0xB, 8, 50_160), nat, ms(t0, 50))
+            .unwrap();
+        assert_eq!(s.remote_ssrc(), Some(0xB));
+        // re-INVITE: the new SDP address is taken, and the window opens again at its first
+        // packet.
         let moved = addr(88, 30_000);
         s.set_remote(moved);
         assert_eq!(s.remote_addr(), Some(moved));
-        s.try_handle_datagram(&audio(PEER_SSRC, 3, 320), moved, ms(t0, 50))
+        s.try_handle_datagram(&audio(0xB, 9, 50_320), moved, ms(t0, 60_000))
             .unwrap();
         assert!(!events(&mut s)
             .iter()
             .any(|e| matches!(e, RtpEvent::RemoteAddrChanged(_))));
-        s.set_remote(sdp_addr());
-        s.try_handle_datagram(&audio(PEER_SSRC, 4, 480), rebound, ms(t0, 70))
+        assert!(s
+            .try_handle_datagram(&audio(0xB, 10, 50_480), nat, ms(t0, 60_020))
+            .is_err());
+    }
+
+    #[test]
+    fn without_packets_in_the_window_only_the_sdp_address_is_accepted() {
+        let t0 = Instant::now();
+        let mut s = RtpSession::new(seeded(1), t0);
+        let late = ms(t0, 11_000);
+        let other = addr(77, 40_000);
+        assert!(s
+            .try_handle_datagram(&audio(PEER_SSRC, 1, 0), other, late)
+            .is_err());
+        s.try_handle_datagram(&audio(PEER_SSRC, 2, 160), sdp_addr(), late)
             .unwrap();
-        assert!(events(&mut s).contains(&RtpEvent::RemoteAddrChanged(rebound)));
+        assert_eq!(s.remote_addr(), Some(sdp_addr()));
     }
 
     #[test]

@@ -77,6 +77,18 @@ pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
             return reply_or_drop_with(data, code, reason, why, extra_headers(code, head_text));
         }
     }
+    // Repairs for valid messages the stack would drop (RFC 4475 wsinv, inv2543).
+    let (data, head_end): (Cow<'_, [u8]>, usize) = match repair_head(head_text, is_response) {
+        Some(new_head) => {
+            let mut v = Vec::with_capacity(new_head.len() + data.len() - head_end);
+            v.extend_from_slice(new_head.as_bytes());
+            v.extend_from_slice(&data[head_end..]);
+            (Cow::Owned(v), new_head.len())
+        }
+        None => (Cow::Borrowed(data), head_end),
+    };
+    let head = &data[..head_end];
+    let head_text = std::str::from_utf8(head).unwrap_or_default();
     // RFC 3261 §18.3: on UDP a missing Content-Length means the body runs to the end.
     let repaired: Cow<'_, [u8]> = if header_value(head_text, &["content-length", "l"]).is_none() {
         let body_len = data.len() - head_end;
@@ -87,7 +99,7 @@ pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
         fixed.extend_from_slice(&data[insert_at..]);
         Cow::Owned(fixed)
     } else {
-        Cow::Borrowed(data)
+        data
     };
     if rsipstack::sip::SipMessage::try_from(repaired.as_ref()).is_err() {
         if is_response {
@@ -95,9 +107,219 @@ pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
                 why: "unparseable response",
             };
         }
-        return reply_or_drop(data, 400, "Bad Request", "unparseable request");
+        return reply_or_drop(&repaired, 400, "Bad Request", "unparseable request");
     }
     Verdict::Pass(repaired)
+}
+
+/// Rewrites a message head the stack would mis-parse into an equivalent one, or `None` when it
+/// is fine as it is:
+/// - folded header lines (RFC 3261 §7.3.1: a CRLF followed by whitespace is one SP) are joined,
+///   so `CSeq: 0009\r\n  INVITE` parses (RFC 4475 §3.1.1.1, wsinv);
+/// - an RFC 2543 request without a From tag gets a tag derived from its Call-ID and From, so
+///   the stack can key its transaction and every retransmission (and the ACK / CANCEL) maps to
+///   the same one (RFC 4475 §3.4.1, inv2543; RFC 3261 §8.2.2.3 backward compatibility).
+pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
+    let folded = head
+        .split('\n')
+        .skip(1)
+        .take_while(|l| !l.trim_end_matches('\r').is_empty())
+        .any(|l| l.starts_with([' ', '\t']));
+    let mut lines: Vec<String> = Vec::new();
+    if folded {
+        for raw in head.split('\n') {
+            let line = raw.trim_end_matches('\r');
+            if line.starts_with([' ', '\t']) && lines.len() > 1 {
+                if let Some(last) = lines.last_mut() {
+                    if !last.is_empty() {
+                        last.push(' ');
+                        last.push_str(line.trim());
+                        continue;
+                    }
+                }
+            }
+            lines.push(line.to_string());
+        }
+    } else {
+        lines = head
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect();
+    }
+    // LWS around the separators of From / To / Via (`tag = x`, `SIP / 2.0 / UDP`) is legal
+    // (RFC 3261 §25.1, SWS) but the stack's parsers refuse it.
+    let mut spaced = false;
+    for line in lines.iter_mut().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let n = name.trim().to_ascii_lowercase();
+        if !matches!(n.as_str(), "from" | "f" | "to" | "t" | "via" | "v") {
+            continue;
+        }
+        let tight = tighten_separators(value.trim(), n.starts_with('v'));
+        if tight != value.trim() {
+            *line = format!("{}: {tight}", name.trim());
+            spaced = true;
+        }
+    }
+    // `head` ends with the blank line: the split left two empty strings at the end.
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let mut tagged = false;
+    // RFC 2543 INVITEs may lack Contact; the remote target is then the From URI (RFC 3261
+    // §8.2.2.3 / §12.1.1 need one to build the dialog).
+    if !is_response && lines[0].starts_with("INVITE ") {
+        let has = |names: &[&str]| {
+            lines.iter().skip(1).any(|l| {
+                l.split_once(':')
+                    .is_some_and(|(n, _)| names.contains(&n.trim().to_ascii_lowercase().as_str()))
+            })
+        };
+        let rfc2543 = lines.iter().skip(1).any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| {
+                matches!(n.trim().to_ascii_lowercase().as_str(), "via" | "v")
+                    && !v.to_ascii_lowercase().contains("branch=z9hg4bk")
+            })
+        });
+        if rfc2543 && !has(&["contact", "m"]) {
+            let from_uri = lines.iter().skip(1).find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                matches!(n.trim().to_ascii_lowercase().as_str(), "from" | "f")
+                    .then(|| super::server::uri_of(v.trim()))
+            });
+            if let Some(uri) = from_uri.filter(|u| u.starts_with("sip")) {
+                lines.push(format!("Contact: <{uri}>"));
+                tagged = true;
+            }
+        }
+    }
+    if !is_response {
+        let call_id = lines
+            .iter()
+            .skip(1)
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                matches!(n.trim().to_ascii_lowercase().as_str(), "call-id" | "i")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        for line in lines.iter_mut().skip(1) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if !matches!(name.trim().to_ascii_lowercase().as_str(), "from" | "f") {
+                continue;
+            }
+            // A tag is added only to a well-formed value (an unclosed `<` hides where the
+            // parameters start, and the stack refuses such a From anyway).
+            let unclosed = value.find('<').is_some_and(|a| !value[a..].contains('>'));
+            if unclosed || has_tag_param(value) {
+                break;
+            }
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            call_id.hash(&mut h);
+            value.trim().hash(&mut h);
+            let tag = format!("2543{:012x}", h.finish() & 0xffff_ffff_ffff);
+            *line = format!("{}:{};tag={tag}", name, value.trim_end());
+            tagged = true;
+            break;
+        }
+    }
+    if !folded && !tagged && !spaced {
+        return None;
+    }
+    let mut out = lines.join("\r\n");
+    out.push_str("\r\n\r\n");
+    Some(out)
+}
+
+/// Removes whitespace around `;`, `=` and `,` (and, in Via, `/`) outside quotes and `<...>`,
+/// and collapses other runs of whitespace to one space.
+fn tighten_separators(value: &str, via: bool) -> String {
+    let is_sep = |c: char| matches!(c, ';' | '=' | ',') || (via && c == '/');
+    let mut out = String::with_capacity(value.len());
+    let mut in_quotes = false;
+    let mut in_angle = false;
+    let mut escaped = false;
+    let mut pending_space = false;
+    for c in value.chars() {
+        if in_quotes {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quotes = false;
+            }
+            continue;
+        }
+        if in_angle {
+            out.push(c);
+            if c == '>' {
+                in_angle = false;
+            }
+            continue;
+        }
+        if c == ' ' || c == '\t' {
+            pending_space = true;
+            continue;
+        }
+        if is_sep(c) {
+            pending_space = false;
+            while out.ends_with(' ') {
+                out.pop();
+            }
+            out.push(c);
+            continue;
+        }
+        if pending_space && !out.is_empty() && !out.ends_with(is_sep) {
+            out.push(' ');
+        }
+        pending_space = false;
+        match c {
+            '"' => in_quotes = true,
+            '<' => in_angle = true,
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Does a From/To value carry a `tag` parameter (outside the `<...>` URI and quotes)?
+fn has_tag_param(value: &str) -> bool {
+    let mut in_quotes = false;
+    let mut in_angle = false;
+    let mut escaped = false;
+    let mut params = String::new();
+    let has_angle = value.contains('<');
+    let mut past_uri = !has_angle;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '<' if !in_quotes => in_angle = true,
+            '>' if !in_quotes => {
+                in_angle = false;
+                past_uri = true;
+            }
+            _ if past_uri && !in_quotes && !in_angle => params.push(c),
+            _ => {}
+        }
+    }
+    params.split(';').skip(1).any(|p| {
+        p.split('=')
+            .next()
+            .is_some_and(|n| n.trim().eq_ignore_ascii_case("tag"))
+    })
 }
 
 /// Checks a request the parser would accept but RFC 3261 / RFC 4475 say must be refused:
@@ -434,5 +656,76 @@ mod tests {
             inspect_datagram(msg.as_bytes()),
             Verdict::Drop { .. }
         ));
+    }
+
+    fn stack_accepts(bytes: &[u8]) -> Result<(), String> {
+        use rsipstack::transaction::key::{TransactionKey, TransactionRole};
+        let msg = rsipstack::sip::SipMessage::try_from(bytes).map_err(|e| e.to_string())?;
+        let rsipstack::sip::SipMessage::Request(req) = msg else {
+            return Err("not a request".into());
+        };
+        use rsipstack::sip::prelude::HeadersExt;
+        req.cseq_header()
+            .map_err(|e| e.to_string())?
+            .seq()
+            .map_err(|e| e.to_string())?;
+        TransactionKey::from_request(&req, TransactionRole::Server).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    #[test]
+    fn rfc4475_wsinv_and_inv2543_are_repaired_into_messages_the_stack_takes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rfc4475");
+        for name in ["wsinv.dat", "inv2543.dat"] {
+            let raw = std::fs::read(dir.join(name)).unwrap();
+            let Verdict::Pass(fixed) = inspect_datagram(&raw) else {
+                panic!("{name}: not passed on")
+            };
+            stack_accepts(&fixed).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Idempotent: the repaired message passes again unchanged.
+            match inspect_datagram(&fixed) {
+                Verdict::Pass(again) => assert_eq!(again.as_ref(), fixed.as_ref(), "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_regression_repairs_are_idempotent() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/sip_guard");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let raw = std::fs::read(entry.unwrap().path()).unwrap();
+            if let Verdict::Pass(b) = inspect_datagram(&raw) {
+                match inspect_datagram(&b) {
+                    Verdict::Pass(again) => assert_eq!(again.as_ref(), b.as_ref()),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rfc2543_from_tag_is_stable_across_retransmissions_and_ack() {
+        let inv = "INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\nFrom: <sip:a@example.com>\r\nTo: <sip:b@example.com>\r\nCall-ID: x1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let ack = inv
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 INVITE", "1 ACK");
+        let tag = |m: &str| {
+            let Verdict::Pass(b) = inspect_datagram(m.as_bytes()) else {
+                panic!()
+            };
+            let t = String::from_utf8(b.into_owned()).unwrap();
+            t.lines()
+                .find(|l| l.starts_with("From:"))
+                .unwrap()
+                .to_string()
+        };
+        assert!(tag(inv).contains(";tag=2543"));
+        assert_eq!(tag(inv), tag(inv));
+        assert_eq!(tag(inv), tag(&ack));
+        assert!(!has_tag_param("\"a;tag=x\" <sip:a@b;tag=y>"));
+        assert!(has_tag_param("<sip:a@b> ; TAG = 1"));
+        assert!(has_tag_param("sip:a@b;tag=1"));
     }
 }

@@ -2,7 +2,9 @@
 //! dialog layer, and a translation of the stack's dialog states into [`LegEvent`]s. No
 //! rsipstack type crosses this module's public API.
 
+use super::access::{AccessConfig, AccessControl, Decision, LogLimiter, Unconfirmed};
 use super::guard::ALLOW;
+use super::tcp::TcpLimits;
 use super::transport::GuardedUdp;
 use rsipstack::dialog::dialog::{DialogState, TerminatedReason, TransactionHandle};
 use rsipstack::dialog::dialog_layer::DialogLayer;
@@ -12,12 +14,12 @@ use rsipstack::sip::{Header, Method, StatusCode};
 use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::{TcpListenerConnection, TransportLayer};
+use rsipstack::transport::TransportLayer;
 use rsipstack::EndpointBuilder;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -47,19 +49,78 @@ pub struct SipServerConfig {
     pub external_ip: Option<IpAddr>,
     pub t1: Duration,
     pub user_agent: String,
+    /// Access control and TCP limits.
+    pub limits: SipLimits,
     /// Digest challenge of inbound INVITEs (trunks with `challenge_inbound`); see
     /// `sip/inbound_auth.rs`.
     pub invite_auth: Option<Arc<dyn super::inbound_auth::InviteAuth>>,
 }
 
-/// Decides whether a new INVITE may become a call. Returns the refusal (status, Retry-After
-/// seconds) when it may not: over capacity, or shutting down.
+/// Who may call and how much (docs/security.md): access control for new INVITEs and the
+/// limits of the TCP listener.
+#[derive(Debug, Clone, Default)]
+pub struct SipLimits {
+    pub access: AccessConfig,
+    pub tcp: TcpLimits,
+}
+
+impl SipLimits {
+    /// The `[sip]` access and limit keys.
+    pub fn from_config(
+        config: &crate::config::SipConfig,
+        validated: &crate::config::Validated,
+    ) -> SipLimits {
+        SipLimits {
+            access: AccessConfig {
+                trusted: validated.trusted.clone(),
+                rate_per_source: config.invite_rate_per_source,
+                burst_per_source: config.invite_burst_per_source,
+                max_unconfirmed_per_source: config.max_unconfirmed_per_source,
+                max_unconfirmed: config.max_unconfirmed,
+                scanner_user_agents: config.scanner_user_agents.clone(),
+            },
+            tcp: TcpLimits {
+                header_timeout: Duration::from_secs(config.tcp_header_timeout_s),
+                idle_timeout: Duration::from_secs(config.tcp_idle_timeout_s),
+                max_per_source: config.tcp_max_connections_per_source,
+                max_total: config.tcp_max_connections,
+            },
+        }
+    }
+}
+
+/// Decides whether a new INVITE may become a call: reserves its slot at once (so INVITEs that
+/// arrive together cannot all pass a check the first of them has not yet filled), or returns
+/// the refusal (status, Retry-After seconds): over capacity, or shutting down.
 pub trait Admission: Send + Sync {
-    fn admit(&self) -> Option<(u16, u32)>;
+    fn admit(&self) -> Result<Reservation, (u16, u32)>;
     /// True once the node is draining (graceful shutdown): OPTIONS are answered 503 so a load
     /// balancer in front (Kamailio's dispatcher) stops sending new calls at once.
     fn draining(&self) -> bool {
         false
+    }
+}
+
+/// A reserved call slot, held for the whole call; released when dropped.
+pub struct Reservation(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Reservation {
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Reservation {
+        Reservation(Some(Box::new(release)))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reservation")
     }
 }
 
@@ -85,6 +146,8 @@ pub struct IncomingCall {
     pub leg: CallLeg,
     pub info: InviteInfo,
     pub events: mpsc::UnboundedReceiver<LegEvent>,
+    /// The call's slot under `max_calls`; keep it until the call ends.
+    pub slot: Reservation,
 }
 
 /// Why a leg ended, as far as SIP is concerned.
@@ -152,25 +215,72 @@ pub struct OutgoingInvite {
 /// Answers one in-dialog request. Dropping it unanswered makes the stack send 501.
 #[derive(Debug)]
 pub struct Responder {
-    handle: TransactionHandle,
+    inner: ResponderInner,
+}
+
+/// A response for a request voxgate answers itself, and who to tell once it is sent.
+type DirectReply = (
+    u16,
+    Vec<(String, String)>,
+    Option<Vec<u8>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// How long `respond` waits for a direct response to leave (it normally takes microseconds).
+const DIRECT_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug)]
+enum ResponderInner {
+    /// A request the stack handed to the dialog.
+    Stack(TransactionHandle),
+    /// A request voxgate answers itself (INFO: before the ACK the stack ignores it, and
+    /// after it the stack answers asynchronously, so a REFER could overtake the 200).
+    Direct(Mutex<Option<tokio::sync::oneshot::Sender<DirectReply>>>),
 }
 
 impl Responder {
-    /// Sends a final (or provisional) response with extra headers and an optional body.
+    /// Sends a final (or provisional) response with extra headers and an optional body. For
+    /// INFO, returns once the response is on the wire, so what the caller does next (a REFER)
+    /// goes out after it (responses in the order the requests came).
     pub async fn respond(
         &self,
         status: u16,
         headers: Vec<(String, String)>,
         body: Option<Vec<u8>>,
     ) -> Result<(), SipError> {
-        let headers: Vec<Header> = headers
-            .into_iter()
-            .map(|(n, v)| Header::Other(n, v))
-            .collect();
-        self.handle
-            .respond(StatusCode::from(status), Some(headers), body)
-            .await
-            .map_err(|e| SipError::Stack(e.to_string()))
+        match &self.inner {
+            ResponderInner::Stack(handle) => {
+                let headers: Vec<Header> = headers
+                    .into_iter()
+                    .map(|(n, v)| Header::Other(n, v))
+                    .collect();
+                handle
+                    .respond(StatusCode::from(status), Some(headers), body)
+                    .await
+                    .map_err(|e| SipError::Stack(e.to_string()))
+            }
+            ResponderInner::Direct(slot) => {
+                let tx = slot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .ok_or_else(|| SipError::Stack("already answered".into()))?;
+                let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+                tx.send((status, headers, body, sent_tx))
+                    .map_err(|_| SipError::Stack("the transaction is gone".into()))?;
+                match tokio::time::timeout(DIRECT_SEND_WAIT, sent_rx).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(SipError::Stack("the response could not be sent".into())),
+                    Err(_) => Err(SipError::Stack("the response is still not sent".into())),
+                }
+            }
+        }
+    }
+
+    fn stack(handle: TransactionHandle) -> Responder {
+        Responder {
+            inner: ResponderInner::Stack(handle),
+        }
     }
 }
 
@@ -262,6 +372,10 @@ pub struct SipServer {
     contact_host: SocketAddr,
 }
 
+/// The event streams of the calls voxgate answered, by dialog id, for in-dialog requests
+/// that arrive before the ACK (the stack ignores them in that state).
+type LegSenders = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<LegEvent>>>>;
+
 impl SipServer {
     /// Binds UDP and TCP on `config.listen`, starts the stack and returns the stream of new
     /// calls. Requests that are not new calls are answered here.
@@ -291,10 +405,9 @@ impl SipServer {
         )
         .await?;
         transport_layer.add_transport(udp_conn.into());
-        // Bind TCP eagerly so a taken port is an error now, not a log line later.
-        drop(std::net::TcpListener::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?);
-        let tcp = TcpListenerConnection::new(tcp_addr, external).await?;
-        transport_layer.add_transport(tcp.into());
+        // voxgate reads TCP itself (deadlines, caps): see `tcp`.
+        let tcp_listener = super::tcp::bind(tcp_addr).map_err(|e| bind_err(format!("TCP: {e}")))?;
+        let limits = config.limits.clone();
 
         let option = EndpointOption {
             t1: config.t1,
@@ -319,6 +432,12 @@ impl SipServer {
             ])
             .build();
         let incoming = endpoint.incoming_transactions()?;
+        tokio::spawn(super::tcp::serve(
+            tcp_listener,
+            endpoint.inner.clone(),
+            limits.tcp.clone(),
+            token.child_token(),
+        ));
         let dialog_layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
         let endpoint = Arc::new(endpoint);
         {
@@ -333,13 +452,28 @@ impl SipServer {
             local_addr,
             contact_host,
         });
+        match &limits.access.trusted {
+            None => warn!(
+                "[sip] trusted is not set: INVITEs from any source address are accepted; \
+                 list your trunk's networks there (docs/security.md)"
+            ),
+            Some(nets) => info!(
+                trusted = %nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+                "INVITEs accepted only from trusted networks"
+            ),
+        }
         tokio::spawn(
             dispatch(
+                Dispatch {
+                    dialog_layer,
+                    admission,
+                    access: AccessControl::new(limits.access.clone()),
+                    refusal_log: LogLimiter::default(),
+                    calls: calls_tx,
+                    contact_host,
+                    legs: LegSenders::default(),
+                },
                 incoming,
-                dialog_layer,
-                admission,
-                calls_tx,
-                contact_host,
                 token,
                 config.invite_auth.clone(),
             )
@@ -379,6 +513,13 @@ impl SipServer {
             content_type: Some("application/sdp".into()),
             offer: Some(req.sdp.into_bytes()),
             headers: Some(headers),
+            // Our own Call-ID (not the SIP library's default domain).
+            call_id: Some(format!(
+                "{:016x}{:016x}@{}",
+                rand::random::<u64>(),
+                rand::random::<u64>(),
+                self.contact_host.ip()
+            )),
             credential: req.credential.map(|(username, password)| {
                 rsipstack::dialog::authenticate::Credential {
                     username,
@@ -430,6 +571,7 @@ impl SipServer {
                 self.dialog_layer.clone(),
                 state_rx,
                 events_tx,
+                None,
             )
             .instrument(span),
         );
@@ -446,13 +588,21 @@ impl SipServer {
     }
 }
 
-/// Routes every new server transaction.
-async fn dispatch(
-    mut incoming: rsipstack::transaction::TransactionReceiver,
+/// What the dispatcher of new server transactions needs.
+struct Dispatch {
     dialog_layer: Arc<DialogLayer>,
     admission: Arc<dyn Admission>,
+    access: AccessControl,
+    refusal_log: LogLimiter,
     calls: mpsc::Sender<IncomingCall>,
     contact_host: SocketAddr,
+    legs: LegSenders,
+}
+
+/// Routes every new server transaction.
+async fn dispatch(
+    d: Dispatch,
+    mut incoming: rsipstack::transaction::TransactionReceiver,
     token: CancellationToken,
     invite_auth: Option<Arc<dyn super::inbound_auth::InviteAuth>>,
 ) {
@@ -466,28 +616,40 @@ async fn dispatch(
         );
         let method = tx.original.method;
         if has_to_tag {
-            // In-dialog request: route it to its dialog, or 481.
-            match dialog_layer.match_dialog(&tx) {
-                Some(rsipstack::dialog::dialog::Dialog::Invite(mut dialog)) => {
-                    tokio::spawn(async move {
-                        if let Err(e) = dialog.handle(&mut tx).await {
-                            debug!(error = %e, "in-dialog request ended with an error");
-                        }
-                    });
-                }
-                _ => {
-                    if method != Method::Ack {
-                        info!(%method, call_id = %call_id_of(&tx), "481: no such dialog");
-                        tokio::spawn(async move {
-                            tx.reply(StatusCode::CallTransactionDoesNotExist).await.ok();
-                        });
-                    }
-                }
-            }
+            in_dialog(&d, tx);
             continue;
         }
+        let source = source_of(&tx);
+        let user_agent = header_value(&tx.original.headers, "user-agent").unwrap_or_default();
         match method {
             Method::Invite => {
+                let unconfirmed = match d.access.check_invite(
+                    source.map(|s| s.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                    &user_agent,
+                    Instant::now(),
+                ) {
+                    Decision::Admit(u) => u,
+                    Decision::Refuse {
+                        status,
+                        retry_after,
+                        reason,
+                    } => {
+                        d.refused(&tx, source, status, reason);
+                        tokio::spawn(async move {
+                            let headers = retry_after
+                                .map(|s| vec![Header::Other("Retry-After".into(), s.to_string())])
+                                .unwrap_or_default();
+                            tx.reply_with(StatusCode::from(status), headers, None)
+                                .await
+                                .ok();
+                        });
+                        continue;
+                    }
+                    Decision::Ignore { reason } => {
+                        d.refused(&tx, source, 0, reason);
+                        continue;
+                    }
+                };
                 if let Some((status, headers)) = invite_auth
                     .as_ref()
                     .and_then(|a| inbound_check(a.as_ref(), &tx))
@@ -504,23 +666,30 @@ async fn dispatch(
                     });
                     continue;
                 }
-                if let Some((status, retry_after)) = admission.admit() {
-                    info!(call_id = %call_id_of(&tx), status, "INVITE refused");
-                    tokio::spawn(async move {
-                        let headers =
-                            vec![Header::Other("Retry-After".into(), retry_after.to_string())];
-                        tx.reply_with(StatusCode::from(status), headers, None)
-                            .await
-                            .ok();
-                    });
-                    continue;
-                }
-                if let Err(e) = new_call(tx, &dialog_layer, &calls, contact_host).await {
+                let slot = match d.admission.admit() {
+                    Ok(slot) => slot,
+                    Err((status, retry_after)) => {
+                        info!(call_id = %call_id_of(&tx), status, "INVITE refused");
+                        tokio::spawn(async move {
+                            let headers =
+                                vec![Header::Other("Retry-After".into(), retry_after.to_string())];
+                            tx.reply_with(StatusCode::from(status), headers, None)
+                                .await
+                                .ok();
+                        });
+                        continue;
+                    }
+                };
+                if let Err(e) = new_call(&d, tx, source, unconfirmed, slot).await {
                     warn!(error = %e, "could not set up a call for an INVITE");
                 }
             }
             Method::Options => {
-                let status = if admission.draining() {
+                if d.access.is_scanner(&user_agent) {
+                    d.refused(&tx, source, 0, "scanner");
+                    continue;
+                }
+                let status = if d.admission.draining() {
                     StatusCode::ServiceUnavailable
                 } else {
                     StatusCode::OK
@@ -553,22 +722,153 @@ async fn dispatch(
     }
 }
 
-async fn new_call(
-    mut tx: Transaction,
-    dialog_layer: &Arc<DialogLayer>,
-    calls: &mpsc::Sender<IncomingCall>,
-    contact_host: SocketAddr,
-) -> Result<(), SipError> {
-    let transport = tx
-        .connection
-        .as_ref()
-        .map(|c| c.transport())
-        .unwrap_or(rsipstack::sip::Transport::Udp);
-    let transport_name = match transport {
-        rsipstack::sip::Transport::Tcp => "tcp",
-        rsipstack::sip::Transport::Tls => "tls",
-        _ => "udp",
+impl Dispatch {
+    /// Counts a refused (or ignored, `status` 0) request; logs at most once a minute per source.
+    fn refused(&self, tx: &Transaction, source: Option<SocketAddr>, status: u16, why: &str) {
+        metrics::counter!("voxgate_sip_refused_total", "reason" => why.to_string()).increment(1);
+        let ip = source.map(|s| s.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if let Some(suppressed) =
+            self.refusal_log
+                .allow(ip, Instant::now(), Duration::from_secs(60))
+        {
+            warn!(
+                source = ?source,
+                method = %tx.original.method,
+                call_id = %call_id_of(tx),
+                status,
+                reason = why,
+                suppressed,
+                "SIP request refused"
+            );
+        }
+    }
+}
+
+/// A request with a To tag: to its dialog, or 481.
+fn in_dialog(d: &Dispatch, mut tx: Transaction) {
+    let method = tx.original.method;
+    match d.dialog_layer.match_dialog(&tx) {
+        Some(rsipstack::dialog::dialog::Dialog::Invite(mut dialog)) => {
+            // The stack ignores requests other than ACK/BYE/PRACK while it waits for the ACK
+            // of its 2xx; an INFO there (a digit typed right after answer) must still be
+            // answered and acted on (RFC 6086 §4.2).
+            // After the ACK, INFO is taken here too: the stack's answer is asynchronous and
+            // a REFER triggered by the digit could leave before it.
+            let waiting_ack = matches!(dialog.state(), DialogState::WaitAck(..));
+            if method == Method::Info {
+                let sender = d
+                    .legs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&dialog.id().to_string())
+                    .cloned();
+                if let Some(events) = sender {
+                    info_to_call(tx, events, waiting_ack);
+                    return;
+                }
+            }
+            tokio::spawn(async move {
+                if let Err(e) = dialog.handle(&mut tx).await {
+                    debug!(error = %e, "in-dialog request ended with an error");
+                }
+            });
+        }
+        _ => {
+            if method != Method::Ack {
+                info!(%method, call_id = %call_id_of(&tx), "481: no such dialog");
+                tokio::spawn(async move {
+                    tx.reply(StatusCode::CallTransactionDoesNotExist).await.ok();
+                });
+            }
+        }
+    }
+}
+
+/// Hands an INFO to the call, and answers it with what the call says (501 when the call drops
+/// the responder); the call learns when the answer has been sent.
+fn info_to_call(mut tx: Transaction, events: mpsc::UnboundedSender<LegEvent>, before_ack: bool) {
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel::<DirectReply>();
+    let req = &tx.original;
+    let event = LegEvent::Info {
+        content_type: header_value(&req.headers, "content-type").unwrap_or_default(),
+        body: req.body.clone(),
+        reply: Responder {
+            inner: ResponderInner::Direct(Mutex::new(Some(reply_tx))),
+        },
     };
+    if before_ack {
+        info!(call_id = %call_id_of(&tx), "INFO before the ACK: handed to the call");
+    }
+    if events.send(event).is_err() {
+        tokio::spawn(async move {
+            tx.reply(StatusCode::CallTransactionDoesNotExist).await.ok();
+        });
+        return;
+    }
+    tokio::spawn(async move {
+        let (status, headers, body, sent) = match reply_rx.await {
+            Ok((status, headers, body, sent)) => (status, headers, body, Some(sent)),
+            Err(_) => (501, Vec::new(), None, None),
+        };
+        let headers: Vec<Header> = headers
+            .into_iter()
+            .map(|(n, v)| Header::Other(n, v))
+            .collect();
+        let result = tx.reply_with(StatusCode::from(status), headers, body).await;
+        if let Err(e) = &result {
+            debug!(error = %e, "INFO response not sent");
+        }
+        if let (Some(sent), Ok(())) = (sent, result) {
+            sent.send(()).ok();
+        }
+    });
+}
+
+/// Where a request really came from: the connection's peer for TCP, the top Via as the stack
+/// rewrote it (`received` / `rport`, RFC 3261 §18.2.1, RFC 3581) for UDP.
+fn source_of(tx: &Transaction) -> Option<SocketAddr> {
+    use rsipstack::sip::prelude::HeadersExt;
+    use rsipstack::sip::ToTypedHeader;
+    if let Some(rsipstack::transport::SipConnection::Channel(c)) = &tx.connection {
+        return c.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
+    }
+    let via = tx.original.via_header().ok()?.typed().ok()?;
+    let ip = match via.received() {
+        Some(Ok(ip)) => ip,
+        _ => match &via.uri.host_with_port.host {
+            rsipstack::sip::Host::IpAddr(ip) => *ip,
+            rsipstack::sip::Host::Domain(_) => return None,
+        },
+    };
+    let port = via
+        .rport()
+        .flatten()
+        .or_else(|| via.uri.host_with_port.port.map(|p| p.value().to_owned()))
+        .unwrap_or(5060);
+    Some(SocketAddr::new(ip, port))
+}
+
+async fn new_call(
+    d: &Dispatch,
+    mut tx: Transaction,
+    source: Option<SocketAddr>,
+    unconfirmed: Unconfirmed,
+    slot: Reservation,
+) -> Result<(), SipError> {
+    let transport_name = match tx.connection.as_ref() {
+        Some(rsipstack::transport::SipConnection::Channel(c))
+            if c.get_addr().r#type == Some(rsipstack::sip::Transport::Tcp) =>
+        {
+            "tcp"
+        }
+        Some(c) => match c.transport() {
+            rsipstack::sip::Transport::Tcp => "tcp",
+            rsipstack::sip::Transport::Tls => "tls",
+            _ => "udp",
+        },
+        None => "udp",
+    };
+    let contact_host = d.contact_host;
     let contact_text = if transport_name == "udp" {
         format!("sip:voxgate@{contact_host}")
     } else {
@@ -576,15 +876,52 @@ async fn new_call(
     };
     let contact = rsipstack::sip::Uri::try_from(contact_text.as_str())
         .map_err(|e| SipError::Stack(e.to_string()))?;
-    let info = invite_info(&tx, transport_name);
-    let (state_tx, state_rx) = dialog_layer.new_dialog_state_channel();
+    let mut info = invite_info(&tx, transport_name);
+    if info.source.is_none() {
+        info.source = source;
+    }
+    let (state_tx, state_rx) = d.dialog_layer.new_dialog_state_channel();
     let mut dialog =
-        dialog_layer.get_or_create_server_invite(&tx, state_tx, None, Some(contact))?;
+        match d
+            .dialog_layer
+            .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+        {
+            Ok(dialog) => dialog,
+            Err(e) => {
+                // An INVITE we cannot make a dialog of is still answered (RFC 3261 §8.2).
+                let reason = e.to_string();
+                tokio::spawn(async move {
+                    let headers = vec![Header::Other(
+                        "Warning".into(),
+                        format!("399 voxgate \"{}\"", reason.replace('"', "'")),
+                    )];
+                    tx.reply_with(StatusCode::BadRequest, headers, None)
+                        .await
+                        .ok();
+                });
+                return Err(SipError::Stack(e.to_string()));
+            }
+        };
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let span = info_span!("call", call_id = %info.call_id);
+    let early = EarlyRequests {
+        key: dialog.id().to_string(),
+        legs: d.legs.clone(),
+        unconfirmed: Some(unconfirmed),
+    };
+    d.legs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(early.key.clone(), events_tx.clone());
     tokio::spawn(
-        translate_states(dialog.clone(), dialog_layer.clone(), state_rx, events_tx)
-            .instrument(span.clone()),
+        translate_states(
+            dialog.clone(),
+            d.dialog_layer.clone(),
+            state_rx,
+            events_tx,
+            Some(early),
+        )
+        .instrument(span.clone()),
     );
     // The INVITE transaction: 100 Trying, then waits for our final response, ACK or CANCEL.
     let leg = CallLeg {
@@ -602,11 +939,39 @@ async fn new_call(
         leg,
         info,
         events: events_rx,
+        slot,
     };
-    calls
+    d.calls
         .send(call)
         .await
         .map_err(|_| SipError::Stack("call handler is gone".into()))
+}
+
+/// A call voxgate answered: its place in the unconfirmed-call budget (until the ACK) and its
+/// entry in the table of in-dialog request routes voxgate answers itself (INFO), until the
+/// dialog ends.
+struct EarlyRequests {
+    key: String,
+    legs: LegSenders,
+    unconfirmed: Option<Unconfirmed>,
+}
+
+impl EarlyRequests {
+    fn confirmed(&mut self) {
+        if let Some(u) = self.unconfirmed.take() {
+            u.confirm();
+        }
+    }
+}
+
+impl Drop for EarlyRequests {
+    fn drop(&mut self) {
+        self.confirmed();
+        self.legs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Turns the stack's dialog states into [`LegEvent`]s, logging every SIP state change.
@@ -615,6 +980,7 @@ async fn translate_states(
     dialog_layer: Arc<DialogLayer>,
     mut states: rsipstack::dialog::dialog::DialogStateReceiver,
     events: mpsc::UnboundedSender<LegEvent>,
+    mut early: Option<EarlyRequests>,
 ) {
     let mut confirmed = false;
     let mut dialog_id: Option<DialogId> = None;
@@ -627,6 +993,9 @@ async fn translate_states(
                     continue;
                 }
                 confirmed = true;
+                if let Some(e) = early.as_mut() {
+                    e.confirmed();
+                }
                 if dialog.role() == rsipstack::transaction::key::TransactionRole::Client {
                     // The outcome task reports Answered with the 200's SDP.
                     continue;
@@ -640,18 +1009,18 @@ async fn translate_states(
             DialogState::Info(_, req, handle) => LegEvent::Info {
                 content_type: header_value(&req.headers, "content-type").unwrap_or_default(),
                 body: req.body.clone(),
-                reply: Responder { handle },
+                reply: Responder::stack(handle),
             },
             DialogState::Updated(_, req, handle) => LegEvent::Offer {
                 sdp: (!req.body.is_empty())
                     .then(|| String::from_utf8_lossy(&req.body).into_owned()),
-                reply: Responder { handle },
+                reply: Responder::stack(handle),
             },
             DialogState::Notify(_, req, handle) => LegEvent::Notify {
                 event: header_value(&req.headers, "event").unwrap_or_default(),
                 content_type: header_value(&req.headers, "content-type").unwrap_or_default(),
                 body: req.body.clone(),
-                reply: Responder { handle },
+                reply: Responder::stack(handle),
             },
             DialogState::Options(_, _, handle) => {
                 let headers = vec![

@@ -37,7 +37,14 @@ use crate::media::recorder::store as rec_store;
 use crate::media::recorder::{RecordingId, RecordingStatus, Sidecar};
 
 /// The migrations, in order. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "flow_tables",
+        include_str!("migrations/0002_flow_tables.sql"),
+    ),
+];
 /// `pg_advisory_lock` key held while migrating ("voxgate" in ASCII, more or less).
 const MIGRATION_LOCK: i64 = 0x0076_6f78_6761_7465;
 /// Records per transaction, and bytes of spool read per batch.
@@ -392,6 +399,31 @@ fn db_err(e: tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::Database(e.to_string())
     }
+}
+
+/// A client for another part of the gateway (the flow's tables: integrations/tables/pg.rs),
+/// connected as the store connects (TLS, `[store] timeout_ms`) and with the schema migrated.
+pub(crate) async fn connect_migrated(
+    url: &str,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+    application_name: &str,
+) -> Result<Client, StoreError> {
+    let mut config =
+        tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Database(e.to_string()))?;
+    config.connect_timeout(timeout);
+    if config.get_application_name().is_none() {
+        config.application_name(application_name);
+    }
+    let tls = make_tls(ca_file).map_err(StoreError::Io)?;
+    let db = Db {
+        config,
+        tls,
+        timeout,
+    };
+    let mut client = db.connect().await?;
+    db.timed(migrate(&mut client)).await?;
+    Ok(client)
 }
 
 /// Applies the migrations this database lacks, under an advisory lock.

@@ -17,8 +17,13 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(gw: SocketAddr) -> Peer {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Peer::bind(gw, "127.0.0.1")
+    }
+
+    /// A peer on another loopback address (e.g. `127.0.0.7`), to play a different source.
+    pub fn bind(gw: SocketAddr, ip: &str) -> Peer {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        let media = UdpSocket::bind((ip, 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         media
@@ -43,7 +48,8 @@ impl Peer {
     pub fn sdp(&self, media: &UdpSocket, direction: &str) -> String {
         let port = media.local_addr().unwrap().port();
         format!(
-            "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n"
+            "v=0\r\no=peer 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n",
+            ip = media.local_addr().unwrap().ip(),
         )
     }
 

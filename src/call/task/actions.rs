@@ -30,14 +30,6 @@ pub(super) fn request_not_configured(id: u64) -> FlowEvent {
     }
 }
 
-/// The answer to a `Listen` when no recogniser is configured.
-pub(super) fn listen_not_configured(id: u64) -> FlowEvent {
-    FlowEvent::Speech {
-        id,
-        outcome: SpeechOutcome::Error("speech recognition is not available in this build".into()),
-    }
-}
-
 /// Runs a disk read from the call task: on the multi-threaded runtime the worker thread is
 /// handed off first, so other tasks are not held up.
 fn load_blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -158,13 +150,15 @@ impl Call {
                 timeout,
             } => self.request(id, request, timeout),
             FlowAction::CancelRequest { id } => self.cancel_request(id),
-            // Speech: no recogniser is wired yet.
-            FlowAction::Listen { id, .. } => {
-                warn!(id, "listen requested but no recogniser is configured");
-                self.flow_event(listen_not_configured(id));
-            }
+            // Speech: a recogniser from the pool, fed in `media.rs`, answers through the inbox.
+            FlowAction::Listen { id, spec } => self.listen(id, spec),
             FlowAction::StopListening { id } => {
-                self.outstanding.listen_stopped(id);
+                if self.outstanding.listen_stopped(id) {
+                    debug!(id, "listen stopped");
+                }
+                if self.listening.as_ref().is_some_and(|l| l.id() == id) {
+                    self.listening = None;
+                }
             }
         }
     }
@@ -226,6 +220,7 @@ impl Call {
             from: self.info.from_user.clone(),
             to: self.info.to_user.clone(),
             recording_ids: self.recordings.ids().to_vec(),
+            websocket: self.flow.is_external(),
         };
         self.outstanding.request_started(id);
         exec.start(&ctx, id, request, timeout, self.inbox_tx.clone());
@@ -239,8 +234,78 @@ impl Call {
         }
     }
 
+    fn listen(&mut self, id: u64, spec: crate::flow::ListenSpec) {
+        let pool = match &self.shared.speech {
+            Ok(pool) => pool.clone(),
+            Err(e) => {
+                // Start-up logged why once; each listen says it at debug level only.
+                debug!(id, code = e.code(), error = %e, "listen failed over: no recogniser");
+                let outcome = e.outcome();
+                self.flow_event(FlowEvent::Speech { id, outcome });
+                return;
+            }
+        };
+        // One listen at a time: a new one replaces (stops) the old.
+        self.listening = None;
+        let inbox = self.inbox_tx.clone();
+        let post = Box::new(move |ev: FlowEvent| {
+            let msg = match ev {
+                FlowEvent::SpeechStarted { id } => Inbox::SpeechStarted { id },
+                FlowEvent::Speech { id, outcome } => Inbox::Speech { id, outcome },
+                _ => return,
+            };
+            inbox.post(msg);
+        });
+        match pool.listen(id, spec, post) {
+            Ok(handle) => {
+                info!(id, engine = pool.engine(), "listening");
+                self.outstanding.listen_started(id);
+                self.listening = Some(handle);
+                // The recogniser hears the caller through the media core's tap.
+                if self.media_started {
+                    self.open_tap();
+                }
+            }
+            Err(e) => {
+                warn!(id, code = e.code(), error = %e, "listen failed over");
+                self.flow_event(FlowEvent::Speech {
+                    id,
+                    outcome: e.outcome(),
+                });
+            }
+        }
+    }
+
+    /// The recogniser answered `id`: the listen is over.
+    pub(super) fn speech_done(&mut self, id: u64, outcome: &SpeechOutcome) {
+        if self.listening.as_ref().is_some_and(|l| l.id() == id) {
+            if let Some(l) = self.listening.take() {
+                let dropped = l.sink().dropped();
+                if dropped > 0 {
+                    warn!(
+                        id,
+                        dropped, "speech: frames dropped (recogniser fell behind)"
+                    );
+                }
+            }
+        }
+        match outcome {
+            SpeechOutcome::Heard { text, confidence } => {
+                info!(id, %text, confidence, "speech heard")
+            }
+            SpeechOutcome::NoMatch { text, confidence } => {
+                info!(id, %text, confidence, "speech: no match")
+            }
+            SpeechOutcome::Timeout => info!(id, "speech: no speech before the timeout"),
+            SpeechOutcome::Error(e) => {
+                warn!(id, code = %e.code, error = %e.message, "speech: recogniser error")
+            }
+        }
+    }
+
     /// The call is over: abort what executors are still running for it.
     pub(super) fn cancel_outstanding(&mut self) {
+        self.listening = None;
         let (requests, _listens) = self.outstanding.drain();
         if let Some(exec) = self.shared.requests.as_ref() {
             for id in requests {
@@ -263,12 +328,12 @@ mod tests {
             } => assert_eq!(f.code, "not_configured"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            listen_not_configured(4),
-            FlowEvent::Speech {
-                id: 4,
-                outcome: SpeechOutcome::Error(_)
+        match crate::speech::SpeechError::Unavailable("no library".into()).outcome() {
+            SpeechOutcome::Error(f) => {
+                assert_eq!(f.code, "unavailable");
+                assert!(f.message.contains("no library"), "{}", f.message);
             }
-        ));
+            other => panic!("{other:?}"),
+        }
     }
 }

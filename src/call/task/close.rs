@@ -121,6 +121,7 @@ impl Call {
             );
         }
         self.cancel_outstanding();
+        self.abandon_refer();
         let rtp = self
             .media
             .as_ref()
@@ -162,11 +163,48 @@ impl Call {
         // Queued (durably, off this task): the store never blocks a call.
         self.shared.store.submit(Record::Cdr(record));
         self.cdr_written = true;
+        if self.answered_wall.is_some() {
+            self.shared
+                .open_cdrs
+                .remove_when_stored(&self.info.call_id, self.shared.store.clone());
+        }
         // Dropping the handle detaches the call from its media worker (sockets closed at
         // the next tick, after the recording feed has ended).
         self.media = None;
         self.tap = None;
         self.end_far();
+    }
+
+    /// The CDR so far, kept on disk while the call is up (from the answer): if the gateway
+    /// dies, the next start completes it as `gateway_crashed` (`crate::call::open_cdr`).
+    /// Never blocks (written on the open-CDR thread).
+    pub(super) fn write_open_cdr(&self) {
+        if self.answered_wall.is_none() || self.cdr_written {
+            return;
+        }
+        let reason = EndReason::Error(String::new());
+        let mut record = cdr::record(&CallFacts {
+            info: &self.info,
+            started: self.started_wall,
+            answered: self.answered_wall,
+            ended: Utc::now(),
+            reason: &reason,
+            media_ms: 0,
+            codec: self.negotiated.as_ref().map(|n| n.codec.name()),
+            transfer: self.forward.outcome(),
+            recording_ids: self.recordings.ids(),
+            rtp: RtpCounts::default(),
+            dtmf_digits: self.dtmf_count,
+            flow: None,
+        });
+        if let Some(o) = record.as_object_mut() {
+            o.insert("end_reason".into(), json!("in_progress"));
+            o.insert("end_detail".into(), Value::Null);
+            o.insert("end".into(), Value::Null);
+            o.insert("duration_ms".into(), Value::Null);
+            o.insert("rtp".into(), Value::Null);
+        }
+        self.shared.open_cdrs.write(&self.info.call_id, &record);
     }
 
     /// After the call: give recordings a moment to finish so `recording.ready` is logged

@@ -214,8 +214,10 @@ impl Call {
                 far.ended = true;
                 let leg = far.leg.clone();
                 let answered = far.answered;
+                let in_flight = self.shared.registry.hangup_started();
                 tokio::spawn(
                     async move {
+                        let _in_flight = in_flight;
                         let r = if answered {
                             leg.bye().await
                         } else {

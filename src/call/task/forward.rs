@@ -303,6 +303,17 @@ impl Forward {
 }
 
 impl Call {
+    /// Stops a REFER transaction still running (unanswered, so still retransmitted): once the
+    /// forward has moved on (bridge fallback, call over) nobody waits for its answer.
+    pub(super) fn abandon_refer(&mut self) {
+        if let Some(task) = self.refer_task.take() {
+            if !task.is_finished() {
+                task.abort();
+                info!("REFER abandoned: no longer retransmitted");
+            }
+        }
+    }
+
     /// Validates the number, checks the policy (before any SIP), then starts the forward.
     pub(super) fn start_transfer(&mut self, raw: &str, now: Instant) {
         let cfg = &self.shared.config.transfer;
@@ -362,7 +373,7 @@ impl Call {
                 info!(%refer_to, "sending REFER");
                 let leg = self.leg.clone();
                 let inbox = self.inbox_tx.clone();
-                tokio::spawn(
+                let task = tokio::spawn(
                     async move {
                         let status = match leg.refer(&refer_to, &referred_by).await {
                             Ok(code) => code,
@@ -376,8 +387,12 @@ impl Call {
                     }
                     .in_current_span(),
                 );
+                self.refer_task = Some(task.abort_handle());
             }
-            Effect::StartBridge(number) => self.start_bridge(&number),
+            Effect::StartBridge(number) => {
+                self.abandon_refer();
+                self.start_bridge(&number)
+            }
             Effect::CancelFar => self.cancel_far(),
             Effect::Flow(ev) => self.flow_event(ev),
             Effect::CloseFlow => self.flow_closed = true,

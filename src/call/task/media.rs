@@ -1,8 +1,8 @@
 //! The call's end of the media plane. The caller's (and far leg's) RTP, playback, the
 //! recording feed and the bridge relay run in the call's `MediaCore` on a media worker;
 //! this task only sends it commands and hears its events (DTMF, playback marks,
-//! inactivity), so it is never woken per packet. An external bot gets the caller's audio
-//! through a tap (a bounded channel of 20 ms frames), read here in batches.
+//! inactivity), so it is never woken per packet. An external bot and a running `listen`
+//! (speech recognition) get the caller's audio through a tap (a bounded channel of 20 ms frames), read here in batches.
 
 use super::Call;
 use crate::call::shared::Shared;
@@ -123,6 +123,12 @@ impl Call {
                 self.flow.caller_audio(&f.samples);
             }
         }
+        if let Some(listen) = &self.listening {
+            for f in frames.iter() {
+                // Never blocks: a full queue drops the frame and counts it.
+                listen.push(&f.samples);
+            }
+        }
         frames.clear();
     }
 
@@ -155,12 +161,21 @@ impl Call {
         let config = Box::new(rtp_config(&self.shared, n));
         let hold = !n.direction.sends();
         self.media_started = self.media_cmd(MediaCommand::StartCaller { config, hold });
-        if self.flow.is_external() && self.tap.is_none() {
-            if let Some(media) = self.media.as_mut() {
-                match media.open_tap(BOT_TAP_FRAMES) {
-                    Ok(t) => self.tap = Some(t),
-                    Err(e) => warn!(error = %e, "no caller-audio tap for the bot"),
-                }
+        if self.flow.is_external() || self.listening.is_some() {
+            self.open_tap();
+        }
+    }
+
+    /// Opens the caller-audio tap (for an external bot, or a running `listen`) unless it is
+    /// open already.
+    pub(super) fn open_tap(&mut self) {
+        if self.tap.is_some() {
+            return;
+        }
+        if let Some(media) = self.media.as_mut() {
+            match media.open_tap(BOT_TAP_FRAMES) {
+                Ok(t) => self.tap = Some(t),
+                Err(e) => warn!(error = %e, "no caller-audio tap"),
             }
         }
     }

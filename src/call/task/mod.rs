@@ -98,6 +98,8 @@ struct Call {
     inbox_tx: InboxSender,
     inbox_rx: mpsc::UnboundedReceiver<Inbox>,
     outstanding: Outstanding,
+    /// The running `listen`: dropping it stops the recogniser.
+    listening: Option<crate::speech::ListenHandle>,
     /// `Say` ids whose TTS is still being synthesised, and those a `StopPlayback` cut before
     /// their audio arrived (reported as interrupted instead of played).
     says_in_flight: std::collections::BTreeSet<u64>,
@@ -124,6 +126,12 @@ struct Call {
     /// Close conversation waiting for recordings to finalize before CDR + BYE.
     closing: Option<Closing>,
     cdr_written: bool,
+    /// The REFER transaction in flight, stopped when the forward moves on without it.
+    refer_task: Option<tokio::task::AbortHandle>,
+    /// Digits that arrived before the flow started (handed over when it starts).
+    early_dtmf: Vec<FlowEvent>,
+    /// This call's slot under `max_calls` (released when the task ends).
+    _slot: crate::sip::Reservation,
     /// An offload waiting for its webhook before the transfer starts.
     pending_offload: Option<forward::Target>,
     /// What the bot said and the caller did (`GET /v1/calls/{id}/transcript`, mail reports).
@@ -218,6 +226,11 @@ impl Call {
             }
         }
         let out = self.forward.handle_timeout(now);
+        if !out.is_empty() {
+            // The forward gave up waiting (for the REFER's answer or its NOTIFY): whatever
+            // comes next (bridge, back to the bot), the REFER is no longer retransmitted.
+            self.abandon_refer();
+        }
         self.transfer_outputs(out, now);
         if self.flow_started && !self.flow_closed {
             self.flow.handle_timeout(now);
@@ -243,15 +256,21 @@ impl Call {
                 info!(status = code, "INVITE answered with a failure");
             }
             Command::StartMedia => {
-                if let Some(n) = self.negotiated.clone() {
-                    self.start_media(&n, now);
+                // At the ACK. Without an offer in the INVITE, the ACK's answer already
+                // started media (`accept_ack_answer`).
+                if !self.media_started {
+                    if let Some(n) = self.negotiated.clone() {
+                        self.start_media(&n, now);
+                    }
                 }
-                // Without an offer, media and the flow start when the ACK brings the answer.
             }
             Command::SendBye => {
                 let leg = self.leg.clone();
+                // Shutdown waits for this BYE (and its retransmissions) to finish.
+                let in_flight = self.shared.registry.hangup_started();
                 tokio::spawn(
                     async move {
+                        let _in_flight = in_flight;
                         match leg.bye().await {
                             Ok(()) => info!("BYE sent and answered"),
                             Err(e) => warn!(error = %e, "BYE failed"),
@@ -273,6 +292,10 @@ impl Call {
         self.transcribe(|t| crate::integrations::transcript::record_event(t, now, &ev));
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(ev, Instant::now(), Utc::now());
+        } else if !self.flow_closed && matches!(ev, FlowEvent::Dtmf { .. }) {
+            // A digit typed between our 200 and the caller's ACK (INFO) waits for the flow,
+            // which starts at the ACK.
+            self.early_dtmf.push(ev);
         }
     }
 
@@ -302,6 +325,9 @@ impl Call {
             Delivery::Flow(ev) => {
                 if let FlowEvent::PlaybackFailed { reason, .. } = &ev {
                     warn!(%reason, "say failed");
+                }
+                if let FlowEvent::Speech { id, outcome } = &ev {
+                    self.speech_done(*id, outcome);
                 }
                 self.flow_event(ev);
             }

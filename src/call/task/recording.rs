@@ -163,6 +163,8 @@ impl Call {
                 let shown = id.to_string();
                 self.set_summary(|s| s.recording_id = Some(shown));
                 self.recordings.started(id);
+                // A crash from now on leaves a CDR naming this recording.
+                self.write_open_cdr();
             }
             Err(e) => {
                 // The recorder already sent Failed on rec_tx; the call goes on.

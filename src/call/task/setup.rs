@@ -96,7 +96,12 @@ impl Call {
     /// Registers the call, binds its media sockets and negotiates SDP. Returns None when the
     /// INVITE was refused (the response has been sent).
     pub(super) async fn setup(shared: Arc<Shared>, incoming: IncomingCall) -> Option<Call> {
-        let IncomingCall { leg, info, events } = incoming;
+        let IncomingCall {
+            leg,
+            info,
+            events,
+            slot,
+        } = incoming;
         let now = Instant::now();
         let started_wall = Utc::now();
         info!(
@@ -200,6 +205,7 @@ impl Call {
             answer_at: plan.answer_at,
             inbox_tx,
             inbox_rx,
+            listening: None,
             outstanding: Outstanding::default(),
             says_in_flight: Default::default(),
             says_cut: Default::default(),
@@ -216,6 +222,9 @@ impl Call {
             dtmf_count: 0,
             closing: None::<Closing>,
             cdr_written: false,
+            refer_task: None,
+            early_dtmf: Vec::new(),
+            _slot: slot,
             pending_offload: None,
             transcript,
         })
@@ -240,6 +249,7 @@ impl Call {
             s.codec = codec;
         });
         info!(codec = ?self.negotiated.as_ref().map(|n| n.codec.name()), "200 OK sent");
+        self.write_open_cdr();
     }
 
     /// Starts the caller's RTP session and, on first media, the flow.
@@ -249,6 +259,9 @@ impl Call {
             self.flow_started = true;
             let ev = FlowEvent::Started(session_info(&self.info, n.codec.name()));
             self.flow.handle_event(ev, now, Utc::now());
+        }
+        for ev in std::mem::take(&mut self.early_dtmf) {
+            self.flow_event(ev);
         }
     }
 

@@ -11,7 +11,7 @@
 use super::*;
 use crate::flow::definition::ListenStep;
 use crate::flow::load::{contains_words, normalise_phrase};
-use crate::flow::{ListenSpec, SpeechOutcome};
+use crate::flow::{ListenSpec, SpeechOutcome, StepFailure};
 
 /// Slack for the recogniser's own `timeout` before the machine calls it a timeout.
 const LISTEN_GRACE: Duration = Duration::from_secs(1);
@@ -31,6 +31,9 @@ pub(super) struct ListenWait {
     deadline: Option<Instant>,
     /// `timeout_ms` from the start of the step (the keypad fallback's deadline).
     ends: Instant,
+    /// The recogniser failed and the step fell back to keys: the failure's code, saved as
+    /// `<save_as>.error` so the flow can tell "no speech" from "no recogniser".
+    speech_error: Option<String>,
 }
 
 impl ListenWait {
@@ -75,7 +78,7 @@ impl FlowMachine {
             keyed = true;
             if let Some(result) = collector.push(digit, now) {
                 // Keys typed ahead won before the step even listened.
-                return self.resolve_listen(l, Heard::Keys(result));
+                return self.resolve_listen(l, Heard::Keys(result), None);
             }
         }
         let ends = now + l.waiting.timeout;
@@ -101,6 +104,7 @@ impl FlowMachine {
             collector,
             deadline: (!keyed).then_some(ends + LISTEN_GRACE),
             ends,
+            speech_error: None,
         }))))
     }
 
@@ -182,8 +186,8 @@ impl FlowMachine {
                 self.finish_listen(Heard::Timeout, now);
                 return;
             }
-            SpeechOutcome::Error(message) => {
-                self.listen_error(message, now);
+            SpeechOutcome::Error(failure) => {
+                self.listen_error(failure, now);
                 return;
             }
         };
@@ -199,7 +203,7 @@ impl FlowMachine {
     }
 
     /// The recogniser failed: keep waiting for keys when the step takes them.
-    fn listen_error(&mut self, message: String, now: Instant) {
+    fn listen_error(&mut self, failure: StepFailure, now: Instant) {
         let Some(def) = self.listen_step() else {
             return;
         };
@@ -208,18 +212,24 @@ impl FlowMachine {
         };
         let takes_keys = !l.keys.is_empty() || l.variable.is_some();
         if takes_keys {
-            tracing::warn!(error = %message, "speech recognition failed; waiting for keys");
+            if matches!(failure.code.as_str(), "unavailable" | "not_configured") {
+                // Said once at start-up: no recogniser at all is not news for each call.
+                tracing::debug!(code = %failure.code, error = %failure.message, "no speech recognition; waiting for keys");
+            } else {
+                tracing::warn!(code = %failure.code, error = %failure.message, "speech recognition failed; waiting for keys");
+            }
             if let Wait::Listen(w) = &mut self.wait {
                 w.deadline = Some(w.ends.max(now));
+                w.speech_error = Some(failure.code);
             }
             return;
         }
         self.wait = Wait::Ready;
         self.step_failed(StepError {
-            message: format!("listen: speech recognition failed: {message}"),
+            message: format!("listen: speech recognition failed: {}", failure.message),
             fallback: l.waiting.on_error,
             code: "speech",
-            detail_code: None,
+            detail_code: Some(failure.code),
         });
         self.run(now);
     }
@@ -265,15 +275,23 @@ impl FlowMachine {
         let Some(Step::Listen(l)) = def.dialog(self.pc.0).steps.get(self.pc.1) else {
             return;
         };
-        self.wait = Wait::Ready;
-        let outcome = self.resolve_listen(l, heard);
+        let speech_error = match std::mem::replace(&mut self.wait, Wait::Ready) {
+            Wait::Listen(w) => w.speech_error,
+            _ => None,
+        };
+        let outcome = self.resolve_listen(l, heard, speech_error);
         self.conclude(outcome);
         self.run(now);
     }
 
     /// Stores what was heard or typed and picks the branch.
-    fn resolve_listen(&mut self, l: &ListenStep, heard: Heard) -> Result<Next, StepError> {
-        let (saved, target) = match heard {
+    fn resolve_listen(
+        &mut self,
+        l: &ListenStep,
+        heard: Heard,
+        speech_error: Option<String>,
+    ) -> Result<Next, StepError> {
+        let (mut saved, target) = match heard {
             Heard::Keys(result) => {
                 let input = match result {
                     Collected::Input(s) => s,
@@ -326,6 +344,9 @@ impl FlowMachine {
                 )
             }
         };
+        if let Some(code) = speech_error {
+            saved["error"] = Value::String(code);
+        }
         if let Some(p) = &l.save_as {
             self.session.set(p, saved).map_err(|e| e.to_string())?;
         }

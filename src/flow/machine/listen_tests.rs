@@ -17,7 +17,7 @@ fn flow(listen_extra: &str) -> String {
          d1:\n    - message: {{text: 'sales {{heard.text}} {{heard.input}} {{heard.confidence}}'}}\n  \
          d2:\n    - message: {{text: support}}\n  other:\n    - message: {{text: 'other {{heard.text}}'}}\n  \
          nomatch:\n    - message: {{text: 'nomatch {{heard.text}}'}}\n  silent:\n    - message: {{text: \
-         'silent [{{key}}] {{heard.input}}'}}\n  err:\n    - message: {{text: '{{error.message}}'}}\n"
+         'silent [{{key}}] {{heard.input}}{{heard.error}}'}}\n  err:\n    - message: {{text: '{{error.message}}'}}\n"
     )
 }
 
@@ -226,37 +226,43 @@ fn speech_barges_in_and_stops_the_hold() {
     );
 }
 
+fn failed(code: &str, message: &str) -> SpeechOutcome {
+    SpeechOutcome::Error(crate::flow::StepFailure {
+        code: code.into(),
+        message: message.into(),
+    })
+}
+
 #[test]
 fn a_recogniser_error_falls_back_to_the_keypad_or_the_error_path() {
     let mut h = Harness::flow("inactivity_s: 0", &flow("        on_error: err\n"));
     h.start();
     h.advance(1_000);
-    assert!(speech(
-        &mut h,
-        2,
-        SpeechOutcome::Error("all recognisers busy".into())
-    )
-    .is_empty());
+    assert!(speech(&mut h, 2, failed("busy", "all recognisers busy")).is_empty());
     assert_eq!(h.dtmf("1").last(), Some(&say(3, "sales 1 dtmf 1")));
     // No key: the keypad wait ends at timeout_ms from the start.
     let mut h = Harness::flow("inactivity_s: 0", &flow("        on_error: err\n"));
     h.start();
     h.finished(1);
     h.advance(1_000);
-    speech(&mut h, 2, SpeechOutcome::Error("busy".into()));
+    speech(&mut h, 2, failed("busy", "busy"));
     assert!(h.advance(3_999).is_empty());
-    assert_eq!(h.advance(1), vec![say(3, "silent [] none")]);
+    // `heard.error` tells the flow why it only waited for keys.
+    assert_eq!(h.advance(1), vec![say(3, "silent [] nonebusy")]);
 
     // Without keypad input, the error path.
     let mut h = Harness::flow(
         "",
         "  main:\n    - listen: {free: true, on_error: err}\n  err:\n    - message: {text: \
-         '{error.message}'}",
+         '{error.code} {error.detail_code}: {error.message}'}",
     );
     h.start();
     assert_eq!(
-        speech(&mut h, 1, SpeechOutcome::Error("no model".into())),
-        vec![say(2, "listen: speech recognition failed: no model")]
+        speech(&mut h, 1, failed("unavailable", "no model")),
+        vec![say(
+            2,
+            "speech unavailable: listen: speech recognition failed: no model"
+        )]
     );
 }
 

@@ -9,7 +9,7 @@ use super::protocol::{
 };
 use super::twilio::{self, StreamIds, TwilioIn};
 use super::uplink::CallerStream;
-use crate::flow::{FlowAction, FlowEvent, SessionInfo};
+use crate::flow::{FlowAction, FlowEvent, SessionInfo, StepRequest};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -21,6 +21,13 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Refused bot messages logged at `warn` per call; the rest at `debug` (counted at the end).
 const WARN_REFUSALS: u32 = 5;
+
+/// The largest `dispatch` payload (serialized): an event for a webhook, not a file transfer.
+pub const MAX_DISPATCH_BYTES: usize = 256 * 1024;
+/// Dispatches waiting for the executor at once, per call.
+const MAX_PENDING_DISPATCHES: usize = 64;
+/// How long the executor may take to journal and queue a dispatched event.
+const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to do when the bot cannot be reached (connect timeout) or its socket drops mid-call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -162,6 +169,9 @@ pub struct BridgeCore {
     ids: StreamIds,
     custom_parameters: BTreeMap<String, String>,
     refused: u32,
+    /// `dispatch` commands handed to the executor: request id -> (command id, payload).
+    dispatches: HashMap<u64, (Option<String>, Value)>,
+    next_request: u64,
 }
 
 impl BridgeCore {
@@ -208,6 +218,8 @@ impl BridgeCore {
             ids,
             custom_parameters,
             refused: 0,
+            dispatches: HashMap::new(),
+            next_request: 1,
         };
         core.requests
             .push_back(IoRequest::Connect { generation: 1 });
@@ -770,6 +782,34 @@ impl BridgeCore {
                 }
                 done(self, Ok(()));
             }
+            Command::Dispatch { payload } => {
+                let payload = Value::Object(payload);
+                let size = payload.to_string().len();
+                if size > MAX_DISPATCH_BYTES {
+                    done(
+                        self,
+                        Err(format!(
+                            "payload of {size} bytes exceeds {MAX_DISPATCH_BYTES} bytes"
+                        )),
+                    );
+                } else if self.dispatches.len() >= MAX_PENDING_DISPATCHES {
+                    done(
+                        self,
+                        Err(format!(
+                            "{MAX_PENDING_DISPATCHES} dispatches are already in progress"
+                        )),
+                    );
+                } else {
+                    let rid = self.next_request;
+                    self.next_request += 1;
+                    self.dispatches.insert(rid, (id, payload.clone()));
+                    self.actions.push_back(FlowAction::Request {
+                        id: rid,
+                        request: StepRequest::Dispatch { payload },
+                        timeout: DISPATCH_TIMEOUT,
+                    });
+                }
+            }
             Command::Resume {
                 last_seq: Some(last),
             } => {
@@ -811,11 +851,35 @@ impl BridgeCore {
         }
         match ev {
             FlowEvent::Started(_) => {}
-            // Answers to the embedded engine's integration and speech steps; an external bot
-            // does not ask for them.
-            FlowEvent::RequestDone { .. }
-            | FlowEvent::SpeechStarted { .. }
-            | FlowEvent::Speech { .. } => {}
+            // A `dispatch` went through the same executor as the embedded `json_builder`
+            // (journal, webhook): the bot gets the event, then its command's result.
+            FlowEvent::RequestDone { id, result } => {
+                let Some((cmd, payload)) = self.dispatches.remove(&id) else {
+                    return;
+                };
+                match result {
+                    Ok(v) => {
+                        let webhook = v
+                            .get("webhook")
+                            .and_then(Value::as_str)
+                            .unwrap_or("disabled")
+                            .to_string();
+                        self.send(Event::Dispatched {
+                            payload,
+                            id: cmd.clone(),
+                            webhook,
+                        });
+                        self.result(cmd, "dispatch", Ok(()));
+                    }
+                    Err(f) => {
+                        warn!(code = %f.code, error = %f.message, "dispatch from the bot failed");
+                        self.result(cmd, "dispatch", Err(format!("{}: {}", f.code, f.message)));
+                    }
+                }
+            }
+            // Answers to the embedded engine's speech steps; an external bot does not ask
+            // for them.
+            FlowEvent::SpeechStarted { .. } | FlowEvent::Speech { .. } => {}
             FlowEvent::Dtmf { digit, duration_ms } => {
                 self.dtmf_count += 1;
                 match self.cfg.dialect {

@@ -121,6 +121,11 @@ pub enum Command {
         #[serde(default)]
         last_seq: Option<u64>,
     },
+    /// Chatlayer's JSON builder from an external bot: the gateway dispatches
+    /// `CL_DISPATCH_EVENT` exactly as the embedded `json_builder` step does (events journal,
+    /// signed webhook) and sends it back to the bot as a `CL_DISPATCH_EVENT` message.
+    #[serde(rename = "dispatch")]
+    Dispatch { payload: Map<String, Value> },
 }
 
 impl Command {
@@ -143,6 +148,7 @@ impl Command {
             Command::ClearSession => "clear_session",
             Command::Pause => "pause",
             Command::Resume { .. } => "resume",
+            Command::Dispatch { .. } => "dispatch",
         }
     }
 }
@@ -165,6 +171,7 @@ const COMMAND_TYPES: &[&str] = &[
     "clear_session",
     "pause",
     "resume",
+    "dispatch",
 ];
 
 /// A decoded native command with its optional correlation id.
@@ -313,6 +320,15 @@ pub enum Event {
     },
     #[serde(rename = "session.end")]
     SessionEnd { reason: String, cdr: Value },
+    /// A dispatched `CL_DISPATCH_EVENT` (the `dispatch` command): the payload as the webhook
+    /// and `/v1/events` got it, the command's id, and what became of the webhook delivery.
+    #[serde(rename = "CL_DISPATCH_EVENT")]
+    Dispatched {
+        payload: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        webhook: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -496,6 +512,12 @@ mod tests {
             (r#"{"type":"pause"}"#, Command::Pause),
             (r#"{"type":"resume"}"#, Command::Resume { last_seq: None }),
             (
+                r#"{"type":"dispatch","payload":{"a":1}}"#,
+                Command::Dispatch {
+                    payload: serde_json::from_str(r#"{"a":1}"#).unwrap(),
+                },
+            ),
+            (
                 r#"{"type":"resume","last_seq":7}"#,
                 Command::Resume { last_seq: Some(7) },
             ),
@@ -547,6 +569,9 @@ mod tests {
                 None,
             ),
             (r#"{"type":"resume","last_seq":"x"}"#, "bad_fields", None),
+            (r#"{"type":"dispatch","id":"d"}"#, "bad_fields", Some("d")),
+            (r#"{"type":"dispatch","payload":[1]}"#, "bad_fields", None),
+            (r#"{"type":"dispatch","payload":"x"}"#, "bad_fields", None),
             (r#"{"type":"say","id":{},"text":"x"}"#, "bad_fields", None),
         ];
         for (text, code, id) in table {

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::feed::{ChannelMode, FeedSpec};
 use super::id::RecordingId;
 use super::sidecar::{RecordingMeta, Sidecar};
+use super::store;
 use super::writer::{self, EventTx, Job};
 use super::{metric, RecorderError, RecorderEvent};
 
@@ -119,7 +120,7 @@ impl Recorder {
         let mut sidecar = Sidecar::new_recording(id.as_str(), &meta, started_at, mode);
         sidecar.node = self.config.node.clone();
         let Some(writer) = self.writer.clone() else {
-            return Err(self.refuse(id, events, RecorderError::NoWriter));
+            return Err(self.refuse(id, Some(sidecar), events, RecorderError::NoWriter));
         };
         self.active.send_modify(|n| *n += 1);
         let job = Job::Create {
@@ -136,19 +137,39 @@ impl Recorder {
             }
             Err(e) => {
                 self.active.send_modify(|n| *n = n.saturating_sub(1));
-                let err = match e {
-                    TrySendError::Full(_) => RecorderError::Busy,
-                    TrySendError::Disconnected(_) => RecorderError::NoWriter,
+                let (err, job) = match e {
+                    TrySendError::Full(job) => (RecorderError::Busy, job),
+                    TrySendError::Disconnected(job) => (RecorderError::NoWriter, job),
                 };
-                Err(self.refuse(id, events, err))
+                let sidecar = match job {
+                    Job::Create { sidecar, .. } => Some(*sidecar),
+                    _ => None,
+                };
+                Err(self.refuse(id, sidecar, events, err))
             }
         }
     }
 
-    fn refuse(&self, id: RecordingId, events: EventTx, e: RecorderError) -> RecorderError {
+    /// A recording that could not even be queued: listed as failed at once (kept in memory,
+    /// written to disk by the next listing: this runs on the call task, which never touches
+    /// the disk), reported to the sink, and `Failed` sent to the call.
+    fn refuse(
+        &self,
+        id: RecordingId,
+        sidecar: Option<Sidecar>,
+        events: EventTx,
+        e: RecorderError,
+    ) -> RecorderError {
         let reason = e.to_string();
         tracing::error!(recording = %id, %reason, "recording could not start");
         metrics::counter!(metric::ERRORS).increment(1);
+        if let Some(mut failed) = sidecar {
+            failed.mark_failed(&reason, Utc::now());
+            store::keep_pending(&self.config.dir, &id, &failed);
+            if let Some(sink) = &self.config.sink {
+                sink.notify(&failed);
+            }
+        }
         let _ = events.try_send(RecorderEvent::Failed { id, reason });
         e
     }

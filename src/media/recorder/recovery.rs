@@ -49,6 +49,14 @@ pub fn recover_dir(dir: &Path) -> Result<RecoveryReport, RecorderError> {
             }
         };
         if let Some(s) = &sidecar {
+            if s.status == RecordingStatus::Failed {
+                // Failed while the process ran (e.g. a full disk) but its partial audio was
+                // never moved into place: keep the audio, keep the status and the reason.
+                let mut s = s.clone();
+                keep_partial_audio(dir, &id, &mut s);
+                store::write_sidecar(dir, &id, &s)?;
+                continue;
+            }
             if s.status != RecordingStatus::Recording {
                 continue;
             }
@@ -118,4 +126,41 @@ fn fill(sidecar: &mut Sidecar, repair: &WavRepair, sha256: String, bytes: u64) {
     sidecar.sha256 = Some(sha256);
     let duration = chrono::Duration::milliseconds(i64::try_from(sidecar.duration_ms).unwrap_or(0));
     sidecar.ended_at = sidecar.started_at_utc().map(|t| rfc3339(t + duration));
+}
+
+/// For a recording that failed: moves whatever audio reached the disk into `<id>.wav` (sizes
+/// repaired, whole frames only) and records its length, size and hash in `sidecar`, keeping
+/// the `failed` status and reason. Best effort: nothing here may make things worse, and no
+/// `.wav.part` is left behind when it can be renamed.
+pub(crate) fn keep_partial_audio(dir: &Path, id: &RecordingId, sidecar: &mut Sidecar) {
+    let paths = RecordingPaths::new(dir, id);
+    if paths.part.exists() {
+        match wavfix::repair_file(&paths.part) {
+            Ok(Ok(_)) => {
+                if std::fs::rename(&paths.part, &paths.wav).is_ok() {
+                    store::sync_dir(dir);
+                }
+            }
+            // Not even a header: nothing to keep.
+            Ok(Err(_)) => {
+                let _ = std::fs::remove_file(&paths.part);
+            }
+            Err(e) => {
+                tracing::warn!(recording = %id, error = %e, "cannot repair partial audio");
+                return;
+            }
+        }
+    }
+    if !paths.wav.exists() {
+        return;
+    }
+    if let Ok(Ok(repair)) = wavfix::repair_file(&paths.wav) {
+        sidecar.duration_ms = repair.duration_ms();
+        sidecar.channels = repair.channels;
+        sidecar.sample_rate = repair.sample_rate;
+    }
+    if let Ok((sha256, bytes)) = store::sha256_file(&paths.wav) {
+        sidecar.sha256 = Some(sha256);
+        sidecar.bytes = bytes;
+    }
 }

@@ -8,15 +8,29 @@
 //! <dir>/<id>.json       sidecar metadata
 //! <dir>/<id>.json.tmp   sidecar being replaced (atomic write; never read)
 //! ```
+//!
+//! A sidecar that cannot be written (a full disk) is not lost: [`write_sidecar`] falls back to
+//! rewriting the existing file in place (no new blocks needed), and failing that keeps it in a
+//! process-wide overlay that [`read_sidecar`] and [`list`] serve and that every later store
+//! call tries to write again.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use super::id::RecordingId;
 use super::sidecar::Sidecar;
+
+/// Sidecars that could not be written yet, by sidecar path.
+static PENDING: Mutex<BTreeMap<PathBuf, Sidecar>> = Mutex::new(BTreeMap::new());
+
+fn pending() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, Sidecar>> {
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A filesystem problem in the recordings directory.
 #[derive(Debug, thiserror::Error)]
@@ -74,24 +88,112 @@ pub fn write_sidecar_with(
     durable: bool,
 ) -> Result<(), StoreError> {
     let paths = RecordingPaths::new(dir, id);
+    match write_atomic(&paths, sidecar, durable)
+        .or_else(|e| write_in_place(&paths, sidecar, durable).map_err(|_| e))
+    {
+        Ok(()) => {
+            pending().remove(&paths.sidecar);
+            Ok(())
+        }
+        Err(e) => {
+            // Kept in memory (served by read_sidecar / list) and written when possible.
+            pending().insert(paths.sidecar.clone(), sidecar.clone());
+            Err(e)
+        }
+    }
+}
+
+fn write_atomic(
+    paths: &RecordingPaths,
+    sidecar: &Sidecar,
+    durable: bool,
+) -> Result<(), StoreError> {
     let tmp = paths.sidecar_tmp();
     let body = serde_json::to_vec_pretty(sidecar).map_err(|source| StoreError::Malformed {
         path: tmp.clone(),
         source,
     })?;
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&body).map_err(io_err(&tmp))?;
-    if durable {
-        f.sync_all().map_err(io_err(&tmp))?;
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(&body).map_err(io_err(&tmp))?;
+        if durable {
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
+        drop(f);
+        fs::rename(&tmp, &paths.sidecar).map_err(io_err(&paths.sidecar))
+    })();
+    if result.is_err() {
+        // No stray temp files, even on a full disk.
+        let _ = fs::remove_file(&tmp);
     }
-    drop(f);
-    fs::rename(&tmp, &paths.sidecar).map_err(io_err(&paths.sidecar))?;
+    result
+}
+
+/// Rewrites an existing sidecar in place: on a full disk the file's own blocks still take a
+/// body of about the same size, where a new temp file cannot be created.
+fn write_in_place(
+    paths: &RecordingPaths,
+    sidecar: &Sidecar,
+    durable: bool,
+) -> Result<(), StoreError> {
+    let path = &paths.sidecar;
+    let body = serde_json::to_vec(sidecar).map_err(|source| StoreError::Malformed {
+        path: path.clone(),
+        source,
+    })?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let old_len = f.metadata().map_err(io_err(path))?.len();
+    // Pad with spaces (valid JSON whitespace) rather than grow past what is allocated when the
+    // new body is shorter; truncate afterwards when it is not.
+    let mut out = body;
+    if (out.len() as u64) < old_len {
+        out.resize(old_len as usize, b' ');
+    }
+    f.write_all(&out).map_err(io_err(path))?;
+    f.set_len(out.len() as u64).map_err(io_err(path))?;
+    if durable {
+        f.sync_all().map_err(io_err(path))?;
+    }
     Ok(())
 }
 
-/// Reads `<id>.json`; `Ok(None)` when there is none.
+/// Keeps `sidecar` in memory only (listed and served at once, written to disk at the next
+/// [`flush_pending`]): for callers that must not touch the disk (the call task).
+pub fn keep_pending(dir: &Path, id: &RecordingId, sidecar: &Sidecar) {
+    pending().insert(RecordingPaths::new(dir, id).sidecar, sidecar.clone());
+}
+
+/// Tries to write the sidecars kept in memory for `dir`; those written are forgotten.
+pub fn flush_pending(dir: &Path) {
+    let waiting: Vec<(PathBuf, Sidecar)> = pending()
+        .iter()
+        .filter(|(p, _)| p.parent() == Some(dir))
+        .map(|(p, s)| (p.clone(), s.clone()))
+        .collect();
+    for (path, sidecar) in waiting {
+        let Some(id) = RecordingId::parse(&sidecar.id) else {
+            pending().remove(&path);
+            continue;
+        };
+        let paths = RecordingPaths::new(dir, &id);
+        if write_atomic(&paths, &sidecar, true)
+            .or_else(|_| write_in_place(&paths, &sidecar, true))
+            .is_ok()
+        {
+            tracing::info!(recording = %id, status = sidecar.status.as_str(), "pending recording metadata written");
+            pending().remove(&path);
+        }
+    }
+}
+
 pub fn read_sidecar(dir: &Path, id: &RecordingId) -> Result<Option<Sidecar>, StoreError> {
     let path = RecordingPaths::new(dir, id).sidecar;
+    if let Some(s) = pending().get(&path) {
+        return Ok(Some(s.clone()));
+    }
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -128,8 +230,11 @@ pub fn ids_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<RecordingId>, Sto
 /// Every readable sidecar in `dir`. Unreadable or malformed ones are skipped with a warning
 /// so one bad file cannot hide the rest.
 pub fn list(dir: &Path) -> Result<Vec<Sidecar>, StoreError> {
+    flush_pending(dir);
     let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for id in ids_with_suffix(dir, ".json")? {
+        seen.insert(id.as_str().to_string());
         match read_sidecar(dir, &id) {
             Ok(Some(s)) if s.id == id.as_str() => out.push(s),
             Ok(Some(s)) => {
@@ -139,12 +244,20 @@ pub fn list(dir: &Path) -> Result<Vec<Sidecar>, StoreError> {
             Err(e) => tracing::warn!(error = %e, "skipping unreadable sidecar"),
         }
     }
+    // Recordings whose metadata is only in memory so far (e.g. one that could not start on a
+    // full disk) are listed too.
+    for (path, s) in pending().iter() {
+        if path.parent() == Some(dir) && !seen.contains(&s.id) {
+            out.push(s.clone());
+        }
+    }
     Ok(out)
 }
 
 /// Removes every file of a recording. Missing files are not an error.
 pub fn delete(dir: &Path, id: &RecordingId) -> Result<(), StoreError> {
     let paths = RecordingPaths::new(dir, id);
+    pending().remove(&paths.sidecar);
     // Audio first: a sidecar without audio is still listed and deletable; the reverse would
     // leave an invisible orphan.
     for path in [

@@ -283,7 +283,9 @@ fn recovery_repairs_renames_hashes_and_marks_recovered() {
     assert_eq!(g.reason.as_deref(), Some("audio file missing after crash"));
     let f = store::read_sidecar(dir.path(), &failed).unwrap().unwrap();
     assert_eq!(f.reason.as_deref(), Some("disk full"));
-    assert!(RecordingPaths::new(dir.path(), &failed).part.exists());
+    // Its unusable partial audio is not left behind as a temp file; the status stays.
+    assert!(!RecordingPaths::new(dir.path(), &failed).part.exists());
+    assert_eq!(f.status, RecordingStatus::Failed);
 
     // Idempotent: a second pass finds nothing to do.
     assert_eq!(recover_dir(dir.path()).unwrap(), RecoveryReport::default());

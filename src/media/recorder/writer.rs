@@ -229,13 +229,12 @@ impl Writer {
                 metrics::counter!(metric::ERRORS).increment(1);
                 let mut failed = sidecar;
                 failed.mark_failed(&reason, Utc::now());
-                if self.dir.is_dir() {
-                    if let Err(e) = store::write_sidecar(&self.dir, &id, &failed) {
-                        tracing::warn!(recording = %id, error = %e, "could not record failure");
-                    }
-                    if let Some(sink) = &self.sink {
-                        sink.notify(&failed);
-                    }
+                // Listed as failed either way: on disk when possible, in memory until then.
+                if let Err(e) = store::write_sidecar(&self.dir, &id, &failed) {
+                    tracing::warn!(recording = %id, error = %e, "could not write the failure to disk yet; kept in memory");
+                }
+                if let Some(sink) = &self.sink {
+                    sink.notify(&failed);
                 }
                 let _ = events.try_send(RecorderEvent::Failed { id, reason });
             }
@@ -391,8 +390,12 @@ fn fail(dir: &Path, id: &RecordingId, mut open: Open, reason: String) {
     tracing::error!(recording = %id, call_id = %open.sidecar.call_id, %reason, "recording failed");
     metrics::counter!(metric::ERRORS).increment(1);
     open.sidecar.mark_failed(&reason, Utc::now());
+    // Save what reached the disk (the header sizes are refreshed after every block): the
+    // audio so far becomes `<id>.wav`, its length and hash in the sidecar, status `failed`.
+    let _ = open.file.sync_all();
+    super::recovery::keep_partial_audio(dir, id, &mut open.sidecar);
     if let Err(e) = store::write_sidecar(dir, id, &open.sidecar) {
-        tracing::warn!(recording = %id, error = %e, "could not record failure in sidecar");
+        tracing::warn!(recording = %id, error = %e, "could not write the failure to disk yet; kept in memory");
     }
     open.notify();
     let _ = open.events.try_send(RecorderEvent::Failed {

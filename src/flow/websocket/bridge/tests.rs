@@ -781,3 +781,80 @@ fn native_caller_audio_is_continuous_and_large_messages_are_refused_clearly() {
     assert!(h.actions().is_empty());
     assert_eq!(h.types(), vec!["error"]);
 }
+
+#[test]
+fn dispatch_goes_to_the_executor_then_comes_back_as_cl_dispatch_event() {
+    let mut h = Harness::connected(BridgeConfig::default());
+    h.bot(r#"{"type":"answer"}"#);
+    h.actions();
+    h.texts();
+    h.bot(r#"{"type":"dispatch","id":"d1","payload":{"language":"nl","n":2}}"#);
+    let acts = h.actions();
+    let [FlowAction::Request {
+        id,
+        request: StepRequest::Dispatch { payload },
+        ..
+    }] = acts.as_slice()
+    else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(payload["language"], "nl");
+    // Only the ack until the executor answers.
+    assert_eq!(h.types(), vec!["ack"]);
+    // An answer to some other request is not this dispatch's.
+    h.core.handle_event(
+        FlowEvent::RequestDone {
+            id: id + 100,
+            result: Ok(serde_json::json!({})),
+        },
+        h.t0,
+    );
+    assert!(h.texts().is_empty());
+    h.core.handle_event(
+        FlowEvent::RequestDone {
+            id: *id,
+            result: Ok(serde_json::json!({"websocket": true, "webhook": "queued"})),
+        },
+        h.t0,
+    );
+    let m = h.texts();
+    assert_eq!(m[0]["type"], "CL_DISPATCH_EVENT");
+    assert_eq!(m[0]["payload"]["n"], 2);
+    assert_eq!(m[0]["id"], "d1");
+    assert_eq!(m[0]["webhook"], "queued");
+    assert_eq!(m[0]["call_id"], "call-1");
+    assert_eq!(m[1]["type"], "result");
+    assert_eq!(
+        (&m[1]["command"], &m[1]["ok"]),
+        (&"dispatch".into(), &true.into())
+    );
+    // A failed dispatch: no event, a failed result with the executor's words.
+    h.bot(r#"{"type":"dispatch","id":"d2","payload":{}}"#);
+    let acts = h.actions();
+    let [FlowAction::Request { id, .. }] = acts.as_slice() else {
+        panic!("{acts:?}")
+    };
+    h.texts();
+    h.core.handle_event(
+        FlowEvent::RequestDone {
+            id: *id,
+            result: Err(crate::flow::StepFailure {
+                code: "not_configured".into(),
+                message: "no executor".into(),
+            }),
+        },
+        h.t0,
+    );
+    let m = h.texts();
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0]["ok"], false);
+    assert!(m[0]["reason"].as_str().unwrap().contains("not_configured"));
+    // An oversized payload never reaches the executor.
+    let big = "x".repeat(MAX_DISPATCH_BYTES);
+    h.bot(&format!(
+        r#"{{"type":"dispatch","id":"d3","payload":{{"b":"{big}"}}}}"#
+    ));
+    assert!(h.actions().is_empty());
+    let m = h.texts();
+    assert_eq!(m[1]["ok"], false);
+}
