@@ -121,7 +121,7 @@ echo "==> cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
 echo "==> cargo test (release)"
-cargo test --release --all-targets -- --test-threads="${VOXGATE_TEST_THREADS:-4}"
+cargo test --release --all-targets --no-fail-fast -- --test-threads="${VOXGATE_TEST_THREADS:-4}"
 
 echo "==> load benchmark smoke (a few calls; figures are not checked here)"
 bench_out=$(mktemp -d)

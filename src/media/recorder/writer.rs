@@ -44,6 +44,9 @@ pub const HEADER_LEN: u64 = 44;
 const BLOCK_SAMPLES: usize = BLOCK_SLOTS * 2 * crate::media::codec::FRAME_SAMPLES;
 /// Recordings finalized together (one group of syncs) at most.
 const FINALIZE_BATCH: usize = 256;
+
+/// Batches up to this size are synced file by file, larger ones with one `syncfs`.
+const PER_FILE_SYNC_MAX: usize = 4;
 /// Spare blocks kept for reuse (2 MiB).
 const POOL_MAX: usize = 64;
 
@@ -408,17 +411,38 @@ fn fail(dir: &Path, id: &RecordingId, mut open: Open, reason: String) {
 /// file, rename them all, one directory sync, hash, write the final sidecars, one more sync
 /// for the sidecars, then `Ready` for each. At 1,000 short calls a second this is a few
 /// syncs per batch instead of four per recording.
+///
+/// A small batch (the usual case: calls ending one at a time) is synced file by file
+/// instead: `syncfs` flushes everything dirty on the filesystem, and on a disk shared with
+/// other writers (logs, a build, a database) that can take a second, which a caller would
+/// wait through before the BYE of close conversation.
 fn finalize_batch(dir: &Path, batch: &mut Vec<Finalize>) {
-    if let Some(first) = batch.first() {
-        if let Err(e) = sync_fs(&first.open.file) {
-            for f in batch.drain(..) {
-                fail(dir, &f.id, f.open, format!("cannot sync audio file: {e}"));
+    let per_file = batch.len() <= PER_FILE_SYNC_MAX;
+    let synced = if per_file {
+        Vec::from_iter(
+            batch
+                .drain(..)
+                .filter_map(|f| match f.open.file.sync_all() {
+                    Ok(()) => Some(f),
+                    Err(e) => {
+                        fail(dir, &f.id, f.open, format!("cannot sync audio file: {e}"));
+                        None
+                    }
+                }),
+        )
+    } else {
+        if let Some(first) = batch.first() {
+            if let Err(e) = sync_fs(&first.open.file) {
+                for f in batch.drain(..) {
+                    fail(dir, &f.id, f.open, format!("cannot sync audio file: {e}"));
+                }
+                return;
             }
-            return;
         }
-    }
-    let mut renamed = Vec::with_capacity(batch.len());
-    for f in batch.drain(..) {
+        std::mem::take(batch)
+    };
+    let mut renamed = Vec::with_capacity(synced.len());
+    for f in synced {
         let Finalize { id, open } = f;
         let paths = RecordingPaths::new(dir, &id);
         if let Err(e) = std::fs::rename(&paths.part, &paths.wav) {
@@ -443,14 +467,14 @@ fn finalize_batch(dir: &Path, batch: &mut Vec<Finalize>) {
         open.sidecar.sha256 = Some(sha256);
         open.sidecar.bytes = bytes;
         open.sidecar.status = RecordingStatus::Complete;
-        if let Err(e) = store::write_sidecar_with(dir, &id, &open.sidecar, false) {
+        if let Err(e) = store::write_sidecar_with(dir, &id, &open.sidecar, per_file) {
             fail(dir, &id, open, format!("cannot write sidecar: {e}"));
             continue;
         }
         written.push((id, open));
     }
-    // The sidecars and their renames, all at once.
-    if let Some((_, open)) = written.first() {
+    // The sidecars and their renames, all at once (a small batch synced each one above).
+    if let Some((_, open)) = written.first().filter(|_| !per_file) {
         if let Err(e) = sync_fs(&open.file) {
             tracing::warn!(error = %e, "cannot sync the recordings' sidecars");
         }
