@@ -453,6 +453,10 @@ fn node(name: &str, pg: &Postgres, shared: &Path) -> Gateway {
 shutdown_grace_s = 30
 [node]
 name = "{name}"
+[sip]
+# Behind Kamailio every INVITE comes from one source (docs/deploy.md, "The nodes").
+invite_rate_per_source = 0.0
+max_unconfirmed_per_source = 20
 [store]
 url = "{url}"
 timeout_ms = 2000

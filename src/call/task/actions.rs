@@ -9,7 +9,7 @@
 use super::Call;
 use crate::call::executor::RequestContext;
 use crate::call::inbox::Inbox;
-use crate::call::state::Input;
+use crate::call::state::{Input, Phase};
 use crate::flow::{FlowAction, FlowEvent, SpeechOutcome, StepFailure, StepRequest};
 use crate::media::core::MediaCommand;
 use crate::media::playback::Audio;
@@ -39,7 +39,64 @@ fn load_blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Bot audio held between the 200 OK and the ACK, at most (30 s at 8 kHz, as the media
+/// core's own bound on streamed bot audio).
+const EARLY_AUDIO_MAX_SAMPLES: usize = 30 * 8000;
+/// Actions held between the 200 OK and the ACK, at most.
+const EARLY_ACTIONS_MAX: usize = 1024;
+
+/// Actions that need the caller's media session: between the 200 OK and the ACK they wait.
+fn waits_for_media(action: &FlowAction) -> bool {
+    matches!(
+        action,
+        FlowAction::Play { .. }
+            | FlowAction::Say { .. }
+            | FlowAction::StopPlayback
+            | FlowAction::PlayAudio { .. }
+            | FlowAction::QueueMark { .. }
+            | FlowAction::SendDtmf { .. }
+    )
+}
+
 impl Call {
+    /// Holds a media action until the ACK starts media (bounded: audio past the bound is
+    /// dropped with a warning; a mark past it is reported as interrupted).
+    fn defer_until_media(&mut self, action: FlowAction) {
+        let held_samples: usize = self
+            .early_media
+            .iter()
+            .map(|a| match a {
+                FlowAction::PlayAudio { samples } => samples.len(),
+                _ => 0,
+            })
+            .sum();
+        let fits = self.early_media.len() < EARLY_ACTIONS_MAX
+            && match &action {
+                FlowAction::PlayAudio { samples } => {
+                    held_samples + samples.len() <= EARLY_AUDIO_MAX_SAMPLES
+                }
+                _ => true,
+            };
+        if fits {
+            self.early_media.push(action);
+            return;
+        }
+        warn!("too much bot audio before the ACK: dropping it");
+        if let FlowAction::QueueMark { id } = action {
+            self.flow_event(FlowEvent::PlaybackFinished {
+                id,
+                interrupted: true,
+            });
+        }
+    }
+
+    /// Media has started: carry out what waited for it, in order.
+    pub(super) fn release_early_media(&mut self, now: Instant) {
+        for action in std::mem::take(&mut self.early_media) {
+            self.action(action, now);
+        }
+    }
+
     /// Carries out what the flow asked for, in order, until the call ends.
     pub(super) fn pump_flow(&mut self, now: Instant) {
         while let Some(action) = self.flow.poll_action() {
@@ -65,6 +122,13 @@ impl Call {
     }
 
     fn action(&mut self, action: FlowAction, now: Instant) {
+        // An external bot answers and streams at once; its audio (and the marks behind it)
+        // reaches the caller once the ACK starts media, in order, instead of being lost.
+        if !self.media_started && self.state.phase() == Phase::Answered && waits_for_media(&action)
+        {
+            self.defer_until_media(action);
+            return;
+        }
         match action {
             // Playback and the caller's media.
             FlowAction::Play { id, file } => {

@@ -130,6 +130,9 @@ struct Call {
     refer_task: Option<tokio::task::AbortHandle>,
     /// Digits that arrived before the flow started (handed over when it starts).
     early_dtmf: Vec<FlowEvent>,
+    /// Media actions of an external bot between the 200 OK and the ACK (released when media
+    /// starts).
+    early_media: Vec<crate::flow::FlowAction>,
     /// This call's slot under `max_calls` (released when the task ends).
     _slot: crate::sip::Reservation,
     /// An offload waiting for its webhook before the transfer starts.

@@ -224,6 +224,7 @@ impl Call {
             cdr_written: false,
             refer_task: None,
             early_dtmf: Vec::new(),
+            early_media: Vec::new(),
             _slot: slot,
             pending_offload: None,
             transcript,
@@ -263,6 +264,7 @@ impl Call {
         for ev in std::mem::take(&mut self.early_dtmf) {
             self.flow_event(ev);
         }
+        self.release_early_media(now);
     }
 
     /// The INVITE had no offer: the ACK must carry the answer, or the call ends.
