@@ -407,9 +407,13 @@
     const dur = view.duration;
     if (dur > 0) {
       g.font = '10px system-ui, sans-serif';
+      // The audio is written in 20 ms slots, so the events that close the call (the hang-up,
+      // the recording's stop) land a few milliseconds after its last sample: anything within
+      // half a second of the end is marked at the end.
+      const slack = 0.5;
       for (const e of view.entries) {
-        if (!(e.sec >= 0 && e.sec <= dur)) continue;
-        const x = (e.sec / dur) * cssW;
+        if (!(e.sec >= 0 && e.sec <= dur + slack)) continue;
+        const x = (Math.min(e.sec, dur) / dur) * cssW;
         g.strokeStyle = cssVar(`--${kindClass(e.kind)}`);
         g.lineWidth = e.kind === 'dtmf' ? 2 : 1;
         g.beginPath();
