@@ -5,7 +5,13 @@
 //! sockets makes the awkward orderings (CANCEL racing our 200, BYE before ACK, a hang-up
 //! requested twice) testable without a network.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a call waits for the ACK of its 2xx when the SIP stack does not end it first: 64*T1
+/// (Timer H / Timer L) at the default T1 of 500 ms, plus T2 of slack so the stack's own timer
+/// normally fires first. It catches a 2xx that never left (a send refused by a local firewall,
+/// `ENOBUFS`): the stack then never retransmits and never times out.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(36);
 
 /// Where the call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +108,8 @@ pub struct CallState {
     end_reason: Option<EndReason>,
     /// A hang-up asked for before the ACK: BYE goes out once the ACK arrives (RFC 3261 §15).
     pending_hangup: Option<EndReason>,
+    /// How long to wait for the ACK after answering (see [`DEFAULT_ACK_WAIT`]).
+    ack_wait: Duration,
 }
 
 impl CallState {
@@ -113,6 +121,30 @@ impl CallState {
             ended_at: None,
             end_reason: None,
             pending_hangup: None,
+            ack_wait: DEFAULT_ACK_WAIT,
+        }
+    }
+
+    /// Waits `wait` for the ACK of the 2xx instead of [`DEFAULT_ACK_WAIT`].
+    pub fn with_ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// When the call gives up on the ACK, while it waits for one.
+    pub fn ack_deadline(&self) -> Option<Instant> {
+        match (self.phase, self.answered_at) {
+            (Phase::Answered, Some(at)) => Some(at + self.ack_wait),
+            _ => None,
+        }
+    }
+
+    /// Runs the call's own timer: no ACK by the deadline ends the call with a BYE
+    /// (RFC 3261 §13.3.1.4: the dialog is confirmed, but the session is terminated).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Command> {
+        match self.ack_deadline() {
+            Some(at) if now >= at => self.finish(EndReason::NoAck, now, vec![Command::SendBye]),
+            _ => Vec::new(),
         }
     }
 
@@ -208,6 +240,34 @@ mod tests {
 
     fn t(ms: u64, base: Instant) -> Instant {
         base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn no_ack_by_the_deadline_ends_the_call_with_a_bye() {
+        let b = Instant::now();
+        let mut c = CallState::new(b).with_ack_wait(Duration::from_secs(10));
+        assert_eq!(c.ack_deadline(), None, "no deadline before the answer");
+        c.handle(Input::Answer, t(100, b));
+        assert_eq!(c.ack_deadline(), Some(t(10_100, b)));
+        assert!(c.handle_timeout(t(10_099, b)).is_empty());
+        assert_eq!(
+            c.handle_timeout(t(10_100, b)),
+            vec![Command::SendBye, Command::Finish(EndReason::NoAck)]
+        );
+        assert!(c.is_ended());
+        assert_eq!(c.ack_deadline(), None);
+        assert!(c.handle_timeout(t(20_000, b)).is_empty(), "ends once");
+    }
+
+    #[test]
+    fn the_ack_clears_the_deadline() {
+        let b = Instant::now();
+        let mut c = CallState::new(b).with_ack_wait(Duration::from_secs(10));
+        c.handle(Input::Answer, t(0, b));
+        c.handle(Input::Acked, t(50, b));
+        assert_eq!(c.ack_deadline(), None);
+        assert!(c.handle_timeout(t(60_000, b)).is_empty());
+        assert_eq!(c.phase(), Phase::Confirmed);
     }
 
     #[test]

@@ -472,6 +472,7 @@ impl SipServer {
                     calls: calls_tx,
                     contact_host,
                     legs: LegSenders::default(),
+                    t1: config.t1,
                 },
                 incoming,
                 token,
@@ -597,6 +598,8 @@ struct Dispatch {
     calls: mpsc::Sender<IncomingCall>,
     contact_host: SocketAddr,
     legs: LegSenders,
+    /// T1: how long an INVITE transaction may outlive its dialog (below).
+    t1: Duration,
 }
 
 /// Routes every new server transaction.
@@ -904,10 +907,12 @@ async fn new_call(
         };
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let span = info_span!("call", call_id = %info.call_id);
+    let dialog_over = CancellationToken::new();
     let early = EarlyRequests {
         key: dialog.id().to_string(),
         legs: d.legs.clone(),
         unconfirmed: Some(unconfirmed),
+        dialog_over: dialog_over.clone(),
     };
     d.legs
         .lock()
@@ -927,10 +932,22 @@ async fn new_call(
     let leg = CallLeg {
         dialog: dialog.clone(),
     };
+    // If our 2xx never left (the send failed), the stack has no timer running for it and
+    // would wait forever; once the dialog is over (the call's own ACK deadline sent a BYE),
+    // the transaction gets 64*T1 more for whatever it still sends (the stack's BYE after a
+    // missing ACK), then is dropped.
+    let grace = d.t1 * 64 + Duration::from_secs(4);
     tokio::spawn(
         async move {
-            if let Err(e) = dialog.handle(&mut tx).await {
-                debug!(error = %e, "INVITE transaction ended with an error");
+            let over = async {
+                dialog_over.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                r = dialog.handle(&mut tx) => if let Err(e) = r {
+                    debug!(error = %e, "INVITE transaction ended with an error");
+                },
+                _ = over => debug!("INVITE transaction dropped: the dialog ended long ago"),
             }
         }
         .instrument(span),
@@ -954,6 +971,8 @@ struct EarlyRequests {
     key: String,
     legs: LegSenders,
     unconfirmed: Option<Unconfirmed>,
+    /// Cancelled when the dialog is over: the INVITE transaction's task may then end.
+    dialog_over: CancellationToken,
 }
 
 impl EarlyRequests {
@@ -967,6 +986,7 @@ impl EarlyRequests {
 impl Drop for EarlyRequests {
     fn drop(&mut self) {
         self.confirmed();
+        self.dialog_over.cancel();
         self.legs
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -200,6 +200,7 @@ impl Call {
             [
                 self.answer_at
                     .filter(|_| self.state.phase() == Phase::Offered),
+                self.state.ack_deadline(),
                 self.closing.as_ref().map(|c| c.deadline()),
                 self.forward.leave_at(),
                 self.forward.poll_timeout(),
@@ -210,6 +211,13 @@ impl Call {
 
     /// Runs every state machine up to `now` and carries out what they ask for.
     fn drive(&mut self, now: Instant) {
+        let timed_out = self.state.handle_timeout(now);
+        if !timed_out.is_empty() {
+            warn!("no ACK for our 2xx and the SIP stack did not end the dialog: BYE");
+            for cmd in close::bye_last(timed_out) {
+                self.command(cmd, now);
+            }
+        }
         if self.forward.take_leave(now) {
             self.input(Input::Hangup(super::state::EndReason::Transferred));
         }

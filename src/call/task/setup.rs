@@ -184,13 +184,16 @@ impl Call {
             .integrations
             .as_ref()
             .map(|i| i.transcripts.open(&info.call_id, now, started_wall));
+        // 64*T1 for the stack's Timer L, plus T2 (4 s) so the stack normally ends it first.
+        let ack_wait = std::time::Duration::from_millis(shared.config.sip.t1_ms.saturating_mul(64))
+            + std::time::Duration::from_secs(4);
         Some(Call {
             shared,
             leg,
             info,
             events,
             control,
-            state: CallState::new(now),
+            state: CallState::new(now).with_ack_wait(ack_wait),
             media: Some(media),
             media_events,
             media_started: false,
