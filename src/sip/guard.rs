@@ -45,10 +45,7 @@ pub enum Verdict<'a> {
 
 /// Inspects one UDP datagram.
 pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
-    let Some(head_end) = find(data, b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| find(data, b"\n\n").map(|i| i + 2))
-    else {
+    let Some(head_end) = head_end(data) else {
         // No end of headers: still try to answer a request if we can find the essentials.
         return reply_or_drop(data, 400, "Bad Request", "no end of headers");
     };
@@ -93,7 +90,7 @@ pub fn inspect_datagram(data: &[u8]) -> Verdict<'_> {
     let repaired: Cow<'_, [u8]> = if header_value(head_text, &["content-length", "l"]).is_none() {
         let body_len = data.len() - head_end;
         let mut fixed = Vec::with_capacity(data.len() + 24);
-        let insert_at = head_end - if head.ends_with(b"\r\n\r\n") { 2 } else { 1 };
+        let insert_at = head_end - if head.ends_with(b"\r\n") { 2 } else { 1 };
         fixed.extend_from_slice(&data[..insert_at]);
         fixed.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
         fixed.extend_from_slice(&data[insert_at..]);
@@ -565,8 +562,21 @@ fn header_value<'a>(head: &'a str, names: &[&str]) -> Option<&'a str> {
     })
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the headers end: just after the first empty line, whatever mix of CRLF and bare LF
+/// ends the lines around it (`\r\n\r\n`, `\n\n`, `\n\r\n`). Taking the first `\r\n\r\n`
+/// instead would skip an earlier `\n\r\n`, and a repair that then writes CRLF line ends would
+/// move the end of the headers (a fuzzer found it: the repair was not idempotent).
+fn head_end(data: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(off) = data.get(i..)?.iter().position(|&b| b == b'\n') {
+        let lf = i + off;
+        match (data.get(lf + 1), data.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => i = lf + 1,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -687,6 +697,27 @@ mod tests {
                 Verdict::Pass(again) => assert_eq!(again.as_ref(), fixed.as_ref(), "{name}"),
                 other => panic!("{name}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn the_headers_end_at_the_first_empty_line_whatever_the_line_ends() {
+        assert_eq!(head_end(b"A\r\n\r\nbody"), Some(5));
+        assert_eq!(head_end(b"A\n\nbody"), Some(3));
+        assert_eq!(head_end(b"A\n\r\nbody\r\n\r\n"), Some(4));
+        assert_eq!(head_end(b"A\r\nB\r\n"), None);
+        assert_eq!(head_end(b"A\n\r"), None);
+        // A bare-LF line before the empty line, and a missing Content-Length: repaired once,
+        // the message passes again unchanged.
+        let msg = b"INFO sip:bot@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK9\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:bot@127.0.0.1>;tag=2\r\nCall-ID: c9\r\nCSeq: 2 INFO\nContent-Type: text/plain\n\r\nx=1\r\n\r\ny\r\n";
+        let Verdict::Pass(once) = inspect_datagram(msg) else {
+            panic!("should pass")
+        };
+        let text = String::from_utf8_lossy(&once).into_owned();
+        assert!(text.contains("Content-Length: 10\r\n"), "{text}");
+        match inspect_datagram(&once) {
+            Verdict::Pass(again) => assert_eq!(again.as_ref(), once.as_ref()),
+            other => panic!("{other:?}"),
         }
     }
 
