@@ -410,3 +410,82 @@ fn log_time(gw: &Gateway, pattern: &str) -> chrono::DateTime<chrono::FixedOffset
     chrono::DateTime::parse_from_rfc3339(&stamp)
         .unwrap_or_else(|e| panic!("no time stamp in {line:?}: {e}"))
 }
+
+fn rss_kib(gw: &Gateway) -> u64 {
+    let pid = gw.pid().expect("gateway pid");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A gateway whose flow never listens does not load the recognisers (each holds its model);
+/// the first reloaded flow with a `listen` loads them, and its calls are heard.
+#[test]
+fn recognisers_load_only_once_a_flow_listens() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let keys_only = "name: keys\nstart: main\nprompts_dir: \"{{PROMPTS_DIR}}\"\ndialogs:\n  main:\n    \
+                     - collect: {max_digits: 1, timeout_ms: 60000, default: main, on_timeout: main}\n";
+    let kb = repo_root().join("sip-config/kb");
+    let gw = Gateway::builder()
+        .flow_yaml(keys_only)
+        .toml(&format!(
+            "[speech]\nengine = \"pocketsphinx\"\npool_size = 2\n[knowledge_base]\ndir = {:?}\n",
+            kb.display().to_string()
+        ))
+        .start();
+    assert!(
+        gw.log_contains("speech recognition not loaded"),
+        "{}",
+        gw.log_tail(30)
+    );
+    assert!(!gw.log_contains("speech recognition ready"));
+    let before = rss_kib(&gw);
+
+    // The voicebot flow on disk, then SIGHUP: the recognisers load in the background.
+    let flow = std::fs::read_to_string(repo_root().join("sip-config/flows/voicebot.yaml"))
+        .expect("read the voicebot flow");
+    let prompts = std::fs::read_to_string(gw.dir().join("flow.yaml"))
+        .ok()
+        .and_then(|f| {
+            f.lines()
+                .find(|l| l.starts_with("prompts_dir:"))
+                .map(str::to_string)
+        })
+        .expect("the harness wrote prompts_dir");
+    let flow = flow.replace("\nprompts_dir: ../prompts\n", &format!("\n{prompts}\n"));
+    std::fs::write(gw.dir().join("flow.yaml"), flow).unwrap();
+    let pid = gw.pid().expect("gateway pid");
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        gw.wait_for_log(
+            "speech recognition ready",
+            std::time::Duration::from_secs(60)
+        ),
+        "{}",
+        gw.log_tail(30)
+    );
+    let after = rss_kib(&gw);
+    eprintln!("RSS before the recognisers: {before} KiB, after: {after} KiB");
+    assert!(
+        after > before + 20 * 1024,
+        "two recognisers should hold their models ({before} -> {after} KiB)"
+    );
+
+    let audio = speak(tmp.path(), "billing", "en-us", "billing");
+    let (events, out) = call(&gw, &scenario(tmp.path(), &audio, 1500, None));
+    out.assert_success();
+    assert_eq!(
+        events.first().map(|e| e["dialog"].clone()),
+        Some(Value::from("billing")),
+        "{}",
+        report(&gw, &out, &events)
+    );
+}

@@ -74,29 +74,11 @@ fn load_flow(config: &Config) -> Result<Arc<FlowDefinition>, String> {
     FlowDefinition::from_str(EXTERNAL, &config.flow.file).map_err(|e| e.to_string())
 }
 
-/// Loads the recognisers and indexes the knowledge base, off the async workers.
-async fn start_speech_and_kb(
-    config: &Config,
-) -> Result<
-    (
-        Result<crate::speech::SpeechPool, crate::speech::SpeechError>,
-        Option<crate::kb::KbHandle>,
-    ),
-    StartError,
-> {
-    let speech_cfg = config.speech.clone();
-    let kb_dir = config.knowledge_base.dir.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        let speech = crate::speech::start_pool(&speech_cfg);
-        let kb = crate::kb::load_dir(&kb_dir);
-        (speech, kb)
-    })
-    .await
-    .map_err(|e| StartError::Speech(format!("start-up task failed: {e}")))?;
+/// Logs what loading the recognisers gave (once per load).
+fn log_speech(result: &Result<crate::speech::SpeechPool, crate::speech::SpeechError>) {
     // Speech that cannot start is not fatal: the gateway runs, and each `listen` fails over
     // (keys, else on_error with error.detail_code) with the reason logged here once.
-    let speech = joined.0;
-    match &speech {
+    match result {
         Ok(pool) => info!(
             engine = pool.engine(),
             recognisers = pool.size(),
@@ -112,7 +94,33 @@ async fn start_speech_and_kb(
             e.code()
         ),
     }
-    let kb = match joined.1 {
+}
+
+/// Loads the recognisers when the flow has a `listen` step (otherwise they load when a
+/// reloaded flow first has one) and indexes the knowledge base, off the async workers.
+async fn start_speech_and_kb(
+    config: &Config,
+    flow: &FlowDefinition,
+) -> Result<(Arc<crate::speech::SpeechSlot>, Option<crate::kb::KbHandle>), StartError> {
+    let speech = Arc::new(crate::speech::SpeechSlot::new(config.speech.clone()));
+    let listens = flow.uses(crate::flow::definition::StepKind::Listen);
+    let kb_dir = config.knowledge_base.dir.clone();
+    let slot = speech.clone();
+    let kb = tokio::task::spawn_blocking(move || {
+        if listens {
+            log_speech(slot.load());
+        }
+        crate::kb::load_dir(&kb_dir)
+    })
+    .await
+    .map_err(|e| StartError::Speech(format!("start-up task failed: {e}")))?;
+    if !listens {
+        info!(
+            "speech recognition not loaded: no step of the flow listens (it loads when a \
+             reloaded flow has a listen step)"
+        );
+    }
+    let kb = match kb {
         Ok(report) => {
             for (path, why) in &report.skipped {
                 warn!(file = %path.display(), reason = %why, "knowledge base: file skipped");
@@ -193,7 +201,7 @@ impl Gateway {
                 .with_binary(config.tts.binary.clone())
                 .with_prompt_cache(prompts.clone()),
         );
-        let (speech, kb) = start_speech_and_kb(&config).await?;
+        let (speech, kb) = start_speech_and_kb(&config, &flow).await?;
         let registry = Registry::new(config.sip.max_calls);
         let listen_ip = validated.sip_listen.ip();
         let integrations = {
@@ -341,6 +349,13 @@ impl Gateway {
         }
         let path = self.shared.config.flow.file.clone();
         let def = FlowDefinition::load(&path).map_err(|e| e.to_string())?;
+        if def.uses(crate::flow::definition::StepKind::Listen) && self.shared.speech.claim() {
+            // The first flow with a `listen`: load the recognisers off the async workers. Until
+            // they are ready, a listen fails over as `unavailable`.
+            info!("the reloaded flow listens: loading speech recognition");
+            let slot = self.shared.speech.clone();
+            tokio::task::spawn_blocking(move || log_speech(slot.load()));
+        }
         *self.shared.flow.write().unwrap_or_else(|p| p.into_inner()) = def;
         let _ = &self.config_path;
         Ok(path.display().to_string())

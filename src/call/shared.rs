@@ -41,7 +41,7 @@ pub struct Shared {
     pub requests: Option<Arc<dyn RequestExecutor>>,
     /// Recognisers for `FlowAction::Listen`, or why there are none (engine off, library or
     /// model not installed): every listen then fails over at once with that error.
-    pub speech: Result<crate::speech::SpeechPool, crate::speech::SpeechError>,
+    pub speech: Arc<crate::speech::SpeechSlot>,
     /// The knowledge base (`[knowledge_base] dir`), reloaded on SIGHUP.
     pub kb: Option<crate::kb::KbHandle>,
     /// The integration executors: the call's transcript store, `recording.ready` events,

@@ -362,6 +362,14 @@ impl FlowDefinition {
         &self.name
     }
 
+    /// Whether any step of any dialog is of this kind (the gateway loads speech recognition
+    /// only for flows that `listen`).
+    pub fn uses(&self, kind: StepKind) -> bool {
+        self.dialogs
+            .iter()
+            .any(|d| d.steps.iter().any(|s| s.kind() == kind))
+    }
+
     /// The file the flow came from (as given to `load` / `from_str`).
     pub fn origin(&self) -> &Path {
         &self.origin

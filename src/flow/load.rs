@@ -940,6 +940,21 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_says_whether_it_listens() {
+        use crate::flow::definition::StepKind;
+        let keys = FlowDefinition::from_str(&wrap("    - message: {text: hi}"), ORIGIN).unwrap();
+        assert!(!keys.uses(StepKind::Listen));
+        assert!(keys.uses(StepKind::Message));
+        let text = "name: t\nstart: main\ndialogs:\n  main:\n    - message: {text: hi}\n  \
+                    later:\n    - listen: {grammar: [yes, no], default: main}\n";
+        let speech = FlowDefinition::from_str(text, ORIGIN).unwrap();
+        assert!(
+            speech.uses(StepKind::Listen),
+            "a listen in any dialog counts"
+        );
+    }
+
+    #[test]
     fn accepts_every_step_type() {
         let text = wrap(
             r##"    - message: {file: "greeting.wav", barge_in: true}

@@ -170,9 +170,73 @@ pub fn start_pool(cfg: &crate::config::SpeechConfig) -> Result<SpeechPool, Speec
     SpeechPool::new(recognizers, listener, cfg.frame_queue)
 }
 
+/// A gateway's recogniser pool, loaded only once a flow has a `listen` step: each recogniser
+/// holds its model (PocketSphinx en-us: about 80 MB of heap), which a gateway whose flows never
+/// listen should not pay.
+pub struct SpeechSlot {
+    cfg: crate::config::SpeechConfig,
+    cell: std::sync::OnceLock<Result<SpeechPool, SpeechError>>,
+    claimed: std::sync::atomic::AtomicBool,
+}
+
+impl SpeechSlot {
+    pub fn new(cfg: crate::config::SpeechConfig) -> Self {
+        SpeechSlot {
+            cfg,
+            cell: std::sync::OnceLock::new(),
+            claimed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// True for the first caller only: that caller loads (with [`SpeechSlot::load`]).
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Loads the pool (blocking: libraries and models; run it off the async workers). Only
+    /// the first call loads; later ones return the same result.
+    pub fn load(&self) -> &Result<SpeechPool, SpeechError> {
+        self.claimed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cell.get_or_init(|| start_pool(&self.cfg))
+    }
+
+    /// Whether the pool has been loaded (successfully or not).
+    pub fn is_loaded(&self) -> bool {
+        self.cell.get().is_some()
+    }
+
+    /// The pool for a `listen`; `unavailable` while it is still loading (or was never needed).
+    pub fn get(&self) -> Result<SpeechPool, SpeechError> {
+        match self.cell.get() {
+            Some(Ok(pool)) => Ok(pool.clone()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(SpeechError::Unavailable(
+                "the recognisers are still loading".into(),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slot_loads_once_and_says_unavailable_before() {
+        let cfg = crate::config::SpeechConfig {
+            engine: "off".into(),
+            ..crate::config::Config::default().speech
+        };
+        let slot = SpeechSlot::new(cfg);
+        assert!(!slot.is_loaded());
+        assert_eq!(slot.get().err().map(|e| e.code()), Some("unavailable"));
+        assert!(slot.claim(), "the first claim wins");
+        assert!(!slot.claim(), "only once");
+        assert_eq!(slot.load().as_ref().err(), Some(&SpeechError::Off));
+        assert!(slot.is_loaded());
+        assert_eq!(slot.get().err(), Some(SpeechError::Off));
+    }
 
     #[test]
     fn normalize_keeps_words_only() {

@@ -299,8 +299,8 @@ impl Call {
     }
 
     fn listen(&mut self, id: u64, spec: crate::flow::ListenSpec) {
-        let pool = match &self.shared.speech {
-            Ok(pool) => pool.clone(),
+        let pool = match self.shared.speech.get() {
+            Ok(pool) => pool,
             Err(e) => {
                 // Start-up logged why once; each listen says it at debug level only.
                 debug!(id, code = e.code(), error = %e, "listen failed over: no recogniser");
