@@ -211,8 +211,7 @@ pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
             }
             // A tag is added only to a well-formed value (an unclosed `<` hides where the
             // parameters start, and the stack refuses such a From anyway).
-            let unclosed = value.find('<').is_some_and(|a| !value[a..].contains('>'));
-            if unclosed || has_tag_param(value) {
+            if tag_param(value) != Some(false) {
                 break;
             }
             use std::hash::{Hash, Hasher};
@@ -288,7 +287,15 @@ fn tighten_separators(value: &str, via: bool) -> String {
 }
 
 /// Does a From/To value carry a `tag` parameter (outside the `<...>` URI and quotes)?
+#[cfg(test)]
 fn has_tag_param(value: &str) -> bool {
+    tag_param(value) == Some(true)
+}
+
+/// Whether a From/To value carries a `tag` parameter (outside the `<...>` URI and quotes), or
+/// `None` when a `<` or a quote is never closed: where the parameters start is then unknown
+/// (any `<`, not only the first, counts, so a repair never tags a value it cannot read back).
+fn tag_param(value: &str) -> Option<bool> {
     let mut in_quotes = false;
     let mut in_angle = false;
     let mut escaped = false;
@@ -312,11 +319,14 @@ fn has_tag_param(value: &str) -> bool {
             _ => {}
         }
     }
-    params.split(';').skip(1).any(|p| {
+    if in_angle || in_quotes {
+        return None;
+    }
+    Some(params.split(';').skip(1).any(|p| {
         p.split('=')
             .next()
             .is_some_and(|n| n.trim().eq_ignore_ascii_case("tag"))
-    })
+    }))
 }
 
 /// Checks a request the parser would accept but RFC 3261 / RFC 4475 say must be refused:
@@ -758,5 +768,22 @@ mod tests {
         assert!(!has_tag_param("\"a;tag=x\" <sip:a@b;tag=y>"));
         assert!(has_tag_param("<sip:a@b> ; TAG = 1"));
         assert!(has_tag_param("sip:a@b;tag=1"));
+    }
+
+    /// Found by a 10M-execution fuzz run: a From whose *second* `<` never closes hid its tag
+    /// from the check, so every pass added one more tag (the repair was not idempotent).
+    #[test]
+    fn a_from_with_an_unclosed_second_angle_is_not_tagged_again() {
+        assert_eq!(tag_param("<sip:a@b> <x; tag = 1"), None);
+        assert_eq!(tag_param("\"unclosed <sip:a@b>"), None);
+        assert_eq!(tag_param("<sip:a@b>"), Some(false));
+        let inv = "INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\nFrom: <sip:a@example.com> <x; tag = 1\r\nTo: <sip:b@example.com>\r\nCall-ID: x2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        if let Verdict::Pass(once) = inspect_datagram(inv.as_bytes()) {
+            assert!(!String::from_utf8_lossy(&once).contains("tag=2543"));
+            match inspect_datagram(&once) {
+                Verdict::Pass(again) => assert_eq!(again.as_ref(), once.as_ref()),
+                other => panic!("a passed message must pass again: {other:?}"),
+            }
+        }
     }
 }
