@@ -580,11 +580,18 @@ fn head_end(data: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(off) = data.get(i..)?.iter().position(|&b| b == b'\n') {
         let lf = i + off;
-        match (data.get(lf + 1), data.get(lf + 2)) {
-            (Some(b'\n'), _) => return Some(lf + 2),
-            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
-            _ => i = lf + 1,
+        // A line of nothing but CRs is empty too: the repairs trim CRs from line ends, so
+        // reading `\n\r\r\n` as a header line would end the headers elsewhere on a second
+        // pass (a fuzzer found it).
+        let crs = data
+            .get(lf + 1..)?
+            .iter()
+            .take_while(|&&b| b == b'\r')
+            .count();
+        if data.get(lf + 1 + crs) == Some(&b'\n') {
+            return Some(lf + 2 + crs);
         }
+        i = lf + 1;
     }
     None
 }
@@ -768,6 +775,20 @@ mod tests {
         assert!(!has_tag_param("\"a;tag=x\" <sip:a@b;tag=y>"));
         assert!(has_tag_param("<sip:a@b> ; TAG = 1"));
         assert!(has_tag_param("sip:a@b;tag=1"));
+    }
+
+    #[test]
+    fn a_line_of_only_crs_ends_the_headers() {
+        assert_eq!(head_end(b"A\n\r\r\r\nB"), Some(6));
+        assert_eq!(head_end(b"A\r\n\r\nB"), Some(5));
+        assert_eq!(head_end(b"A\r\nB\r\n"), None);
+        let msg = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\nX-A: 1\n\r\r\r\nbody";
+        if let Verdict::Pass(once) = inspect_datagram(msg) {
+            match inspect_datagram(&once) {
+                Verdict::Pass(again) => assert_eq!(again.as_ref(), once.as_ref()),
+                other => panic!("a passed message must pass again: {other:?}"),
+            }
+        }
     }
 
     /// Found by a 10M-execution fuzz run: a From whose *second* `<` never closes hid its tag
