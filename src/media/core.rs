@@ -158,6 +158,9 @@ pub struct MediaCore {
     far: Option<RtpSession>,
     bridged: bool,
     recording: Option<RecordingFeed>,
+    /// A stop asked for at this tick instant: the recording ends there, but only after the
+    /// tick has read the caller's last packets (which arrived before the stop was applied).
+    stop_at: Option<Instant>,
     pending_jobs: Vec<PendingJob>,
     taps: Vec<TapSender>,
     /// Commands that arrive before the caller's session exists wait here (marks must be
@@ -177,6 +180,7 @@ impl MediaCore {
             far: None,
             bridged: false,
             recording: None,
+            stop_at: None,
             pending_jobs: Vec::new(),
             taps: Vec::new(),
             early: VecDeque::new(),
@@ -232,7 +236,11 @@ impl MediaCore {
                 };
                 self.recording = Some(RecordingFeed::new(spec, base, slot0, now, wall));
             }
-            MediaCommand::StopRecording => self.stop_recording(now),
+            MediaCommand::StopRecording => {
+                if self.recording.is_some() {
+                    self.stop_at.get_or_insert(now);
+                }
+            }
             MediaCommand::OpenTap(tap) => {
                 self.taps.retain(|t| t.id != tap.id);
                 self.taps.push(tap);
@@ -324,6 +332,9 @@ impl MediaCore {
         }
         self.drain_caller_events(now);
         self.drain_far_events();
+        if let Some(at) = self.stop_at {
+            self.stop_recording(at);
+        }
         if let Some(rtp) = self.caller.as_mut() {
             while let Some(meta) = rtp.poll_transmit_into(now, &mut self.tx) {
                 out.send(Leg::Caller, meta.rtcp, meta.dest, &self.tx.data);
@@ -360,7 +371,14 @@ impl MediaCore {
         self.recording.is_some()
     }
 
+    /// Ends the recording at `now` (or at the stop already asked for), after feeding it the
+    /// caller frames the session released but no tick has drained yet.
     fn stop_recording(&mut self, now: Instant) {
+        let now = self.stop_at.take().unwrap_or(now);
+        if self.recording.is_none() {
+            return;
+        }
+        self.drain_caller_events(now);
         if let Some(rec) = self.recording.take() {
             let id = rec.id().clone();
             let (summary, pending) = rec.stop(now);
@@ -695,7 +713,17 @@ mod tests {
             );
             core.on_tick(now, &mut net);
         }
+        // The stop is applied at the tick instant; the caller's last packet arrived just
+        // before it and is read by that tick's receive, after the command: it is kept.
         core.command(MediaCommand::StopRecording, ms(t0, 3_210), Utc::now());
+        core.handle_datagram(
+            Leg::Caller,
+            false,
+            &peer_packet(160, Codec::Pcmu, &[g711::ulaw_encode(-500); 160]),
+            from,
+            ms(t0, 3_215),
+        );
+        core.on_tick(ms(t0, 3_215), &mut net);
         let evs = events(&mut core);
         assert!(
             evs.contains(&MediaEvent::RecordingFed {
@@ -733,8 +761,10 @@ mod tests {
         );
         // Left: the caller, every slot, in the slot it arrived in.
         let caller = g711::ulaw_decode(g711::ulaw_encode(-500));
-        // (The last slot began after the last packet.)
-        assert!(left[..155 * 160].iter().all(|&x| x == caller));
+        assert!(
+            left.iter().all(|&x| x == caller),
+            "no caller packet is missing"
+        );
     }
 
     #[test]
@@ -768,6 +798,7 @@ mod tests {
             let tick = sched.wake(now);
             if now >= ms(t0, 2_440) {
                 core.command(MediaCommand::StopRecording, tick.at, Utc::now());
+                core.on_tick(now, &mut net);
                 break;
             }
             core.on_tick(now, &mut net);

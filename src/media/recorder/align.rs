@@ -101,6 +101,15 @@ impl CallerAligner {
         }
     }
 
+    /// The latest slot below `limit` that holds a frame.
+    pub fn last_held_before(&self, limit: u64) -> Option<u64> {
+        self.ring
+            .iter()
+            .map(|h| h.slot)
+            .filter(|&s| s < limit)
+            .max()
+    }
+
     /// Frames waiting for their slot.
     pub fn held(&self) -> usize {
         self.ring.iter().filter(|h| h.slot != u64::MAX).count()
