@@ -16,6 +16,9 @@ cd "$(dirname "$0")/.."
 # pocketsphinx-en-us (speech recognition, loaded at run time) --------------------------------
 # chromium + nodejs/npm: the web console's browser test (tests/console.rs, Playwright).
 missing=()
+# The build itself: a C compiler (ring, bundled SQLite) and make (jemalloc, the allocator).
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v make >/dev/null 2>&1 || missing+=(make)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)

@@ -50,17 +50,6 @@ pub enum StartError {
     Trunk(#[from] crate::sip::register::TrunkError),
 }
 
-/// How often freed heap memory is returned to the kernel.
-const HEAP_TRIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Returns free heap pages to the kernel (glibc `malloc_trim`).
-fn trim_heap() {
-    // SAFETY: malloc_trim takes a size and no pointers; it only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// The flow new calls start with. With `flow.websocket_url` set the bot is external and no
 /// flow file is read: calls get an empty stand-in whose only use is resolving the prompt names
 /// the bot plays, under `prompts/` next to the flow file's directory (`sip-config/prompts` by
@@ -301,15 +290,6 @@ impl Gateway {
                 }
             });
         }
-        // Hand memory freed by ended calls back to the kernel, so RSS after a burst of
-        // calls returns to where it was (glibc keeps freed pages in its arenas otherwise).
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(HEAP_TRIM_EVERY);
-            loop {
-                every.tick().await;
-                let _ = tokio::task::spawn_blocking(trim_heap).await;
-            }
-        });
         if let Some(days) = config.recordings.retention_days {
             let dir = rec_dir.clone();
             tokio::spawn(async move {
