@@ -186,7 +186,14 @@ pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
                 matches!(n.trim().to_ascii_lowercase().as_str(), "from" | "f")
                     .then(|| super::server::uri_of(v.trim()))
             });
-            if let Some(uri) = from_uri.filter(|u| u.starts_with("sip")) {
+            // Only a URI that reads back as one: no quote, angle bracket or space in it (a
+            // fuzzer found a From whose display name held a `<`; its Contact then failed the
+            // second pass).
+            let clean = |u: &String| {
+                u.starts_with("sip")
+                    && !u.contains(|c: char| c.is_whitespace() || matches!(c, '"' | '<' | '>'))
+            };
+            if let Some(uri) = from_uri.filter(clean) {
                 lines.push(format!("Contact: <{uri}>"));
                 tagged = true;
             }

@@ -1138,9 +1138,25 @@ fn call_id_of(tx: &Transaction) -> String {
 
 /// The URI inside a name-addr ("Bob" <sip:b@x>;tag=1 -> sip:b@x).
 pub fn uri_of(value: &str) -> String {
-    if let (Some(a), Some(b)) = (value.find('<'), value.find('>')) {
-        if a < b {
-            return value[a + 1..b].to_string();
+    // The first `<` outside a quoted display name (`"a <b>" <sip:x@y>` is sip:x@y).
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut open = None;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if in_quotes && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_quotes = !in_quotes;
+        } else if c == '<' && !in_quotes {
+            open = Some(i);
+            break;
+        }
+    }
+    if let Some(a) = open {
+        if let Some(len) = value[a + 1..].find('>') {
+            return value[a + 1..a + 1 + len].to_string();
         }
     }
     value.split(';').next().unwrap_or("").trim().to_string()
@@ -1235,6 +1251,11 @@ mod tests {
             "sip:sipp@127.0.0.1:5061"
         );
         assert_eq!(uri_of("sip:a@b;tag=1"), "sip:a@b");
+        assert_eq!(
+            uri_of(r#""J <sip:g \\\"" <sip:j@example.com>;tag=1"#),
+            "sip:j@example.com",
+            "a `<` inside the quoted display name is not the URI's"
+        );
         assert_eq!(
             user_of("sip:+3225551212@127.0.0.1:5080;user=phone"),
             "+3225551212"
