@@ -134,6 +134,25 @@ bash scripts/bench-load --smoke -o "$bench_out"
 rm -rf "$bench_out"
 
 # The fuzz corpus (tests/fuzz/corpus) is replayed through every parser by `cargo test`
-# (tests/fuzz_corpus.rs); long coverage-guided runs are manual (docs/security.md).
+# (tests/fuzz_corpus.rs). Here, a short coverage-guided run of each target keeps the fuzz
+# build working and tries new inputs; the 10-million-execution runs are manual
+# (docs/security.md). New inputs go to a temp dir, not the committed corpus; a crash fails
+# the run and leaves its input in tests/fuzz/artifacts/<target>/.
+echo "==> fuzz smoke: libFuzzer, ${VOXGATE_FUZZ_SECONDS:-10} s per target"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --version 0.13.2
+fi
+fuzz_work=$(mktemp -d)
+for t in sip_guard sdp rtp_session bodies; do
+    mkdir -p "$fuzz_work/$t"
+    if ! cargo fuzz run --fuzz-dir tests/fuzz -s none -O "$t" "$fuzz_work/$t" "tests/fuzz/corpus/$t" \
+        -- -max_total_time="${VOXGATE_FUZZ_SECONDS:-10}" -print_final_stats=1 >"$fuzz_work/$t.log" 2>&1; then
+        tail -n 60 "$fuzz_work/$t.log" >&2
+        echo "error: fuzz target $t failed (input kept in tests/fuzz/artifacts/$t/)" >&2
+        exit 1
+    fi
+    echo "$t: $(grep -m1 -o 'number_of_executed_units: *[0-9]*' "$fuzz_work/$t.log" | tr -s ' ') in ${VOXGATE_FUZZ_SECONDS:-10} s"
+done
+rm -rf "$fuzz_work"
 
 echo "==> all checks passed"

@@ -549,21 +549,29 @@ fn reply_or_drop_with(
 /// Header lines of a message, with folded continuation lines joined (RFC 3261 §7.3.1).
 fn unfolded_headers(text: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
+    // A continuation belongs to the line just above it, as in `repair_head`: when that line
+    // is no header (no colon), the continuation goes with it, never with an earlier header
+    // (a fuzzer found a Via whose value changed between the check and the repaired message).
+    let mut attached = false;
     for line in text.split('\n').skip(1) {
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
+            if let Some(last) = out.last_mut().filter(|_| attached) {
                 last.1.push(' ');
                 last.1.push_str(line.trim());
             }
             continue;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            out.push((name.trim().to_string(), value.trim().to_string()));
-        }
+        attached = match line.split_once(':') {
+            Some((name, value)) => {
+                out.push((name.trim().to_string(), value.trim().to_string()));
+                true
+            }
+            None => false,
+        };
     }
     out
 }
@@ -782,6 +790,17 @@ mod tests {
         assert!(!has_tag_param("\"a;tag=x\" <sip:a@b;tag=y>"));
         assert!(has_tag_param("<sip:a@b> ; TAG = 1"));
         assert!(has_tag_param("sip:a@b;tag=1"));
+    }
+
+    #[test]
+    fn a_continuation_of_a_line_that_is_no_header_is_not_added_to_the_header_above() {
+        let h = unfolded_headers(
+            "INVITE x SIP/2.0\r\nVia: a,\r\nnot a header\r\n b\r\nTo: t\r\n c\r\n\r\n",
+        );
+        assert_eq!(
+            h,
+            vec![("Via".into(), "a,".into()), ("To".into(), "t c".into())]
+        );
     }
 
     #[test]
