@@ -307,7 +307,21 @@ fn tag_param(value: &str) -> Option<bool> {
     let mut in_angle = false;
     let mut escaped = false;
     let mut params = String::new();
-    let has_angle = value.contains('<');
+    // Only a `<` outside the quoted display name opens the URI (a fuzzer found a display
+    // name holding `<`: the tag after the bare URI was never seen and added on every pass).
+    let has_angle = {
+        let (mut q, mut esc) = (false, false);
+        value.chars().any(|c| {
+            if esc {
+                esc = false;
+            } else if q && c == '\\' {
+                esc = true;
+            } else if c == '"' {
+                q = !q;
+            }
+            c == '<' && !q
+        })
+    };
     let mut past_uri = !has_angle;
     for c in value.chars() {
         if escaped {
@@ -824,6 +838,8 @@ mod tests {
         assert_eq!(tag_param("<sip:a@b> <x; tag = 1"), None);
         assert_eq!(tag_param("\"unclosed <sip:a@b>"), None);
         assert_eq!(tag_param("<sip:a@b>"), Some(false));
+        assert_eq!(tag_param("\"<x>\" sip:a@b;tag=1"), Some(true));
+        assert_eq!(tag_param("\"<x>\" sip:a@b"), Some(false));
         let inv = "INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\nFrom: <sip:a@example.com> <x; tag = 1\r\nTo: <sip:b@example.com>\r\nCall-ID: x2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         if let Verdict::Pass(once) = inspect_datagram(inv.as_bytes()) {
             assert!(!String::from_utf8_lossy(&once).contains("tag=2543"));
