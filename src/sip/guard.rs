@@ -186,12 +186,13 @@ pub(crate) fn repair_head(head: &str, is_response: bool) -> Option<String> {
                 matches!(n.trim().to_ascii_lowercase().as_str(), "from" | "f")
                     .then(|| super::server::uri_of(v.trim()))
             });
-            // Only a URI that reads back as one: no quote, angle bracket or space in it (a
-            // fuzzer found a From whose display name held a `<`; its Contact then failed the
-            // second pass).
+            // Only a URI that reads back as one Contact: no quote, angle bracket, comma or
+            // space in it (fuzz findings: a From whose display name held a `<`, and a From URI
+            // with a comma, made a Contact that failed the second pass).
             let clean = |u: &String| {
                 u.starts_with("sip")
-                    && !u.contains(|c: char| c.is_whitespace() || matches!(c, '"' | '<' | '>'))
+                    && !u
+                        .contains(|c: char| c.is_whitespace() || matches!(c, '"' | '<' | '>' | ','))
             };
             if let Some(uri) = from_uri.filter(clean) {
                 lines.push(format!("Contact: <{uri}>"));
