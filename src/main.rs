@@ -22,9 +22,9 @@ struct Args {
 }
 
 /// jemalloc, not glibc malloc: after a burst of calls glibc kept freed memory in fragmented
-/// arenas (RSS after three identical batches of 4,000 calls: +37 %, +45 % over the first, even
-/// with two arenas and a `malloc_trim` every 10 s); jemalloc's background threads return it
-/// (+9 %, +8 %). docs/performance.md has the runs.
+/// arenas, even with two arenas and a `malloc_trim` every 10 s (three batches of 4,000 calls:
+/// 86.6, 98.2, 100.1 MiB after each); jemalloc's background threads return it (66.3, 71.3,
+/// 71.6 MiB in the same conditions). docs/performance.md has the runs.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
