@@ -310,19 +310,7 @@ fn tag_param(value: &str) -> Option<bool> {
     let mut params = String::new();
     // Only a `<` outside the quoted display name opens the URI (a fuzzer found a display
     // name holding `<`: the tag after the bare URI was never seen and added on every pass).
-    let has_angle = {
-        let (mut q, mut esc) = (false, false);
-        value.chars().any(|c| {
-            if esc {
-                esc = false;
-            } else if q && c == '\\' {
-                esc = true;
-            } else if c == '"' {
-                q = !q;
-            }
-            c == '<' && !q
-        })
-    };
+    let has_angle = super::server::angle_outside_quotes(value).is_some();
     let mut past_uri = !has_angle;
     for c in value.chars() {
         if escaped {

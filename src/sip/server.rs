@@ -1136,12 +1136,10 @@ fn call_id_of(tx: &Transaction) -> String {
     header_value(&tx.original.headers, "call-id").unwrap_or_default()
 }
 
-/// The URI inside a name-addr ("Bob" <sip:b@x>;tag=1 -> sip:b@x).
-pub fn uri_of(value: &str) -> String {
-    // The first `<` outside a quoted display name (`"a <b>" <sip:x@y>` is sip:x@y).
+/// Where the first `<` outside a quoted display name is (`"a <b>" <sip:x@y>`: the second).
+pub(crate) fn angle_outside_quotes(value: &str) -> Option<usize> {
     let mut in_quotes = false;
     let mut escaped = false;
-    let mut open = None;
     for (i, c) in value.char_indices() {
         if escaped {
             escaped = false;
@@ -1150,11 +1148,15 @@ pub fn uri_of(value: &str) -> String {
         } else if c == '"' {
             in_quotes = !in_quotes;
         } else if c == '<' && !in_quotes {
-            open = Some(i);
-            break;
+            return Some(i);
         }
     }
-    if let Some(a) = open {
+    None
+}
+
+/// The URI inside a name-addr ("Bob" <sip:b@x>;tag=1 -> sip:b@x).
+pub fn uri_of(value: &str) -> String {
+    if let Some(a) = angle_outside_quotes(value) {
         if let Some(len) = value[a + 1..].find('>') {
             return value[a + 1..a + 1 + len].to_string();
         }
