@@ -159,7 +159,7 @@ pub fn crashed(mut open: Value, found_at: chrono::DateTime<Utc>) -> Value {
 
 /// Open CDRs left in `dir` by an earlier process (blocking: run before serving calls, or in
 /// `spawn_blocking`). Returns (file, CDR); unreadable files are logged and skipped (temp files
-/// removed).
+/// removed, so this must not run while an `OpenCdrs` writer of this process is writing).
 fn leftovers(dir: &Path) -> Vec<(PathBuf, Value)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -295,8 +295,17 @@ mod tests {
         store.submit(Record::Cdr(
             json!({"call_id": "ended@x", "end_reason": "hangup"}),
         ));
+        // Counts the renamed files only: `leftovers` removes temp files, so polling with it
+        // could delete a temp file the writer is about to rename, losing that CDR.
+        let written = |d: &Path| {
+            std::fs::read_dir(d).map_or(0, |es| {
+                es.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while leftovers(&dir(&data)).len() < 2 {
+        while written(&dir(&data)) < 2 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "open CDRs not written"
