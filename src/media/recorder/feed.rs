@@ -1,5 +1,5 @@
 //! The recording feed: what a call's media core runs for its recording. IO-free apart from
-//! handing whole blocks (about 1 s) to the shared writer with a `try_send`.
+//! handing whole blocks (0.5 s) to the shared writer with a `try_send`.
 //!
 //! The recording's timeline is the caller leg's send clock: slot `k` of the file is the
 //! 20 ms that starts at `slot0_at + k * 20 ms`. The right channel of slot `k` is the audio
@@ -25,8 +25,10 @@ use super::metric;
 use super::writer::{self, Job};
 use crate::media::codec::{FRAME_MS, FRAME_SAMPLES};
 
-/// Slots per block handed to the writer: 1 s. Also the most audio a kill -9 loses.
-pub const BLOCK_SLOTS: usize = 50;
+/// Slots per block handed to the writer: 0.5 s. Also the most audio a kill -9 loses. Each
+/// recording holds one block while it fills (16 KiB of stereo), so this is most of what a
+/// recording adds to a call's memory: 0.5 s halves the 1 s blocks' 32 KiB.
+pub const BLOCK_SLOTS: usize = 25;
 /// Slots a slot waits after its end before it is written (absorbs arrival jitter).
 pub const LAG_SLOTS: u64 = 2;
 /// Slots past the rounded stop instant that a caller frame received before the stop may
@@ -339,7 +341,7 @@ impl RecordingFeed {
                 tracing::warn!(
                     recording = %self.id,
                     overflow_frames = self.overflow_frames,
-                    "recording writer behind: 1 s of audio replaced by silence"
+                    "recording writer behind: a block of audio replaced by silence"
                 );
                 if let Job::Block { samples, .. } = job {
                     writer::give_block(samples);
@@ -388,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn sent_frames_pair_with_caller_frames_in_one_second_blocks() {
+    fn sent_frames_pair_with_caller_frames_in_whole_blocks() {
         let t0 = Instant::now();
         let (mut f, rx) = feed(8, t0);
         for k in 0..120u64 {
@@ -402,8 +404,12 @@ mod tests {
             f.advance(ms(t0, 20 * k + 5));
         }
         let b = blocks(&rx);
-        assert_eq!(b.len(), 2, "two full blocks so far");
-        assert_eq!((b[0].0, b[1].0), (0, 50));
+        assert_eq!(
+            b.len(),
+            100 / BLOCK_SLOTS,
+            "the full blocks of slots 0..100 so far"
+        );
+        assert_eq!((b[0].0, b[1].0), (0, BLOCK_SLOTS as u64));
         let s = &b[0].1;
         // Right = the frame sent in the slot; left = the caller's frame that arrived in it.
         assert_eq!((s[0], s[1]), (1, -1));
@@ -504,9 +510,14 @@ mod tests {
             f.sent(100 + k, &[1; 160]);
         }
         f.advance(ms(t0, 3_040));
-        assert_eq!(f.overflow_frames(), 100, "blocks 2 and 3 did not fit");
+        let lost = 150 - BLOCK_SLOTS as u64;
+        assert_eq!(
+            f.overflow_frames(),
+            lost,
+            "every block after the first did not fit"
+        );
         let (sum, pending) = f.stop(ms(t0, 3_000));
-        assert_eq!(sum.overflow_frames, 100);
+        assert_eq!(sum.overflow_frames, lost);
         assert_eq!(sum.slots, 150);
         // The queue is still full: the Finish waits for room instead of blocking.
         let pending = pending.expect("queue full");

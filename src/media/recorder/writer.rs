@@ -2,7 +2,7 @@
 //! recording touches the disk.
 //!
 //! * The **writer** takes jobs from one bounded queue: `Create` (open `<id>.wav.part`, write
-//!   the header and the `recording` sidecar), `Block` (about 1 s of audio from a media
+//!   the header and the `recording` sidecar), `Block` (0.5 s of audio from a media
 //!   worker, written with one `write` and followed by a header refresh, so a kill -9 loses
 //!   at most the block not yet handed over) and `Finish` (pad or trim to the length the
 //!   media side measured, final header).
@@ -40,14 +40,14 @@ pub type EventTx = Sender<RecorderEvent>;
 
 /// Size of the standard PCM WAV header we write.
 pub const HEADER_LEN: u64 = 44;
-/// Samples in a pooled block: one second of stereo.
+/// Samples in a pooled block: `BLOCK_SLOTS` slots (0.5 s) of stereo.
 const BLOCK_SAMPLES: usize = BLOCK_SLOTS * 2 * crate::media::codec::FRAME_SAMPLES;
 /// Recordings finalized together (one group of syncs) at most.
 const FINALIZE_BATCH: usize = 256;
 
 /// Batches up to this size are synced file by file, larger ones with one `syncfs`.
 const PER_FILE_SYNC_MAX: usize = 4;
-/// Spare blocks kept for reuse (2 MiB).
+/// Spare blocks kept for reuse (1 MiB).
 const POOL_MAX: usize = 64;
 
 static POOL: Mutex<Vec<Box<[i16]>>> = Mutex::new(Vec::new());
