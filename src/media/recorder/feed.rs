@@ -1,5 +1,5 @@
 //! The recording feed: what a call's media core runs for its recording. IO-free apart from
-//! handing whole blocks (0.5 s) to the shared writer with a `try_send`.
+//! handing whole blocks (200 ms) to the shared writer with a `try_send`.
 //!
 //! The recording's timeline is the caller leg's send clock: slot `k` of the file is the
 //! 20 ms that starts at `slot0_at + k * 20 ms`. The right channel of slot `k` is the audio
@@ -25,17 +25,20 @@ use super::metric;
 use super::writer::{self, Job};
 use crate::media::codec::{FRAME_MS, FRAME_SAMPLES};
 
-/// Slots per block handed to the writer: 0.5 s. Also the most audio a kill -9 loses. Each
-/// recording holds one block while it fills (16 KiB of stereo), so this is most of what a
-/// recording adds to a call's memory: 0.5 s halves the 1 s blocks' 32 KiB.
-pub const BLOCK_SLOTS: usize = 25;
+/// Slots per block handed to the writer: 200 ms. Also the most audio a kill -9 loses. Each
+/// recording holds one block while it fills (6.25 KiB of stereo), the largest part of what a
+/// recording adds to a call's memory (1 s blocks held 31 KiB; docs/performance.md).
+pub const BLOCK_SLOTS: usize = 10;
 /// Slots a slot waits after its end before it is written (absorbs arrival jitter).
 pub const LAG_SLOTS: u64 = 2;
 /// Slots past the rounded stop instant that a caller frame received before the stop may
 /// still extend the file by (the slot in progress and, by its timestamp, the next one).
 const STOP_GRACE_SLOTS: u64 = 2;
-/// Sent frames held until their slot is written.
-const RIGHT_RING: usize = 16;
+/// Sent frames held until their slot is written: a slot waits `LAG_SLOTS` after it is sent,
+/// and a burst (a worker catching up after a stall) longer than the ring writes its oldest
+/// slots early. The worker pushes the caller frames of a tick before its sent frames, so an
+/// early write still pairs a slot with its caller frame.
+const RIGHT_RING: usize = 8;
 const SLOT: Duration = Duration::from_millis(FRAME_MS);
 
 /// How the two sides of the call land in the file.
@@ -392,7 +395,7 @@ mod tests {
     #[test]
     fn sent_frames_pair_with_caller_frames_in_whole_blocks() {
         let t0 = Instant::now();
-        let (mut f, rx) = feed(8, t0);
+        let (mut f, rx) = feed(64, t0);
         for k in 0..120u64 {
             // The caller's frame k arrives in slot k; the bot's frame goes out in slot k.
             f.caller_frame(
@@ -404,11 +407,8 @@ mod tests {
             f.advance(ms(t0, 20 * k + 5));
         }
         let b = blocks(&rx);
-        assert_eq!(
-            b.len(),
-            100 / BLOCK_SLOTS,
-            "the full blocks of slots 0..100 so far"
-        );
+        // Slots 0..117 are due (the last advance is in slot 119, less the lag).
+        assert_eq!(b.len(), 117 / BLOCK_SLOTS, "the full blocks so far");
         assert_eq!((b[0].0, b[1].0), (0, BLOCK_SLOTS as u64));
         let s = &b[0].1;
         // Right = the frame sent in the slot; left = the caller's frame that arrived in it.
@@ -417,17 +417,24 @@ mod tests {
         let (sum, pending) = f.stop(ms(t0, 2_410));
         assert!(pending.is_none());
         assert_eq!(sum.slots, 121, "2410 ms rounds to 121 slots");
-        match (rx.try_recv(), rx.try_recv()) {
-            (
+        // The rest of the blocks, contiguous up to slot 121, then the Finish.
+        let mut next = b
+            .last()
+            .map_or(0, |(first, s)| first + (s.len() / 320) as u64);
+        loop {
+            match rx.try_recv() {
                 Ok(Job::Block {
-                    first_slot: 100,
-                    slots: 21,
-                    ..
-                }),
-                Ok(Job::Finish { slots: 121, .. }),
-            ) => {}
-            other => panic!("{other:?}"),
+                    first_slot, slots, ..
+                }) => {
+                    assert_eq!(first_slot, next);
+                    assert!(slots <= BLOCK_SLOTS);
+                    next += slots as u64;
+                }
+                Ok(Job::Finish { slots: 121, .. }) => break,
+                other => panic!("{other:?}"),
+            }
         }
+        assert_eq!(next, 121);
         assert_eq!(
             (sum.ended_at - sum.started_at).num_milliseconds(),
             2_420,

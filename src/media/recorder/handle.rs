@@ -21,7 +21,7 @@ use super::{metric, RecorderError, RecorderEvent};
 pub struct RecorderConfig {
     pub dir: PathBuf,
     pub channels: ChannelMode,
-    /// The writer's queue, in jobs (a job is a block: 0.5 s of one recording's audio); beyond
+    /// The writer's queue, in jobs (a job is a block: 200 ms of one recording's audio); beyond
     /// it blocks are replaced by silence and counted.
     pub queue_blocks: usize,
     /// The node name written into every sidecar (`[node] name`).
@@ -53,7 +53,7 @@ impl RecorderConfig {
         RecorderConfig {
             dir: dir.into(),
             channels: ChannelMode::Stereo,
-            queue_blocks: 4096,
+            queue_blocks: 8192,
             node: String::new(),
             sink: None,
         }

@@ -199,8 +199,8 @@ async fn write_failure_mid_recording_marks_failed() {
     }
 }
 
-/// Writes a `.part` the way the writer does while recording (header sizes refreshed after
-/// each block), then "crashes": half a block follows the last refresh.
+/// Writes a `.part` the way the writer does while recording (header sizes refreshed every
+/// second of audio), then "crashes": audio follows the last refresh.
 fn crashed_part(dir: &Path, id: &RecordingId, flushed_slots: usize) {
     use std::io::Write;
     let paths = RecordingPaths::new(dir, id);

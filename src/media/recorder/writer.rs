@@ -2,10 +2,10 @@
 //! recording touches the disk.
 //!
 //! * The **writer** takes jobs from one bounded queue: `Create` (open `<id>.wav.part`, write
-//!   the header and the `recording` sidecar), `Block` (0.5 s of audio from a media
-//!   worker, written with one `write` and followed by a header refresh, so a kill -9 loses
-//!   at most the block not yet handed over) and `Finish` (pad or trim to the length the
-//!   media side measured, final header).
+//!   the header and the `recording` sidecar), `Block` (200 ms of audio from a media
+//!   worker, written with one `write`; the header's sizes are refreshed every second of
+//!   audio; a kill -9 loses at most the block not yet handed over) and `Finish` (pad or trim
+//!   to the length the media side measured, final header).
 //! * The **finalizer** does what is slow and happens once per recording: sync, rename to
 //!   `.wav`, directory sync, SHA-256, the final sidecar and the `Ready` event, for every
 //!   recording waiting at once (one group of syncs per batch). A long sync therefore never
@@ -40,15 +40,20 @@ pub type EventTx = Sender<RecorderEvent>;
 
 /// Size of the standard PCM WAV header we write.
 pub const HEADER_LEN: u64 = 44;
-/// Samples in a pooled block: `BLOCK_SLOTS` slots (0.5 s) of stereo.
+/// Samples in a pooled block: `BLOCK_SLOTS` slots (200 ms) of stereo.
 const BLOCK_SAMPLES: usize = BLOCK_SLOTS * 2 * crate::media::codec::FRAME_SAMPLES;
 /// Recordings finalized together (one group of syncs) at most.
 const FINALIZE_BATCH: usize = 256;
 
 /// Batches up to this size are synced file by file, larger ones with one `syncfs`.
 const PER_FILE_SYNC_MAX: usize = 4;
-/// Spare blocks kept for reuse (1 MiB).
+/// Spare blocks kept for reuse (400 KiB).
 const POOL_MAX: usize = 64;
+/// The header's RIFF and data sizes are refreshed once the audio written since the last
+/// refresh reaches 1 s (and at the end), not after every block: one `pwrite` a second per
+/// recording. A file cut by a kill -9 is a valid WAV up to its last refresh, and recovery at
+/// the next start sets the sizes from the file's length anyway.
+const HEADER_REFRESH_SLOTS: u64 = 50;
 
 static POOL: Mutex<Vec<Box<[i16]>>> = Mutex::new(Vec::new());
 
@@ -104,6 +109,8 @@ struct Open {
     file: File,
     mode: ChannelMode,
     slots: u64,
+    /// Slots the header's sizes cover (refreshed at least every `HEADER_REFRESH_SLOTS`).
+    header_slots: u64,
     sidecar: Sidecar,
     events: EventTx,
     sink: Option<RecordingSink>,
@@ -219,6 +226,7 @@ impl Writer {
                     file,
                     mode,
                     slots: 0,
+                    header_slots: 0,
                     sidecar,
                     events,
                     sink: self.sink.clone(),
@@ -249,7 +257,7 @@ impl Writer {
             return;
         };
         let per_slot = open.mode.samples_per_slot();
-        let result = (|| {
+        let result: io::Result<()> = (|| {
             if first_slot > open.slots {
                 // Blocks lost to a full queue: their time is silence.
                 write_silence(&mut open.file, first_slot - open.slots, per_slot)?;
@@ -265,7 +273,11 @@ impl Writer {
                 open.file.write_all(&self.bytes)?;
                 open.slots += (slots - skip) as u64;
             }
-            write_sizes(&open.file, open.slots * per_slot as u64 * 2)
+            if open.slots >= open.header_slots + HEADER_REFRESH_SLOTS {
+                write_sizes(&open.file, open.slots * per_slot as u64 * 2)?;
+                open.header_slots = open.slots;
+            }
+            Ok(())
         })();
         if let Err(e) = result {
             if let Some(open) = self.open.remove(id) {
