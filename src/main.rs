@@ -24,7 +24,10 @@ struct Args {
 /// jemalloc, not glibc malloc: after a burst of calls glibc kept freed memory in fragmented
 /// arenas, even with two arenas and a `malloc_trim` every 10 s (three batches of 4,000 calls:
 /// 86.6, 98.2, 100.1 MiB after each); jemalloc's background threads return it (66.3, 71.3,
-/// 71.6 MiB in the same conditions). docs/performance.md has the runs.
+/// 71.6 MiB in the same conditions). docs/performance.md has the runs. The
+/// `system-allocator` feature keeps glibc malloc, for heap profilers (heaptrack) that only
+/// see malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -32,6 +35,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// with the `_rjem_` symbol prefix): purging threads on, freed pages returned after about 1 s.
 /// A plain pointer to a NUL-terminated static string, which is what `const char *malloc_conf`
 /// expects; nothing writes to it.
+#[cfg(not(feature = "system-allocator"))]
 #[export_name = "_rjem_malloc_conf"]
 pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
 
