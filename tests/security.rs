@@ -833,15 +833,25 @@ fn cdrs_of(gw: &Gateway, call_id: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Open CDRs fully written (`*.json`; a `*.json.tmp` is one being written).
+/// Calls the open-CDR journal (`data_dir/calls-open.jsonl`) holds open: an `open` line and
+/// no `closed` line after it. A line still being written is not counted.
 fn open_cdr_files(gw: &Gateway) -> usize {
-    std::fs::read_dir(gw.data_dir().join("calls-open"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .count()
-        })
-        .unwrap_or(0)
+    let text = std::fs::read_to_string(gw.data_dir().join("calls-open.jsonl")).unwrap_or_default();
+    let mut open = std::collections::HashSet::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(id) = v["call_id"].as_str() else {
+            continue;
+        };
+        if v["closed"] == true {
+            open.remove(id);
+        } else if v["open"].is_object() {
+            open.insert(id.to_string());
+        }
+    }
+    open.len()
 }
 
 /// Row "kill -9 leaves no CDR": a call that was up when the gateway was killed gets a CDR at

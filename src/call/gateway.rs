@@ -167,9 +167,10 @@ impl Gateway {
             warn!(error = %e, "numbering plan warm-up failed");
         }
         // Calls an earlier process lost (kill -9, crash): complete their CDRs before serving.
-        let open_dir = crate::call::open_cdr::dir(&config.data_dir);
-        crate::call::open_cdr::recover(open_dir.clone(), store.clone()).await;
-        let open_cdrs = crate::call::open_cdr::OpenCdrs::start(open_dir);
+        crate::call::open_cdr::recover(config.data_dir.clone(), store.clone()).await;
+        let open_cdrs = crate::call::open_cdr::OpenCdrs::start(crate::call::open_cdr::journal(
+            &config.data_dir,
+        ));
         let mut rec_config = RecorderConfig::new(rec_dir.clone());
         if config.recordings.channels == "mixed" {
             rec_config.channels = ChannelMode::Mixed;
