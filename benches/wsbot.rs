@@ -281,6 +281,7 @@ async fn ticker(
     }
 }
 
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 async fn serve(
     tcp: TcpStream,
     shared: Rc<RefCell<Shared>>,

@@ -190,6 +190,13 @@ def profile_w(a):
     if a.recorded == 1:
         row["recordings"] = recordings(a.recordings, {c["call_id"]: c["sent"] for c in lg.get("calls", [])})
     print(json.dumps(row))
+    # The figures are not judged here, but a run where no audio went either way measured
+    # nothing: fail it (so --smoke catches a broken bot bridge or a broken bench).
+    if not (d["calls_matched"] and d["bot_rx_sound"] and d["caller_rx_sound"]):
+        print(f"bench_report: {a.name}: no call carried audio both ways "
+              f"(matched {d['calls_matched']}, bot received {d['bot_rx_sound']}, "
+              f"client received {d['caller_rx_sound']})", file=sys.stderr)
+        return 1
 
 
 def memory(a):
@@ -331,8 +338,8 @@ def main():
     for k in ("results", "tag", "load_start", "load_end", "cpus", "smoke", "json", "markdown"):
         s.add_argument("--" + k.replace("_", "-"))
     a = p.parse_args()
-    {"profile-a": profile_a, "profile-b": profile_b, "profile-w": profile_w, "memory": memory,
-     "summary": summary}[a.cmd](a)
+    return {"profile-a": profile_a, "profile-b": profile_b, "profile-w": profile_w,
+            "memory": memory, "summary": summary}[a.cmd](a)
 
 
 if __name__ == "__main__":
