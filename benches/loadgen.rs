@@ -116,6 +116,8 @@ struct Call {
     media_pos: usize,
     sent: u64,
     received: u64,
+    /// Received packets whose payload is not all G.711 silence (the bot's tone, a prompt).
+    received_sound: u64,
     last_arrival_ns: Option<i128>,
 }
 
@@ -253,6 +255,7 @@ fn run(a: &Args) -> Result<(), String> {
                 media_pos: 0,
                 sent: 0,
                 received: 0,
+                received_sound: 0,
                 last_arrival_ns: None,
             });
         }
@@ -339,6 +342,9 @@ fn run(a: &Args) -> Result<(), String> {
                 while let Some((n, ts_ns)) = recv_stamped(&c.sock, &mut buf) {
                     if n >= 12 {
                         c.received += 1;
+                        if has_sound(&buf[..n]) {
+                            c.received_sound += 1;
+                        }
                         if let (Some(prev), Some(t)) = (c.last_arrival_ns, ts_ns) {
                             pacing.add(((t - prev).max(0) / 1000) as u64);
                         }
@@ -374,16 +380,21 @@ fn run(a: &Args) -> Result<(), String> {
         .iter()
         .map(|c| {
             format!(
-                "{{\"call_id\":\"{}\",\"sent\":{},\"received\":{},\"answered\":{}}}",
+                "{{\"call_id\":\"{}\",\"sent\":{},\"received\":{},\"received_sound\":{},\"answered\":{},\"media_ms\":{:.1}}}",
                 c.call_id,
                 c.sent,
                 c.received,
-                c.answered_at.is_some()
+                c.received_sound,
+                c.answered_at.is_some(),
+                match (c.answered_at, c.bye_at) {
+                    (Some(a), Some(b)) => (b - a).as_secs_f64() * 1000.0,
+                    _ => 0.0,
+                }
             )
         })
         .collect();
     let json = format!(
-        "{{\"attempted\":{},\"answered\":{},\"failed\":{},\"achieved_cps\":{:.1},\"setup_ms_avg\":{:.2},\"setup_ms_p50\":{:.2},\"setup_ms_p99\":{:.2},\"setup_ms_max\":{:.2},\"retransmissions\":{},\"rtp_sent\":{},\"rtp_received\":{},\"pacing_ms_p50\":{:.3},\"pacing_ms_p99\":{:.3},\"pacing_ms_max\":{:.3},\"pacing_samples\":{},\"loadgen_cpu_s\":{:.3},\"wall_s\":{:.2},\"calls\":[{}]}}",
+        "{{\"attempted\":{},\"answered\":{},\"failed\":{},\"achieved_cps\":{:.1},\"setup_ms_avg\":{:.2},\"setup_ms_p50\":{:.2},\"setup_ms_p99\":{:.2},\"setup_ms_max\":{:.2},\"retransmissions\":{},\"rtp_sent\":{},\"rtp_received\":{},\"rtp_received_sound\":{},\"pacing_ms_p50\":{:.3},\"pacing_ms_p99\":{:.3},\"pacing_ms_max\":{:.3},\"pacing_samples\":{},\"loadgen_cpu_s\":{:.3},\"wall_s\":{:.2},\"calls\":[{}]}}",
         calls.len(),
         answered,
         failed,
@@ -395,6 +406,7 @@ fn run(a: &Args) -> Result<(), String> {
         retrans,
         calls.iter().map(|c| c.sent).sum::<u64>(),
         calls.iter().map(|c| c.received).sum::<u64>(),
+        calls.iter().map(|c| c.received_sound).sum::<u64>(),
         pacing.pct(50.0),
         pacing.pct(99.0),
         pacing.max_us as f64 / 1000.0,
@@ -544,6 +556,18 @@ fn on_sip(
     } else if cseq.ends_with("BYE") && status >= 200 && c.phase == Phase::Byeing {
         c.phase = Phase::Done;
     }
+}
+
+/// Whether an RTP packet's payload carries anything but G.711 silence (μ-law 0xFF/0x7F,
+/// A-law 0xD5/0x55: the codes of a zero sample). Telephone-events (PT 101) do not count.
+fn has_sound(pkt: &[u8]) -> bool {
+    let pt = pkt[1] & 0x7F;
+    let start = 12 + 4 * usize::from(pkt[0] & 0x0F);
+    if !matches!(pt, 0 | 8) || pkt.len() <= start {
+        return false;
+    }
+    let quiet: [u8; 2] = if pt == 0 { [0xFF, 0x7F] } else { [0xD5, 0x55] };
+    pkt[start..].iter().any(|b| !quiet.contains(b))
 }
 
 fn sdp_media(text: &str) -> Option<SocketAddr> {

@@ -98,6 +98,107 @@ def profile_b(a):
     print(json.dumps(row))
 
 
+def pct(num, den):
+    return 100.0 * num / den if den else None
+
+
+def profile_w(a):
+    """A call bridged to a WebSocket bot: CPU of the gateway, the load client and the bot over
+    the same window; audio delivery both ways, call by call (SIP Call-ID = the bot's
+    X-Voxgate-Call-Id)."""
+    clk = a.clk
+    gw, gen, bot = a.gw_ticks / clk, a.gen_ticks / clk, a.bot_ticks / clk
+    per_call = lambda cpu: 100.0 * cpu / a.window / a.calls
+    row = {
+        "profile": "W", "name": a.name, "calls": a.calls, "hold_s": a.hold, "window_s": a.window,
+        "recorded": a.recorded == 1,
+        "gw_cpu_s": gw, "gen_cpu_s": gen, "bot_cpu_s": bot,
+        "gw_pct_core_per_call": per_call(gw), "gen_pct_core_per_call": per_call(gen),
+        "bot_pct_core_per_call": per_call(bot),
+        "gw_to_gen": (gw / gen) if gen > 0 else None,
+        "gw_to_gens": (gw / (gen + bot)) if gen + bot > 0 else None,
+        "rss_idle_kib": a.rss_idle, "rss_active_kib": a.rss_active,
+        "rss_per_call_kib": (a.rss_active - a.rss_idle) / a.calls,
+        "rss_after_kib": a.rss_after,
+    }
+    lg = json.load(open(a.loadgen))
+    wb = json.load(open(a.wsbot))
+    for k in ("attempted", "answered", "failed", "setup_ms_avg", "setup_ms_p99", "rtp_sent",
+              "rtp_received", "rtp_received_sound", "pacing_ms_p50", "pacing_ms_p99",
+              "pacing_ms_max"):
+        row[k] = lg.get(k)
+    for k in ("connections", "answered", "ended", "recordings_started"):
+        row["bot_" + k] = wb.get(k)
+    row["bot_tx_errors"] = wb["totals"]["tx_errors"]
+    row["bot_rx_odd"] = wb["totals"]["rx_odd"]
+    bot_calls = {c["call_id"]: c for c in wb.get("calls", [])}
+    d = {"calls_matched": 0, "caller_sent": 0, "bot_rx": 0, "bot_rx_sound": 0,
+         "expected_frames": 0.0, "bot_tx": 0, "bot_tx_before_end": 0, "caller_rx": 0,
+         "caller_rx_sound": 0, "caller_expected": 0.0}
+    worst = {"c2b": None, "b2c": None}
+    # How many calls missed how many frames (sent - delivered), each way.
+    missing = {"c2b": {}, "b2c": {}}
+    # Calls that missed frames: how long before session.end reached the bot its last frame
+    # from the gateway arrived (c2b) or its last frame to the gateway left (b2c), in ms.
+    gap = {"c2b": [], "b2c": [], "c2b_ok": [], "b2c_ok": []}
+    for c in lg.get("calls", []):
+        b = bot_calls.get(c["call_id"])
+        if not c.get("answered") or b is None:
+            continue
+        d["calls_matched"] += 1
+        media_s = c.get("media_ms", 0) / 1000.0
+        d["caller_sent"] += c["sent"]
+        d["bot_rx"] += b["rx_frames"]
+        d["bot_rx_sound"] += b["rx_sound"]
+        d["expected_frames"] += 50 * media_s
+        d["bot_tx"] += b["tx_frames"]
+        d["bot_tx_before_end"] += b["tx_before_end"]
+        d["caller_rx"] += c["received"]
+        d["caller_rx_sound"] += c["received_sound"]
+        d["caller_expected"] += 50 * media_s
+        for k, m in (("c2b", c["sent"] - b["rx_sound"]),
+                     ("b2c", b["tx_before_end"] - c["received_sound"])):
+            missing[k][str(m)] = missing[k].get(str(m), 0) + 1
+            last = b.get("last_rx_ms" if k == "c2b" else "last_tx_ms")
+            if b.get("end_ms") is not None and last is not None:
+                gap[k if m > 0 else k + "_ok"].append(b["end_ms"] - last)
+        for k, v in (("c2b", pct(b["rx_sound"], c["sent"])),
+                     ("b2c", pct(c["received_sound"], b["tx_before_end"]))):
+            if v is not None and (worst[k] is None or v < worst[k]):
+                worst[k] = v
+    d["expected_frames"] = round(d["expected_frames"])
+    d["caller_expected"] = round(d["caller_expected"])
+    # caller -> bot: the caller's packets that reached the bot as frames with sound (the
+    # client sends a tone, the gateway's own fill is silence), and the bot's whole stream
+    # against 50 frames/s over the answered time.
+    d["c2b_delivered_pct"] = pct(d["bot_rx_sound"], d["caller_sent"])
+    d["c2b_stream_pct"] = pct(d["bot_rx"], d["expected_frames"])
+    d["c2b_silence_frames"] = d["bot_rx"] - d["bot_rx_sound"]
+    # bot -> caller: RTP packets with sound at the client against the frames the bot sent
+    # before it got session.end.
+    d["b2c_delivered_pct"] = pct(d["caller_rx_sound"], d["bot_tx_before_end"])
+    d["b2c_stream_pct"] = pct(d["caller_rx"], d["caller_expected"])
+    d["c2b_worst_call_pct"] = worst["c2b"]
+    d["b2c_worst_call_pct"] = worst["b2c"]
+    order = lambda h: dict(sorted(h.items(), key=lambda kv: int(kv[0])))
+    d["c2b_missing_per_call"] = order(missing["c2b"])
+    d["b2c_missing_per_call"] = order(missing["b2c"])
+    rng = lambda v: [round(min(v), 1), round(max(v), 1)] if v else None
+    for k in gap:
+        d[k.replace("_ok", "") + ("_last_to_end_ms_complete" if k.endswith("_ok") else "_last_to_end_ms_missing")] = rng(gap[k])
+    row["delivery"] = d
+    if a.recorded == 1:
+        row["recordings"] = recordings(a.recordings, {c["call_id"]: c["sent"] for c in lg.get("calls", [])})
+    print(json.dumps(row))
+    # The figures are not judged here, but a run where no audio went either way measured
+    # nothing: fail it (so --smoke catches a broken bot bridge or a broken bench).
+    if not (d["calls_matched"] and d["bot_rx_sound"] and d["caller_rx_sound"]):
+        print(f"bench_report: {a.name}: no call carried audio both ways "
+              f"(matched {d['calls_matched']}, bot received {d['bot_rx_sound']}, "
+              f"client received {d['caller_rx_sound']})", file=sys.stderr)
+        return 1
+
+
 def memory(a):
     first = a.rss_after[0]
     row = {"profile": "memory", "name": a.name, "calls_per_batch": a.calls,
@@ -155,6 +256,50 @@ def summary(a):
                 f"{fmt(r['setup_ms_avg'])} / {fmt(r['setup_ms_p99'])} / {fmt(r['setup_ms_max'])} | {r['retransmissions']} | "
                 f"{fmt(r['gw_ms_per_call'], 3)} | {fmt(r['gen_ms_per_call'], 3)} | {fmt(r['gw_to_gen'])} |")
         md.append("")
+    pw = [r for r in rows if r["profile"] == "W"]
+    if pw:
+        md += ["## Profile W: concurrent calls bridged to a WebSocket bot, audio both ways", "",
+               "The bot (benches/wsbot.rs) answers, optionally sends `record.start`, and sends 20 ms PCM16 "
+               "frames of a tone at real time; the light client sends a 20 ms PCMU tone. "
+               "caller → bot: frames with sound the bot received / RTP packets the client sent "
+               "(stream: all frames the bot received / 50 per answered second). "
+               "bot → caller: RTP packets with sound the client received / frames the bot sent "
+               "before `session.end` (stream: all RTP packets / 50 per answered second).", "",
+               "| run | calls ok/failed | gateway % core/call | client % core/call | bot % core/call | gateway / client | gateway / (client + bot) | RSS KiB/active call | setup ms avg | caller → bot delivered | caller → bot stream | bot → caller delivered | bot → caller stream | pacing ms p50/p99/max | recordings complete |",
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---|"]
+        for r in pw:
+            d = r["delivery"]
+            rec = r.get("recordings")
+            md.append(
+                f"| {r['name']} | {fmt(r.get('answered'))}/{fmt(r.get('failed'))} | {fmt(r['gw_pct_core_per_call'], 4)} | "
+                f"{fmt(r['gen_pct_core_per_call'], 4)} | {fmt(r['bot_pct_core_per_call'], 4)} | {fmt(r['gw_to_gen'])} | "
+                f"{fmt(r['gw_to_gens'])} | {fmt(r['rss_per_call_kib'], 1)} | {fmt(r.get('setup_ms_avg'))} | "
+                f"{fmt(d['c2b_delivered_pct'], 3)} % ({d['bot_rx_sound']}/{d['caller_sent']}) | "
+                f"{fmt(d['c2b_stream_pct'], 3)} % ({d['bot_rx']}/{d['expected_frames']}) | "
+                f"{fmt(d['b2c_delivered_pct'], 3)} % ({d['caller_rx_sound']}/{d['bot_tx_before_end']}) | "
+                f"{fmt(d['b2c_stream_pct'], 3)} % ({d['caller_rx']}/{d['caller_expected']}) | "
+                f"{fmt(r.get('pacing_ms_p50'))}/{fmt(r.get('pacing_ms_p99'))}/{fmt(r.get('pacing_ms_max'))} | "
+                f"{(str(rec['complete']) + '/' + str(rec['total'])) if rec else 'off'} |")
+        md.append("")
+        for r in pw:
+            d = r["delivery"]
+            md.append(
+                f"- {r['name']}: {d['calls_matched']} calls matched client/bot; silence frames the gateway "
+                f"filled for the bot {d['c2b_silence_frames']}; worst call caller → bot "
+                f"{fmt(d['c2b_worst_call_pct'], 2)} %, bot → caller {fmt(d['b2c_worst_call_pct'], 2)} %; "
+                f"the bot sent {d['bot_tx']} frames in all ({d['bot_tx'] - d['bot_tx_before_end']} after session.end); "
+                f"frames missing per call (missing: calls) caller → bot {d['c2b_missing_per_call']}, "
+                f"bot → caller {d['b2c_missing_per_call']}; last frame to session.end, ms min-max, calls that "
+                f"missed frames / complete calls: caller → bot (last received) {d['c2b_last_to_end_ms_missing']} / "
+                f"{d['c2b_last_to_end_ms_complete']}, bot → caller (last sent) {d['b2c_last_to_end_ms_missing']} / "
+                f"{d['b2c_last_to_end_ms_complete']}.")
+            off = next((o for o in pw if o["name"] == r["name"] + "-norec"), None)
+            if off and off["gw_pct_core_per_call"] > 0 and off["rss_per_call_kib"]:
+                md.append(
+                    f"- {r['name']}: with recording the gateway costs "
+                    f"{r['gw_pct_core_per_call'] / off['gw_pct_core_per_call']:.2f}x its CPU per call "
+                    f"without, and {r['rss_per_call_kib'] / off['rss_per_call_kib']:.2f}x its RSS per call.")
+        md.append("")
     for r in rows:
         if r["profile"] == "memory":
             md += ["## Memory: three identical batches of short recorded calls", "",
@@ -178,6 +323,12 @@ def main():
     s.add_argument("--loadgen")
     for k in ("rate", "clk", "gw_ticks"):
         s.add_argument("--" + k.replace("_", "-"), type=int)
+    s = sub.add_parser("profile-w")
+    for k in ("name", "recordings", "loadgen", "wsbot"):
+        s.add_argument("--" + k)
+    for k in ("calls", "hold", "window", "clk", "gw_ticks", "gen_ticks", "bot_ticks", "rss_idle",
+              "rss_active", "rss_after", "recorded"):
+        s.add_argument("--" + k.replace("_", "-"), type=int)
     s = sub.add_parser("memory")
     s.add_argument("--name")
     s.add_argument("--calls", type=int)
@@ -187,7 +338,8 @@ def main():
     for k in ("results", "tag", "load_start", "load_end", "cpus", "smoke", "json", "markdown"):
         s.add_argument("--" + k.replace("_", "-"))
     a = p.parse_args()
-    {"profile-a": profile_a, "profile-b": profile_b, "memory": memory, "summary": summary}[a.cmd](a)
+    return {"profile-a": profile_a, "profile-b": profile_b, "profile-w": profile_w,
+            "memory": memory, "summary": summary}[a.cmd](a)
 
 
 if __name__ == "__main__":
