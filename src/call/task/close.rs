@@ -110,6 +110,18 @@ impl Call {
     /// The call is over: stop recording, tell the flow, write the CDR, end the far leg.
     pub(super) fn finish(&mut self, reason: EndReason, now: Instant) {
         self.stop_recording(now, false);
+        // Caller audio the media worker has already handed over reaches the flow (a bot's
+        // socket) before the end does: the task may be woken for the end first.
+        if let Some(tap) = self.tap.as_mut() {
+            let mut frames = Vec::new();
+            while let Ok(f) = tap.frames.try_recv() {
+                frames.push(f);
+            }
+            let n = frames.len();
+            if n > 0 {
+                self.on_caller_audio(&mut frames, n);
+            }
+        }
         self.transcribe(|t| t.ended(now, &reason.code()));
         if self.flow_started && !self.flow_closed {
             self.flow.handle_event(
