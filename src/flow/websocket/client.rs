@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 /// The socket's read buffer (see `run_conn`).
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn, Instrument};
 
@@ -296,8 +296,9 @@ async fn run_conn(
     let hard_limit = settings.max_message_bytes.saturating_mul(2);
     // tungstenite's default read buffer is 128 KiB and it zero-fills the free part before
     // every read: with one 320-byte frame per read that memset was 26-32 % of the gateway's
-    // CPU on WebSocket calls (perf, bench profile W) and most of their memory. 8 KiB holds
-    // many frames; a larger message is read in several calls.
+    // CPU on WebSocket calls (perf, bench profile W) and most of their memory. It still
+    // zero-fills before each read (two per 20 ms frame: the frame, then WouldBlock), so the
+    // buffer is kept small: 4 KiB holds a dozen frames; a larger message takes more reads.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(hard_limit))
