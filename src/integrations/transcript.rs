@@ -516,12 +516,15 @@ impl TranscriptStore {
         let path = self.dir.join(file_name(call_id));
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
+                // The file is a copy for quick lookups, written without a sync: one cut by a
+                // power loss is skipped and the store (which has the durable copy) answers.
+                let v: Value = match serde_json::from_slice(&bytes) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        warn!(file = %path.display(), error = %e, "unreadable transcript file; asking the store");
+                        return Ok(None);
+                    }
+                };
                 // A hash collision would show another call's transcript: check the id.
                 Ok((v.get("call_id").and_then(Value::as_str) == Some(call_id)).then_some(v))
             }
@@ -531,16 +534,23 @@ impl TranscriptStore {
     }
 }
 
-/// Writes `<path>.tmp`, syncs it, renames it over `path`.
+/// Writes `<path>.tmp` and renames it over `path`, so a reader never sees half a file. Not
+/// synced: the durable copy is the store's (`Record::Transcript`, synced with the CDRs), and
+/// a file a power loss cuts is skipped by [`TranscriptStore::get_blocking`].
 fn write_file(path: &Path, v: &Value) -> std::io::Result<()> {
     use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = match std::fs::File::create(&tmp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::File::create(&tmp)?
+        }
+        Err(e) => return Err(e),
+    };
     f.write_all(&serde_json::to_vec(v)?)?;
-    f.sync_data()?;
     drop(f);
     std::fs::rename(&tmp, path)
 }
@@ -701,5 +711,10 @@ mod tests {
         let v = store2.get_blocking(id).unwrap().unwrap();
         assert_eq!(v["entries"][0]["digit"], "9");
         assert_eq!(file_name(id).len(), 37);
+        // A file cut short (it is not synced) is skipped, so the store is asked instead.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let store3 = TranscriptStore::new(dir.path().join("transcripts"));
+        assert_eq!(store3.get_blocking(id).unwrap(), None);
     }
 }

@@ -363,6 +363,9 @@ impl MediaCore {
     /// The call is over: ends the recording; returns a writer job still to be queued.
     pub fn close(&mut self, now: Instant) -> Vec<PendingJob> {
         self.stop_recording(now);
+        // The caller frames the session released since the last tick (this tick's reads)
+        // still reach the taps: a bot hears the caller's last packet before its tap closes.
+        self.drain_caller_events(now);
         self.update_stats();
         std::mem::take(&mut self.pending_jobs)
     }

@@ -22,6 +22,9 @@ pub(super) const FINALIZE_WAIT: Duration = Duration::from_millis(700);
 
 /// After the call, how long the task waits for recordings to report `ready`.
 pub(super) const AFTER_END_WAIT: Duration = Duration::from_secs(3);
+/// How long a bot's `session.end` waits for the media worker to close the caller-audio tap
+/// (it does at its next 20 ms tick).
+pub(super) const TAP_CLOSE_WAIT: Duration = Duration::from_millis(100);
 
 /// Close conversation, waiting for recordings to finalize before CDR + BYE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,20 +113,13 @@ impl Call {
     /// The call is over: stop recording, tell the flow, write the CDR, end the far leg.
     pub(super) fn finish(&mut self, reason: EndReason, now: Instant) {
         self.stop_recording(now, false);
-        // Caller audio the media worker has already handed over reaches the flow (a bot's
-        // socket) before the end does: the task may be woken for the end first.
-        if let Some(tap) = self.tap.as_mut() {
-            let mut frames = Vec::new();
-            while let Ok(f) = tap.frames.try_recv() {
-                frames.push(f);
-            }
-            let n = frames.len();
-            if n > 0 {
-                self.on_caller_audio(&mut frames, n);
-            }
-        }
         self.transcribe(|t| t.ended(now, &reason.code()));
-        if self.flow_started && !self.flow_closed {
+        // A bot hears the caller up to the end: its `session.end` waits until the media
+        // worker has handed over the last caller audio and closed the tap (`finish_tap`).
+        let defer_end = self.flow.is_external() && self.tap.is_some();
+        if defer_end && self.flow_started && !self.flow_closed {
+            self.deferred_end = Some(reason.code());
+        } else if self.flow_started && !self.flow_closed {
             self.flow.handle_event(
                 FlowEvent::Ended {
                     reason: reason.code(),
@@ -183,8 +179,28 @@ impl Call {
         // Dropping the handle detaches the call from its media worker (sockets closed at
         // the next tick, after the recording feed has ended).
         self.media = None;
-        self.tap = None;
+        if self.deferred_end.is_none() {
+            self.tap = None;
+        }
         self.end_far();
+    }
+
+    /// After `finish` deferred the bot's end: forwards the caller audio the media worker
+    /// still hands over until it closes the tap (at its next tick, once it has read the
+    /// sockets a last time; at most [`TAP_CLOSE_WAIT`]), then ends the bot's session.
+    pub(super) async fn finish_tap(&mut self) {
+        let Some(reason) = self.deferred_end.take() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + TAP_CLOSE_WAIT;
+        if let Some(tap) = self.tap.as_mut() {
+            while let Ok(Some(f)) = tokio::time::timeout_at(deadline, tap.frames.recv()).await {
+                self.flow.caller_audio(&f.samples);
+            }
+        }
+        self.tap = None;
+        self.flow
+            .handle_event(FlowEvent::Ended { reason }, Instant::now(), Utc::now());
     }
 
     /// The CDR so far, kept on disk while the call is up (from the answer): if the gateway

@@ -92,6 +92,8 @@ struct Call {
     flow_def: Arc<FlowDefinition>,
     flow_started: bool,
     flow_closed: bool,
+    /// The bot's end, held by `finish` until the caller-audio tap has closed.
+    deferred_end: Option<String>,
     answer_at: Option<Instant>,
 
     // Async results.
@@ -169,6 +171,7 @@ impl Call {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
+        self.finish_tap().await;
         self.after_end().await;
         // Written with the CDR, once late recording events are in.
         if let Some(i) = self.shared.integrations.as_ref() {

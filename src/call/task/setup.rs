@@ -205,6 +205,7 @@ impl Call {
             flow_def: def,
             flow_started: plan.flow_started,
             flow_closed: false,
+            deferred_end: None,
             answer_at: plan.answer_at,
             inbox_tx,
             inbox_rx,
