@@ -110,6 +110,9 @@ struct Call {
     tries: u32,
     answered_at: Option<Instant>,
     bye_at: Option<Instant>,
+    /// The BYE's wall-clock time, ms since the Unix epoch (the bench compares it with the
+    /// WebSocket bot's clock).
+    bye_unix_ms: f64,
     remote_rtp: Option<SocketAddr>,
     seq: u16,
     ts: u32,
@@ -249,6 +252,7 @@ fn run(a: &Args) -> Result<(), String> {
                 tries: 1,
                 answered_at: None,
                 bye_at: None,
+                bye_unix_ms: 0.0,
                 remote_rtp: None,
                 seq: (rnd() & 0xFFFF) as u16,
                 ts: rnd() as u32,
@@ -285,6 +289,9 @@ fn run(a: &Args) -> Result<(), String> {
                     c.tries = 1;
                     c.last_tx = now;
                     c.bye_at = Some(now);
+                    c.bye_unix_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
                     sip.send_to(bye_msg(a, sip_addr, c).as_bytes(), a.target)
                         .ok();
                 }
@@ -380,7 +387,7 @@ fn run(a: &Args) -> Result<(), String> {
         .iter()
         .map(|c| {
             format!(
-                "{{\"call_id\":\"{}\",\"sent\":{},\"received\":{},\"received_sound\":{},\"answered\":{},\"media_ms\":{:.1}}}",
+                "{{\"call_id\":\"{}\",\"sent\":{},\"received\":{},\"received_sound\":{},\"answered\":{},\"media_ms\":{:.1},\"bye_unix_ms\":{:.3}}}",
                 c.call_id,
                 c.sent,
                 c.received,
@@ -389,7 +396,8 @@ fn run(a: &Args) -> Result<(), String> {
                 match (c.answered_at, c.bye_at) {
                     (Some(a), Some(b)) => (b - a).as_secs_f64() * 1000.0,
                     _ => 0.0,
-                }
+                },
+                c.bye_unix_ms
             )
         })
         .collect();

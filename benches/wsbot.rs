@@ -107,6 +107,9 @@ struct CallStats {
     tx_frames: u64,
     tx_before_end: u64,
     last_tx_ms: Option<f64>,
+    /// When the last few frames left (ms since the bot started), oldest first: the bench
+    /// compares them with the client's BYE to tell frames still in flight at the hang-up.
+    tx_recent_ms: std::collections::VecDeque<f64>,
     tx_errors: u64,
 }
 
@@ -114,6 +117,8 @@ type WsSink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
 struct Shared {
     t0: Instant,
+    /// `t0` as wall-clock milliseconds since the Unix epoch (to compare with the client's).
+    t0_unix_ms: f64,
     calls: Vec<CallStats>,
     open: usize,
     last_close: Option<Instant>,
@@ -178,6 +183,7 @@ async fn run(args: Args) -> Result<(), String> {
     eprintln!("wsbot: listening on {addr}");
     let shared = Rc::new(RefCell::new(Shared {
         t0: Instant::now(),
+        t0_unix_ms: unix_ms(),
         calls: Vec::new(),
         open: 0,
         last_close: None,
@@ -267,6 +273,10 @@ async fn ticker(
                         c.last_tx_ms = Some(ms);
                         if c.end_ms.is_none() {
                             c.tx_before_end += 1;
+                            if c.tx_recent_ms.len() == 4 {
+                                c.tx_recent_ms.pop_front();
+                            }
+                            c.tx_recent_ms.push_back(ms);
                         }
                     } else {
                         c.tx_errors += 1;
@@ -418,7 +428,7 @@ fn report(s: &Shared, cpu: f64) -> Value {
                 "rx_odd": c.rx_odd, "first_rx_ms": c.first_rx_ms, "last_rx_ms": c.last_rx_ms,
                 "rx_texts": c.rx_texts, "recording_started": c.recording_started,
                 "tx_frames": c.tx_frames, "tx_before_end": c.tx_before_end,
-                "last_tx_ms": c.last_tx_ms,
+                "last_tx_ms": c.last_tx_ms, "tx_recent_ms": c.tx_recent_ms,
                 "tx_errors": c.tx_errors,
             })
         })
@@ -430,6 +440,7 @@ fn report(s: &Shared, cpu: f64) -> Value {
         "ended": s.calls.iter().filter(|c| c.end_ms.is_some()).count(),
         "recordings_started": s.calls.iter().filter(|c| c.recording_started).count(),
         "wsbot_cpu_s": cpu,
+        "t0_unix_ms": s.t0_unix_ms,
         "wall_s": s.t0.elapsed().as_secs_f64(),
         "totals": {
             "rx_frames": sum(|c| c.rx_frames), "rx_sound": sum(|c| c.rx_sound),
@@ -447,4 +458,11 @@ fn cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }

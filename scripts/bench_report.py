@@ -134,7 +134,8 @@ def profile_w(a):
     bot_calls = {c["call_id"]: c for c in wb.get("calls", [])}
     d = {"calls_matched": 0, "caller_sent": 0, "bot_rx": 0, "bot_rx_sound": 0,
          "expected_frames": 0.0, "bot_tx": 0, "bot_tx_before_end": 0, "caller_rx": 0,
-         "caller_rx_sound": 0, "caller_expected": 0.0}
+         "caller_rx_sound": 0, "caller_expected": 0.0, "bot_tx_in_flight": 0,
+         "bot_tx_deliverable": 0, "caller_rx_sound_deliverable": 0}
     worst = {"c2b": None, "b2c": None}
     # How many calls missed how many frames (sent - delivered), each way.
     missing = {"c2b": {}, "b2c": {}}
@@ -156,14 +157,28 @@ def profile_w(a):
         d["caller_rx"] += c["received"]
         d["caller_rx_sound"] += c["received_sound"]
         d["caller_expected"] += 50 * media_s
+        # Frames the bot sent after the client's BYE, or in the 20 ms before it (one media
+        # tick), are in flight at the hang-up: the gateway plays audio in real time, on its
+        # next tick, and no tick comes for a call that has ended. Both clocks are this
+        # machine's wall clock.
+        t0 = wb.get("t0_unix_ms")
+        if t0 is not None and c.get("bye_unix_ms"):
+            bye = c["bye_unix_ms"] - t0
+            in_flight = sum(1 for t in b.get("tx_recent_ms", []) if t > bye - 20.0)
+        else:
+            in_flight = 0
+        deliverable = b["tx_before_end"] - in_flight
+        d["bot_tx_in_flight"] += in_flight
+        d["bot_tx_deliverable"] += deliverable
+        d["caller_rx_sound_deliverable"] += min(c["received_sound"], deliverable)
         for k, m in (("c2b", c["sent"] - b["rx_sound"]),
-                     ("b2c", b["tx_before_end"] - c["received_sound"])):
+                     ("b2c", deliverable - min(c["received_sound"], deliverable))):
             missing[k][str(m)] = missing[k].get(str(m), 0) + 1
             last = b.get("last_rx_ms" if k == "c2b" else "last_tx_ms")
             if b.get("end_ms") is not None and last is not None:
                 gap[k if m > 0 else k + "_ok"].append(b["end_ms"] - last)
         for k, v in (("c2b", pct(b["rx_sound"], c["sent"])),
-                     ("b2c", pct(c["received_sound"], b["tx_before_end"]))):
+                     ("b2c", pct(min(c["received_sound"], deliverable), deliverable))):
             if v is not None and (worst[k] is None or v < worst[k]):
                 worst[k] = v
     d["expected_frames"] = round(d["expected_frames"])
@@ -177,6 +192,8 @@ def profile_w(a):
     # bot -> caller: RTP packets with sound at the client against the frames the bot sent
     # before it got session.end.
     d["b2c_delivered_pct"] = pct(d["caller_rx_sound"], d["bot_tx_before_end"])
+    # ... and against the frames the bot sent at least 20 ms before the hang-up.
+    d["b2c_deliverable_pct"] = pct(d["caller_rx_sound_deliverable"], d["bot_tx_deliverable"])
     d["b2c_stream_pct"] = pct(d["caller_rx"], d["caller_expected"])
     d["c2b_worst_call_pct"] = worst["c2b"]
     d["b2c_worst_call_pct"] = worst["b2c"]
@@ -264,7 +281,10 @@ def summary(a):
                "caller → bot: frames with sound the bot received / RTP packets the client sent "
                "(stream: all frames the bot received / 50 per answered second). "
                "bot → caller: RTP packets with sound the client received / frames the bot sent "
-               "before `session.end` (stream: all RTP packets / 50 per answered second).", "",
+               "at least 20 ms (one media tick) before the client's BYE; frames sent later (until `session.end` "
+               "reached the bot) are in flight at the hang-up (listed below, with the ratio to all frames sent "
+               "before `session.end`) "
+               "(stream: all RTP packets / 50 per answered second).", "",
                "| run | calls ok/failed | gateway % core/call | client % core/call | bot % core/call | gateway / client | gateway / (client + bot) | RSS KiB/active call | setup ms avg | caller → bot delivered | caller → bot stream | bot → caller delivered | bot → caller stream | pacing ms p50/p99/max | recordings complete |",
                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---|"]
         for r in pw:
@@ -276,7 +296,7 @@ def summary(a):
                 f"{fmt(r['gw_to_gens'])} | {fmt(r['rss_per_call_kib'], 1)} | {fmt(r.get('setup_ms_avg'))} | "
                 f"{fmt(d['c2b_delivered_pct'], 3)} % ({d['bot_rx_sound']}/{d['caller_sent']}) | "
                 f"{fmt(d['c2b_stream_pct'], 3)} % ({d['bot_rx']}/{d['expected_frames']}) | "
-                f"{fmt(d['b2c_delivered_pct'], 3)} % ({d['caller_rx_sound']}/{d['bot_tx_before_end']}) | "
+                f"{fmt(d.get('b2c_deliverable_pct'), 3)} % ({d.get('caller_rx_sound_deliverable')}/{d.get('bot_tx_deliverable')}) | "
                 f"{fmt(d['b2c_stream_pct'], 3)} % ({d['caller_rx']}/{d['caller_expected']}) | "
                 f"{fmt(r.get('pacing_ms_p50'))}/{fmt(r.get('pacing_ms_p99'))}/{fmt(r.get('pacing_ms_max'))} | "
                 f"{(str(rec['complete']) + '/' + str(rec['total'])) if rec else 'off'} |")
@@ -287,7 +307,9 @@ def summary(a):
                 f"- {r['name']}: {d['calls_matched']} calls matched client/bot; silence frames the gateway "
                 f"filled for the bot {d['c2b_silence_frames']}; worst call caller → bot "
                 f"{fmt(d['c2b_worst_call_pct'], 2)} %, bot → caller {fmt(d['b2c_worst_call_pct'], 2)} %; "
-                f"the bot sent {d['bot_tx']} frames in all ({d['bot_tx'] - d['bot_tx_before_end']} after session.end); "
+                f"the bot sent {d['bot_tx']} frames in all ({d['bot_tx'] - d['bot_tx_before_end']} after session.end, "
+                f"{d.get('bot_tx_in_flight')} from 20 ms before the BYE to session.end, in flight at the hang-up); bot → caller against every frame "
+                f"sent before session.end {fmt(d['b2c_delivered_pct'], 3)} % ({d['caller_rx_sound']}/{d['bot_tx_before_end']}); "
                 f"frames missing per call (missing: calls) caller → bot {d['c2b_missing_per_call']}, "
                 f"bot → caller {d['b2c_missing_per_call']}; last frame to session.end, ms min-max, calls that "
                 f"missed frames / complete calls: caller → bot (last received) {d['c2b_last_to_end_ms_missing']} / "
