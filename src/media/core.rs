@@ -1005,4 +1005,49 @@ mod tests {
         core.on_tick(ms(t0, 100), &mut net);
         assert!(rx.try_recv().is_err());
     }
+
+    #[test]
+    fn close_hands_the_taps_the_caller_frames_read_in_its_tick() {
+        // The worker reads the sockets, then finds the call detached and closes it without
+        // an `on_tick`: the packet it just read still reaches the bot's tap.
+        let t0 = Instant::now();
+        let mut core = MediaCore::new(Arc::new(MediaStats::default()));
+        core.command(
+            MediaCommand::StartCaller {
+                config: leg_config(Codec::Pcmu, addr(CALLER_PEER, 4000), 1),
+                hold: false,
+            },
+            t0,
+            Utc::now(),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        core.command(
+            MediaCommand::OpenTap(TapSender::new(1, tx, Arc::new(AtomicU64::new(0)))),
+            t0,
+            Utc::now(),
+        );
+        let mut net = Net::default();
+        for k in 0..3u16 {
+            let now = ms(t0, 20 * u64::from(k));
+            core.handle_datagram(
+                Leg::Caller,
+                false,
+                &peer_packet(k, Codec::Pcmu, &[g711::ulaw_encode(1000); 160]),
+                addr(CALLER_PEER, 4000),
+                now,
+            );
+            if k < 2 {
+                core.on_tick(now, &mut net);
+            }
+        }
+        let first = rx.try_recv().expect("first frame");
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "the third packet is not ticked yet");
+        core.close(ms(t0, 40));
+        let last = rx
+            .try_recv()
+            .expect("the last packet reaches the tap at close");
+        assert_eq!(last.rtp_ts, first.rtp_ts.wrapping_add(2 * 160));
+        assert_ne!(last.samples[0], 0);
+    }
 }

@@ -16,11 +16,11 @@ use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::{debug, warn, Instrument};
 
 /// The socket's read buffer (see `run_conn`).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tracing::{debug, warn, Instrument};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
