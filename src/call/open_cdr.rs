@@ -9,8 +9,9 @@
 //! One thread writes the journal, never the tokio workers. It appends what is queued with one
 //! `write` and syncs once per batch when the batch opened a call (a lost `closed` line only
 //! makes the next start look the call up in the store), so a burst of calls costs a few syncs,
-//! not one file created, synced, renamed and deleted per call. Past [`COMPACT_BYTES`] the
-//! journal is rewritten with only the calls still open (temp file, sync, rename).
+//! not one file created, synced, renamed and deleted per call. Past [`COMPACT_BYTES`] (or
+//! twice what the last compaction kept) the journal is rewritten with only the calls still
+//! open (temp file, sync, rename).
 //! Earlier versions kept one file per call in `data_dir/calls-open/`; start-up still reads
 //! and removes those.
 
@@ -112,6 +113,9 @@ struct Journal {
     path: PathBuf,
     file: Option<std::fs::File>,
     len: u64,
+    /// Compact past this size: `COMPACT_BYTES`, or twice what the last compaction kept (many
+    /// calls up at once must not make every batch compact).
+    compact_at: u64,
     buf: Vec<u8>,
 }
 
@@ -121,6 +125,7 @@ impl Journal {
             path,
             file: None,
             len: 0,
+            compact_at: COMPACT_BYTES,
             buf: Vec::new(),
         }
     }
@@ -150,7 +155,7 @@ impl Journal {
                 warn!(file = %self.path.display(), error = %e, "could not write open CDRs");
                 self.file = None;
             }
-            if self.len > COMPACT_BYTES {
+            if self.len > self.compact_at {
                 if let Err(e) = self.compact() {
                     warn!(file = %self.path.display(), error = %e, "could not compact the open CDRs");
                 }
@@ -201,6 +206,7 @@ impl Journal {
         }
         self.file = None;
         self.len = out.len() as u64;
+        self.compact_at = COMPACT_BYTES.max(2 * self.len);
         Ok(())
     }
 }
