@@ -116,6 +116,8 @@ struct Journal {
     /// Compact past this size: `COMPACT_BYTES`, or twice what the last compaction kept (many
     /// calls up at once must not make every batch compact).
     compact_at: u64,
+    /// The last append failed, maybe half-way through a line: the next starts a new line.
+    torn: bool,
     buf: Vec<u8>,
 }
 
@@ -126,6 +128,7 @@ impl Journal {
             file: None,
             len: 0,
             compact_at: COMPACT_BYTES,
+            torn: false,
             buf: Vec::new(),
         }
     }
@@ -134,6 +137,9 @@ impl Journal {
         while let Ok(first) = rx.recv() {
             let mut sync = false;
             self.buf.clear();
+            if self.torn {
+                self.buf.push(b'\n');
+            }
             let mut op = Some(first);
             let mut n = 0;
             while let Some(o) = op.take() {
@@ -151,9 +157,11 @@ impl Journal {
                     op = rx.try_recv().ok();
                 }
             }
+            self.torn = false;
             if let Err(e) = self.append(sync) {
                 warn!(file = %self.path.display(), error = %e, "could not write open CDRs");
                 self.file = None;
+                self.torn = true;
             }
             if self.len > self.compact_at {
                 if let Err(e) = self.compact() {
