@@ -17,10 +17,13 @@
 //! (whole run, default hold + calls/rate + 60).
 //! Loopback only: it refuses a target outside 127.0.0.0/8 and ::1.
 
+#[path = "common/args.rs"]
+mod args;
+
 use std::collections::HashMap;
 use std::io;
 use std::mem;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -39,31 +42,25 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
+    let mut cli = args::Cli::from_env();
     let mut target = None;
-    let mut bind: IpAddr = "127.0.0.1".parse().map_err(|e| format!("{e}"))?;
+    let mut bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let (mut calls, mut rate, mut hold_ms) = (10usize, 10f64, 1000u64);
     let (mut media, mut json, mut timeout) = (Vec::new(), None, None);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--target" => target = Some(val()?.parse().map_err(|e| format!("--target: {e}"))?),
-            "--bind" => bind = val()?.parse().map_err(|e| format!("--bind: {e}"))?,
-            "--calls" => calls = val()?.parse().map_err(|e| format!("--calls: {e}"))?,
-            "--rate" => rate = val()?.parse().map_err(|e| format!("--rate: {e}"))?,
-            "--hold-ms" => hold_ms = val()?.parse().map_err(|e| format!("--hold-ms: {e}"))?,
+    while let Some(o) = cli.next_opt() {
+        match o.as_str() {
+            "--target" => target = Some(cli.parse()?),
+            "--bind" => bind = cli.parse()?,
+            "--calls" => calls = cli.parse()?,
+            "--rate" => rate = cli.parse()?,
+            "--hold-ms" => hold_ms = cli.parse()?,
             "--media" => {
-                let p = val()?;
+                let p = cli.value()?;
                 media = std::fs::read(&p).map_err(|e| format!("--media {p}: {e}"))?;
             }
-            "--json" => json = Some(val()?),
-            "--timeout-s" => {
-                timeout = Some(Duration::from_secs(
-                    val()?.parse().map_err(|e| format!("--timeout-s: {e}"))?,
-                ))
-            }
-            "--bench" => {} // cargo passes this to bench targets
-            other => return Err(format!("unknown option {other}")),
+            "--json" => json = Some(cli.value()?),
+            "--timeout-s" => timeout = Some(Duration::from_secs(cli.parse()?)),
+            _ => return Err(cli.unknown()),
         }
     }
     let target: SocketAddr = target.ok_or("--target is required")?;
@@ -161,13 +158,7 @@ impl Hist {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = args::or_exit("loadgen", parse_args());
     match run(&args) {
         Ok(()) => {}
         Err(e) => {

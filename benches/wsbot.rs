@@ -23,11 +23,14 @@
 //! own default is 128 KiB, and it zero-fills that buffer on every read of the socket, which
 //! costs more than everything else the bot does).
 
+#[path = "common/args.rs"]
+mod args;
+
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,31 +53,27 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
+    let mut cli = args::Cli::from_env();
     let mut a = Args {
-        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         json: None,
         idle_exit: None,
         record: false,
         silent: false,
         read_buffer: 4096,
     };
-    while let Some(o) = it.next() {
-        let mut val = || it.next().ok_or(format!("{o} needs a value"));
+    while let Some(o) = cli.next_opt() {
         match o.as_str() {
-            "--listen" => a.listen = val()?.parse().map_err(|e| format!("--listen: {e}"))?,
-            "--json" => a.json = Some(val()?),
+            "--listen" => a.listen = cli.parse()?,
+            "--json" => a.json = Some(cli.value()?),
             "--idle-exit-s" => {
-                let s: u64 = val()?.parse().map_err(|e| format!("--idle-exit-s: {e}"))?;
+                let s: u64 = cli.parse()?;
                 a.idle_exit = (s > 0).then(|| Duration::from_secs(s));
             }
             "--record" => a.record = true,
             "--silent" => a.silent = true,
-            "--read-buffer" => {
-                a.read_buffer = val()?.parse().map_err(|e| format!("--read-buffer: {e}"))?
-            }
-            "--bench" => {}
-            other => return Err(format!("unknown option {other}")),
+            "--read-buffer" => a.read_buffer = cli.parse()?,
+            _ => return Err(cli.unknown()),
         }
     }
     if !a.listen.ip().is_loopback() {
@@ -138,13 +137,7 @@ enum TickerMsg {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("wsbot: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = args::or_exit("wsbot", parse_args());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -232,6 +232,18 @@ def fmt(v, d=2):
     return str(v)
 
 
+def recording_cost(r, runs):
+    """The Markdown line that compares run r with its "-norec" twin among runs (the same run
+    with recording off): the gateway's CPU and RSS per call with recording against without.
+    An empty list when there is no twin, or its CPU or RSS per call is zero."""
+    off = next((o for o in runs if o["name"] == r["name"] + "-norec"), None)
+    if not (off and off["gw_pct_core_per_call"] > 0 and off["rss_per_call_kib"]):
+        return []
+    return [f"- {r['name']}: with recording the gateway costs "
+            f"{r['gw_pct_core_per_call'] / off['gw_pct_core_per_call']:.2f}x its CPU per call "
+            f"without, and {r['rss_per_call_kib'] / off['rss_per_call_kib']:.2f}x its RSS per call."]
+
+
 def summary(a):
     rows = [json.loads(l) for l in open(a.results) if l.strip()]
     doc = {"tag": a.tag, "cpus": a.cpus, "load_start": a.load_start, "load_end": a.load_end,
@@ -255,12 +267,7 @@ def summary(a):
                 f"{rec['complete']}/{rec['total']} | {rec['overflow_frames']} |")
         md.append("")
         for r in pa:
-            off = next((o for o in pa if o["name"] == r["name"] + "-norec"), None)
-            if off and off["gw_pct_core_per_call"] > 0 and off["rss_per_call_kib"]:
-                md.append(
-                    f"- {r['name']}: with recording the gateway costs "
-                    f"{r['gw_pct_core_per_call'] / off['gw_pct_core_per_call']:.2f}x its CPU per call "
-                    f"without, and {r['rss_per_call_kib'] / off['rss_per_call_kib']:.2f}x its RSS per call.")
+            md += recording_cost(r, pa)
         md.append("")
     pb = [r for r in rows if r["profile"] == "B"]
     if pb:
@@ -315,12 +322,7 @@ def summary(a):
                 f"missed frames / complete calls: caller → bot (last received) {d['c2b_last_to_end_ms_missing']} / "
                 f"{d['c2b_last_to_end_ms_complete']}, bot → caller (last sent) {d['b2c_last_to_end_ms_missing']} / "
                 f"{d['b2c_last_to_end_ms_complete']}.")
-            off = next((o for o in pw if o["name"] == r["name"] + "-norec"), None)
-            if off and off["gw_pct_core_per_call"] > 0 and off["rss_per_call_kib"]:
-                md.append(
-                    f"- {r['name']}: with recording the gateway costs "
-                    f"{r['gw_pct_core_per_call'] / off['gw_pct_core_per_call']:.2f}x its CPU per call "
-                    f"without, and {r['rss_per_call_kib'] / off['rss_per_call_kib']:.2f}x its RSS per call.")
+            md += recording_cost(r, pw)
         md.append("")
     for r in rows:
         if r["profile"] == "memory":
