@@ -68,23 +68,34 @@ impl ChannelMode {
 
     /// Writes one slot: `left` = caller, `right` = bot / far leg; `None` is silence.
     pub fn compose(self, left: Option<&[i16]>, right: Option<&[i16]>, out: &mut [i16]) {
-        let at = |side: Option<&[i16]>, i: usize| side.and_then(|s| s.get(i)).copied();
+        // Both sides as whole frames (a missing or short side is silence), so the loops
+        // below run over fixed-size arrays and vectorise: the per-sample bounds-checked
+        // version was 5 % of the gateway's CPU on recorded calls (perf, bench profile A).
+        let (l, r) = (padded(left), padded(right));
         match self {
             ChannelMode::Stereo => {
-                for (i, pair) in out.chunks_exact_mut(2).take(FRAME_SAMPLES).enumerate() {
-                    pair[0] = at(left, i).unwrap_or(0);
-                    pair[1] = at(right, i).unwrap_or(0);
+                for ((pair, a), b) in out.chunks_exact_mut(2).zip(l).zip(r) {
+                    pair[0] = a;
+                    pair[1] = b;
                 }
             }
             ChannelMode::Mixed => {
-                for (i, o) in out.iter_mut().take(FRAME_SAMPLES).enumerate() {
-                    *o = at(left, i)
-                        .unwrap_or(0)
-                        .saturating_add(at(right, i).unwrap_or(0));
+                for ((o, a), b) in out.iter_mut().zip(l).zip(r) {
+                    *o = a.saturating_add(b);
                 }
             }
         }
     }
+}
+
+/// One side of a slot as a whole frame: its samples, then silence.
+fn padded(side: Option<&[i16]>) -> [i16; FRAME_SAMPLES] {
+    let mut frame = [0i16; FRAME_SAMPLES];
+    if let Some(s) = side {
+        let n = s.len().min(FRAME_SAMPLES);
+        frame[..n].copy_from_slice(&s[..n]);
+    }
+    frame
 }
 
 /// Where the feed's blocks go: the writer's queue (bounded).

@@ -266,10 +266,7 @@ impl Writer {
             let skip = usize::try_from(open.slots - first_slot).unwrap_or(usize::MAX);
             if skip < slots {
                 let audio = &samples[skip * per_slot..slots * per_slot];
-                self.bytes.clear();
-                for s in audio {
-                    self.bytes.extend_from_slice(&s.to_le_bytes());
-                }
+                samples_to_le(audio, &mut self.bytes);
                 open.file.write_all(&self.bytes)?;
                 open.slots += (slots - skip) as u64;
             }
@@ -384,6 +381,17 @@ pub fn wav_header(channels: u16, data_len: u64) -> [u8; 44] {
 }
 
 /// Refreshes the RIFF and data sizes in place: the file is valid up to here.
+/// `audio` as 16-bit little-endian bytes, in `out` (cleared first). One pass over
+/// fixed-size chunks, which the compiler vectorises (extending a `Vec` sample by sample was
+/// 6 % of the gateway's CPU on recorded calls, perf, bench profile A).
+fn samples_to_le(audio: &[i16], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(audio.len() * 2, 0);
+    for (b, s) in out.chunks_exact_mut(2).zip(audio) {
+        b.copy_from_slice(&s.to_le_bytes());
+    }
+}
+
 fn write_sizes(file: &File, data_len: u64) -> io::Result<()> {
     let data_len = u32::try_from(data_len).unwrap_or(u32::MAX - 36);
     file.write_all_at(&(36 + data_len).to_le_bytes(), 4)?;
@@ -514,4 +522,18 @@ fn sync_fs(file: &File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples_to_le;
+
+    #[test]
+    fn samples_become_little_endian_bytes_replacing_what_was_there() {
+        let mut out = vec![9u8; 7];
+        samples_to_le(&[0x0102, -2, i16::MIN], &mut out);
+        assert_eq!(out, [0x02, 0x01, 0xfe, 0xff, 0x00, 0x80]);
+        samples_to_le(&[], &mut out);
+        assert!(out.is_empty());
+    }
 }
