@@ -80,11 +80,12 @@ impl FlowDriver {
         }
     }
 
-    /// The next report from the bot connection; pending forever for the embedded engine.
-    pub async fn next_io(&mut self) -> ConnEvent {
+    /// The next report from the bot connection (it also writes what is queued for the bot);
+    /// pending forever for the embedded engine.
+    pub fn poll_io(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<ConnEvent> {
         match self {
-            FlowDriver::Embedded(_) => std::future::pending().await,
-            FlowDriver::External(b) => b.next_io().await,
+            FlowDriver::Embedded(_) => std::task::Poll::Pending,
+            FlowDriver::External(b) => b.poll_io(cx),
         }
     }
 

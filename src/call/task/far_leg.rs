@@ -157,6 +157,7 @@ impl Call {
                     ended: false,
                 });
                 self.far_events = Some(events);
+                self.wakeups.mark(super::wakeups::Source::Far);
             }
             Err(e) => {
                 warn!(error = %e, "could not send the INVITE to the trunk");

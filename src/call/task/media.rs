@@ -174,7 +174,10 @@ impl Call {
         }
         if let Some(media) = self.media.as_mut() {
             match media.open_tap(BOT_TAP_FRAMES) {
-                Ok(t) => self.tap = Some(t),
+                Ok(t) => {
+                    self.tap = Some(t);
+                    self.wakeups.mark(super::wakeups::Source::Tap);
+                }
                 Err(e) => warn!(error = %e, "no caller-audio tap"),
             }
         }

@@ -29,6 +29,7 @@ mod media;
 mod offload;
 mod recording;
 mod setup;
+mod wakeups;
 
 use super::inbox::{self, Delivery, Inbox, InboxSender, Outstanding};
 use super::registry::Control;
@@ -47,9 +48,11 @@ use far_leg::FarLeg;
 use forward::Forward;
 use recording::Recordings;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
+use wakeups::{Source, Wakeups};
 
 /// Runs a call from INVITE to the end, then removes it from the registry.
 pub async fn run(shared: Arc<Shared>, incoming: IncomingCall) {
@@ -141,11 +144,18 @@ struct Call {
     pending_offload: Option<forward::Target>,
     /// What the bot said and the caller did (`GET /v1/calls/{id}/transcript`, mail reports).
     transcript: Option<crate::integrations::transcript::SharedTranscript>,
+    /// Which of the task's sources signalled (polled instead of all of them).
+    wakeups: Wakeups,
 }
 
 impl Call {
     async fn run(&mut self) {
         let mut frames = Vec::with_capacity(8);
+        // One timer for the task's life, moved only when a part needs an earlier wake-up or
+        // once it has fired (a wake-up earlier than needed is harmless: `drive` finds
+        // nothing due), instead of a new timer on every wake-up.
+        let mut timer = Box::pin(tokio::time::sleep_until(Instant::now().into()));
+        let mut timer_at: Option<Instant> = None;
         loop {
             let now = Instant::now();
             self.drive(now);
@@ -153,22 +163,30 @@ impl Call {
                 break;
             }
             let deadline = self.next_deadline(now);
-            tokio::select! {
-                ev = self.events.recv() => match ev {
-                    Some(ev) => self.on_leg_event(ev).await,
-                    None => self.input(Input::DialogFailed("SIP stack dropped the dialog".into())),
-                },
-                Some(ev) = self.media_events.recv() => self.on_media_event(ev),
-                n = recv_tap(&mut self.tap, &mut frames) => self.on_caller_audio(&mut frames, n),
-                ev = recv_leg(&mut self.far_events) => match ev {
-                    Some(ev) => self.on_far_event(ev),
-                    None => self.far_events = None,
-                },
-                Some(c) = self.control.recv() => self.on_control(c),
-                Some(m) = self.inbox_rx.recv() => self.on_inbox(m),
-                Some(e) = self.rec_rx.recv() => self.on_recorder_event(e),
-                io = self.flow.next_io() => self.flow.handle_io(io, Instant::now()),
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+            if timer_at.is_none_or(|at| deadline < at || at <= now) {
+                timer.as_mut().reset(deadline.into());
+                timer_at = Some(deadline);
+                self.wakeups.mark(Source::Timer);
+            }
+            let woke =
+                std::future::poll_fn(|cx| self.poll_sources(cx, timer.as_mut(), &mut frames)).await;
+            // Whatever happened may have queued frames for the bot or changed its
+            // connection: its socket is polled on the next round.
+            self.wakeups.mark(Source::Flow);
+            match woke {
+                Woke::Leg(Some(ev)) => self.on_leg_event(ev).await,
+                Woke::Leg(None) => {
+                    self.input(Input::DialogFailed("SIP stack dropped the dialog".into()))
+                }
+                Woke::Media(ev) => self.on_media_event(ev),
+                Woke::Tap(n) => self.on_caller_audio(&mut frames, n),
+                Woke::Far(Some(ev)) => self.on_far_event(ev),
+                Woke::Far(None) => self.far_events = None,
+                Woke::Control(c) => self.on_control(c),
+                Woke::Inbox(m) => self.on_inbox(m),
+                Woke::Recorder(e) => self.on_recorder_event(e),
+                Woke::Io(io) => self.flow.handle_io(io, Instant::now()),
+                Woke::Timer => timer_at = None,
             }
         }
         self.finish_tap().await;
@@ -182,6 +200,57 @@ impl Call {
                 });
             }
         }
+    }
+
+    /// Polls the sources that signalled since the last look (see [`wakeups`]), round-robin;
+    /// the first that has something wins.
+    fn poll_sources(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        frames: &mut Vec<crate::media::core::AudioFrame>,
+    ) -> Poll<Woke> {
+        use std::future::Future;
+        let mut round = self.wakeups.begin(cx);
+        while let Some(source) = round.next() {
+            let mut cx = self.wakeups.context(source);
+            let cx = &mut cx;
+            let woke = match source {
+                Source::Leg => self.events.poll_recv(cx).map(Woke::Leg),
+                Source::Media => match self.media_events.poll_recv(cx) {
+                    Poll::Ready(Some(ev)) => Poll::Ready(Woke::Media(ev)),
+                    // Closed: it never signals again.
+                    _ => Poll::Pending,
+                },
+                Source::Tap => match self.tap.as_mut() {
+                    Some(t) => t.frames.poll_recv_many(cx, frames, 8).map(Woke::Tap),
+                    None => Poll::Pending,
+                },
+                Source::Far => match self.far_events.as_mut() {
+                    Some(rx) => rx.poll_recv(cx).map(Woke::Far),
+                    None => Poll::Pending,
+                },
+                Source::Control => match self.control.poll_recv(cx) {
+                    Poll::Ready(Some(c)) => Poll::Ready(Woke::Control(c)),
+                    _ => Poll::Pending,
+                },
+                Source::Inbox => match self.inbox_rx.poll_recv(cx) {
+                    Poll::Ready(Some(m)) => Poll::Ready(Woke::Inbox(m)),
+                    _ => Poll::Pending,
+                },
+                Source::Recorder => match self.rec_rx.poll_recv(cx) {
+                    Poll::Ready(Some(e)) => Poll::Ready(Woke::Recorder(e)),
+                    _ => Poll::Pending,
+                },
+                Source::Flow => self.flow.poll_io(cx).map(Woke::Io),
+                Source::Timer => timer.as_mut().poll(cx).map(|()| Woke::Timer),
+            };
+            if woke.is_ready() {
+                self.wakeups.end(source, round);
+                return woke;
+            }
+        }
+        Poll::Pending
     }
 
     /// Adds to the call's transcript (IO-free; the lock is the API's, held for microseconds).
@@ -390,23 +459,21 @@ fn earliest<const N: usize>(now: Instant, timers: [Option<Instant>; N]) -> Insta
         .max(now)
 }
 
-async fn recv_leg(rx: &mut Option<mpsc::UnboundedReceiver<LegEvent>>) -> Option<LegEvent> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Caller audio from the tap, as many frames as are waiting (at most 8); pending forever
-/// without a tap.
-async fn recv_tap(
-    tap: &mut Option<Tap>,
-    frames: &mut Vec<crate::media::core::AudioFrame>,
-) -> usize {
-    match tap {
-        Some(t) => t.frames.recv_many(frames, 8).await,
-        None => std::future::pending().await,
-    }
+/// What woke the call task.
+enum Woke {
+    /// SIP: an event of the caller's dialog, or None once the stack has dropped it.
+    Leg(Option<LegEvent>),
+    Media(MediaEvent),
+    /// Caller audio from the tap: this many frames (at most 8); 0 once the tap has closed.
+    Tap(usize),
+    /// The far leg: an event, or None once its dialog is gone.
+    Far(Option<LegEvent>),
+    Control(Control),
+    Inbox(Inbox),
+    Recorder(RecorderEvent),
+    /// The bot's connection.
+    Io(crate::flow::websocket::ConnEvent),
+    Timer,
 }
 
 #[cfg(test)]

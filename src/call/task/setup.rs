@@ -232,6 +232,7 @@ impl Call {
             _slot: slot,
             pending_offload: None,
             transcript,
+            wakeups: super::wakeups::Wakeups::new(),
         })
     }
 

@@ -7,9 +7,14 @@ use super::bridge::{BridgeConfig, BridgeCore, IoRequest, TwilioConfig};
 use super::protocol::{sign_upgrade, Outgoing};
 use super::twilio;
 use crate::flow::{FlowAction, FlowEvent, SessionInfo};
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -17,6 +22,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn, Instrument};
 
 /// The socket's read buffer (see `run_conn`).
@@ -55,20 +61,98 @@ pub enum ConnEvent {
 /// frames are dropped and counted, so a stalled bot cannot grow the gateway's memory.
 const OUT_QUEUE: usize = 1024;
 
-struct Conn {
-    out: mpsc::Sender<Outgoing>,
-    task: JoinHandle<()>,
-    dropped: u64,
+type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the connect task hands back: the open socket, or why there is none.
+type Opened = Result<Box<WsStream>, String>;
+
+/// The bot's socket, as the call task sees it.
+///
+/// Only connecting and closing run as tasks of their own. While the connection is up the
+/// socket belongs to the call task: frames from the caller are written and the bot's
+/// messages read in the task's own poll ([`WsBridge::poll_io`]), so a 20 ms frame costs one
+/// task wake-up each way, not two (a connection task in between doubled the wake-ups and
+/// the channel hops: bench profile W).
+enum Link {
+    Idle,
+    Connecting {
+        generation: u64,
+        task: JoinHandle<()>,
+        opened: oneshot::Receiver<Opened>,
+    },
+    Open(Box<OpenLink>),
 }
 
-/// One call's bot connection: the core plus the task that owns the socket.
+struct OpenLink {
+    generation: u64,
+    ws: WsStream,
+    /// Reading stops after an oversized message: the stream is no longer framed.
+    readable: bool,
+}
+
+/// What writing the queue came to.
+enum Written {
+    /// Everything queued is with the socket, or the socket is full and will wake the task.
+    Progress,
+    /// The core asked to close with this status (after what was queued before it).
+    Close(CloseCode, String),
+}
+
+impl OpenLink {
+    /// Writes what is queued until the socket pushes back, then flushes.
+    fn poll_write(
+        &mut self,
+        queue: &mut VecDeque<Outgoing>,
+        cx: &mut Context<'_>,
+    ) -> Result<Written, WsError> {
+        let mut wrote = false;
+        while let Some(front) = queue.front() {
+            if matches!(front, Outgoing::Close { .. }) {
+                let close = queue.pop_front();
+                queue.clear();
+                if let Some(Outgoing::Close { code, reason }) = close {
+                    return Ok(Written::Close(CloseCode::from(code), reason));
+                }
+            }
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e),
+                // Full: the socket wakes the task when it can take more.
+                Poll::Pending => break,
+            }
+            let Some(o) = queue.pop_front() else { break };
+            Pin::new(&mut self.ws).start_send(message(o))?;
+            wrote = true;
+        }
+        if wrote {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.ws).poll_flush(cx) {
+                return Err(e);
+            }
+        }
+        Ok(Written::Progress)
+    }
+}
+
+fn message(o: Outgoing) -> Message {
+    match o {
+        Outgoing::Text(t) => Message::Text(t.into()),
+        Outgoing::Binary(b) => Message::Binary(b.into()),
+        Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        })),
+    }
+}
+
+/// One call's bot connection: the core plus the socket it asked for.
 pub struct WsBridge {
     core: BridgeCore,
     settings: ClientSettings,
     connect_timeout: Duration,
-    events_tx: mpsc::UnboundedSender<ConnEvent>,
-    events_rx: mpsc::UnboundedReceiver<ConnEvent>,
-    conn: Option<Conn>,
+    link: Link,
+    /// Frames for the bot not yet taken by the socket (at most [`OUT_QUEUE`]).
+    queue: VecDeque<Outgoing>,
+    dropped: u64,
 }
 
 impl WsBridge {
@@ -118,14 +202,13 @@ impl WsBridge {
         now: Instant,
     ) -> Self {
         let connect_timeout = cfg.connect_timeout;
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut b = WsBridge {
             core: BridgeCore::new(cfg, info, now),
             settings,
             connect_timeout,
-            events_tx,
-            events_rx,
-            conn: None,
+            link: Link::Idle,
+            queue: VecDeque::new(),
+            dropped: 0,
         };
         b.pump();
         b
@@ -154,12 +237,127 @@ impl WsBridge {
         self.pump();
     }
 
-    /// The next report from the connection task (pending while there is none).
-    pub async fn next_io(&mut self) -> ConnEvent {
-        match self.events_rx.recv().await {
-            Some(e) => e,
-            // We hold a sender ourselves, so this cannot end; stay pending to be safe.
-            None => std::future::pending().await,
+    /// The next report from the connection (pending while there is none). Polling it also
+    /// writes what is queued for the bot, so the call task polls it whenever it may have
+    /// queued something (after every wake-up). Nothing is held across polls but the
+    /// bridge's own state.
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<ConnEvent> {
+        match &mut self.link {
+            Link::Idle => Poll::Pending,
+            Link::Connecting {
+                generation, opened, ..
+            } => {
+                let generation = *generation;
+                let result = ready!(Pin::new(opened).poll(cx));
+                match result {
+                    Ok(Ok(ws)) => {
+                        self.link = Link::Open(Box::new(OpenLink {
+                            generation,
+                            ws: *ws,
+                            readable: true,
+                        }));
+                        Poll::Ready(ConnEvent::Connected(generation))
+                    }
+                    Ok(Err(why)) => {
+                        self.link = Link::Idle;
+                        Poll::Ready(ConnEvent::Closed(generation, why))
+                    }
+                    Err(_) => {
+                        self.link = Link::Idle;
+                        Poll::Ready(ConnEvent::Closed(generation, "connect task ended".into()))
+                    }
+                }
+            }
+            Link::Open(link) => {
+                let generation = link.generation;
+                match link.poll_write(&mut self.queue, cx) {
+                    Ok(Written::Progress) => {}
+                    Ok(Written::Close(code, reason)) => {
+                        if let Link::Open(link) = std::mem::replace(&mut self.link, Link::Idle) {
+                            spawn_close(link, VecDeque::new(), code, reason);
+                        }
+                        return Poll::Pending;
+                    }
+                    Err(e) => {
+                        self.link = Link::Idle;
+                        self.queue.clear();
+                        return Poll::Ready(ConnEvent::Closed(
+                            generation,
+                            format!("send failed: {e}"),
+                        ));
+                    }
+                }
+                loop {
+                    let Link::Open(link) = &mut self.link else {
+                        return Poll::Pending;
+                    };
+                    if !link.readable {
+                        return Poll::Pending;
+                    }
+                    let read = ready!(Pin::new(&mut link.ws).poll_next(cx));
+                    if let Some(ev) = self.on_read(generation, read) {
+                        return Poll::Ready(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the socket gave the call task, as a report for the core.
+    /// None for what the protocol handled itself (a ping answered, a pong).
+    fn on_read(
+        &mut self,
+        generation: u64,
+        read: Option<Result<Message, WsError>>,
+    ) -> Option<ConnEvent> {
+        let hard_limit = self.settings.max_message_bytes.saturating_mul(2);
+        match read {
+            Some(Ok(Message::Text(t))) => Some(ConnEvent::Text(generation, t.to_string())),
+            Some(Ok(Message::Binary(b))) => Some(ConnEvent::Binary(generation, b.to_vec())),
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = match &frame {
+                    Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+                    None => (None, String::new()),
+                };
+                debug!(?code, %reason, "the bot closed the socket; answering");
+                // The reply is queued by the protocol: flushed by the closing task, which
+                // then lets the bot end TCP.
+                if let Link::Open(link) = std::mem::replace(&mut self.link, Link::Idle) {
+                    let task = async move {
+                        let mut ws = link.ws;
+                        ws.flush().await.ok();
+                        let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+                        tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
+                    };
+                    spawn_detached(task);
+                }
+                self.queue.clear();
+                Some(ConnEvent::CloseFrame(generation, code, reason))
+            }
+            // Pings are answered by the protocol; pongs and raw frames are not used.
+            Some(Ok(_)) => None,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. }))) => {
+                warn!(
+                    size,
+                    limit = hard_limit,
+                    "message from the bot too big to read"
+                );
+                if let Link::Open(link) = &mut self.link {
+                    link.readable = false;
+                }
+                // The core answers with an error and a 1009 close (queued).
+                Some(ConnEvent::Oversized(generation, size))
+            }
+            Some(Err(e)) => {
+                self.link = Link::Idle;
+                self.queue.clear();
+                Some(ConnEvent::Closed(generation, format!("read failed: {e}")))
+            }
+            None => {
+                self.link = Link::Idle;
+                self.queue.clear();
+                Some(ConnEvent::Closed(generation, "socket ended".into()))
+            }
         }
     }
 
@@ -177,93 +375,173 @@ impl WsBridge {
         self.pump();
     }
 
-    /// Carries out what the core asked of the connection, then sends its frames.
+    /// Carries out what the core asked of the connection, and queues its frames (written
+    /// when the call task next polls [`poll_io`](Self::poll_io)).
     fn pump(&mut self) {
         loop {
             while let Some(o) = self.core.poll_outgoing() {
-                if let Some(c) = &mut self.conn {
-                    if let Err(mpsc::error::TrySendError::Full(_)) = c.out.try_send(o) {
-                        c.dropped += 1;
-                        if c.dropped.is_power_of_two() {
-                            warn!(
-                                dropped = c.dropped,
-                                "bot connection not keeping up: frames dropped"
-                            );
-                        }
-                    }
+                if matches!(self.link, Link::Idle) {
+                    continue;
                 }
+                if self.queue.len() >= OUT_QUEUE && !matches!(o, Outgoing::Close { .. }) {
+                    self.dropped += 1;
+                    if self.dropped.is_power_of_two() {
+                        warn!(
+                            dropped = self.dropped,
+                            "bot connection not keeping up: frames dropped"
+                        );
+                    }
+                    continue;
+                }
+                self.queue.push_back(o);
             }
             let Some(req) = self.core.poll_request() else {
                 break;
             };
             match req {
                 IoRequest::Connect { generation } => {
-                    if let Some(c) = self.conn.take() {
-                        c.task.abort();
-                    }
-                    self.conn = Some(self.spawn(generation));
+                    self.abort();
+                    self.link = self.connect(generation);
                 }
-                IoRequest::Abort => {
-                    if let Some(c) = self.conn.take() {
-                        c.task.abort();
-                    }
-                }
-                // Dropping the sender lets the task flush what is queued, then close.
-                IoRequest::Finish => self.conn = None,
+                IoRequest::Abort => self.abort(),
+                // What is queued goes out, then a close.
+                IoRequest::Finish => self.finish(),
             }
         }
     }
 
-    fn spawn(&self, generation: u64) -> Conn {
-        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
-        let task = tokio::spawn(
-            run_conn(
-                generation,
-                self.settings.clone(),
-                self.core_call_id(),
-                self.connect_timeout,
-                out_rx,
-                self.events_tx.clone(),
-            )
-            .in_current_span(),
-        );
-        Conn {
-            out,
-            task,
-            dropped: 0,
+    /// Drops the connection at once (a reconnect replaces it, or the core gave up on it).
+    fn abort(&mut self) {
+        if let Link::Connecting { task, .. } = std::mem::replace(&mut self.link, Link::Idle) {
+            task.abort();
+        }
+        self.queue.clear();
+    }
+
+    /// Hands the socket to a closing task: the queued frames, then a normal close. A
+    /// connection still being opened closes itself once open (its receiver is gone).
+    fn finish(&mut self) {
+        let queue = std::mem::take(&mut self.queue);
+        if let Link::Open(link) = std::mem::replace(&mut self.link, Link::Idle) {
+            spawn_close(link, queue, CloseCode::Normal, String::new());
         }
     }
 
-    fn core_call_id(&self) -> String {
-        self.core.call_id().to_string()
+    fn connect(&self, generation: u64) -> Link {
+        let (tx, opened) = oneshot::channel();
+        let task = tokio::spawn(
+            run_connect(
+                self.settings.clone(),
+                self.core.call_id().to_string(),
+                self.connect_timeout,
+                tx,
+            )
+            .in_current_span(),
+        );
+        Link::Connecting {
+            generation,
+            task,
+            opened,
+        }
     }
 }
 
 impl Drop for WsBridge {
     fn drop(&mut self) {
         // A connection still open here gets its queued frames and a close, not an abort.
-        self.conn = None;
+        self.finish();
     }
 }
 
-async fn run_conn(
-    generation: u64,
+/// Runs `task` on its own (outside a runtime, in unit tests, it is dropped: the socket
+/// simply closes).
+fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(task.in_current_span());
+    }
+}
+
+/// Closes an open socket without holding up the call: `queue` (up to a close the core
+/// asked for), then the close frame, then the bot's answer, each bounded in time.
+fn spawn_close(link: Box<OpenLink>, queue: VecDeque<Outgoing>, code: CloseCode, reason: String) {
+    spawn_detached(async move {
+        let OpenLink {
+            mut ws, readable, ..
+        } = *link;
+        let (mut code, mut reason) = (code, reason);
+        let send = async {
+            for o in queue {
+                if let Outgoing::Close { code: c, reason: r } = o {
+                    (code, reason) = (CloseCode::from(c), r);
+                    break;
+                }
+                ws.feed(message(o)).await?;
+            }
+            debug!(code = u16::from(code), %reason, "closing the bot's socket");
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            ws.send(Message::Close(Some(frame))).await
+        };
+        if !matches!(tokio::time::timeout(CLOSE_GRACE, send).await, Ok(Ok(()))) {
+            // The bot is not reading, or the socket is gone: nothing more to say.
+            return;
+        }
+        if readable {
+            // Wait for the bot's close frame; the bot then ends the TCP connection.
+            let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+            tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
+        } else {
+            // The stream can no longer be parsed (an unread message is in it), so the bot's
+            // reply cannot be read; give it time to read ours before the socket goes
+            // (closing with unread data resets the connection).
+            tokio::time::sleep(CLOSE_GRACE / 2).await;
+        }
+        tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut ws))
+            .await
+            .ok();
+    });
+}
+
+/// Opens the connection and hands the socket to the bridge. If the bridge no longer wants
+/// it (the call ended while connecting), the socket is closed properly here.
+async fn run_connect(
     settings: ClientSettings,
     call_id: String,
     connect_timeout: Duration,
-    mut out_rx: mpsc::Receiver<Outgoing>,
-    events: mpsc::UnboundedSender<ConnEvent>,
+    opened: oneshot::Sender<Opened>,
 ) {
-    let closed = |why: String| ConnEvent::Closed(generation, why);
-    let mut request = match settings.url.as_str().into_client_request() {
-        Ok(r) => r,
-        Err(e) => {
-            events.send(closed(format!("bad websocket_url: {e}"))).ok();
-            return;
+    let result = open(&settings, &call_id, connect_timeout).await;
+    match result {
+        Ok(ws) => {
+            if let Err(Ok(ws)) = opened.send(Ok(Box::new(ws))) {
+                let link = Box::new(OpenLink {
+                    generation: 0,
+                    ws: *ws,
+                    readable: true,
+                });
+                spawn_close(link, VecDeque::new(), CloseCode::Normal, String::new());
+            }
         }
-    };
+        Err(why) => {
+            opened.send(Err(why)).ok();
+        }
+    }
+}
+
+async fn open(
+    settings: &ClientSettings,
+    call_id: &str,
+    connect_timeout: Duration,
+) -> Result<WsStream, String> {
+    let mut request = settings
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad websocket_url: {e}"))?;
     let headers = request.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&call_id) {
+    if let Ok(v) = HeaderValue::from_str(call_id) {
         headers.insert("X-Voxgate-Call-Id", v);
     }
     if let Some(token) = &settings.token {
@@ -273,7 +551,7 @@ async fn run_conn(
     }
     if let Some(secret) = &settings.hmac_secret {
         let ts = chrono::Utc::now().timestamp();
-        let sig = sign_upgrade(secret.as_bytes(), ts, &call_id);
+        let sig = sign_upgrade(secret.as_bytes(), ts, call_id);
         if let Ok(v) = HeaderValue::from_str(&ts.to_string()) {
             headers.insert("X-Voxgate-Timestamp", v);
         }
@@ -305,95 +583,12 @@ async fn run_conn(
         .max_frame_size(Some(hard_limit));
     let connect =
         tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None);
-    let ws = match tokio::time::timeout(connect_timeout, connect).await {
-        Ok(Ok((ws, _resp))) => ws,
+    match tokio::time::timeout(connect_timeout, connect).await {
+        Ok(Ok((ws, _resp))) => Ok(ws),
         Ok(Err(e)) => {
             warn!(error = %e, "bot connection failed");
-            events.send(closed(format!("connect failed: {e}"))).ok();
-            return;
+            Err(format!("connect failed: {e}"))
         }
-        Err(_) => {
-            events.send(closed("connect timeout".into())).ok();
-            return;
-        }
-    };
-    events.send(ConnEvent::Connected(generation)).ok();
-    let (mut sink, mut stream) = ws.split();
-    // Reading stops after an oversized message: the stream is no longer framed.
-    let mut readable = true;
-    loop {
-        tokio::select! {
-            o = out_rx.recv() => {
-                let (code, reason) = match o {
-                    Some(Outgoing::Text(t)) => {
-                        if let Err(e) = sink.send(Message::Text(t.into())).await {
-                            events.send(closed(format!("send failed: {e}"))).ok();
-                            return;
-                        }
-                        continue;
-                    }
-                    Some(Outgoing::Binary(b)) => {
-                        if let Err(e) = sink.send(Message::Binary(b.into())).await {
-                            events.send(closed(format!("send failed: {e}"))).ok();
-                            return;
-                        }
-                        continue;
-                    }
-                    Some(Outgoing::Close { code, reason }) => (CloseCode::from(code), reason),
-                    None => (CloseCode::Normal, String::new()),
-                };
-                debug!(code = u16::from(code), %reason, "closing the bot's socket");
-                let frame = CloseFrame { code, reason: reason.into() };
-                sink.send(Message::Close(Some(frame))).await.ok();
-                if readable {
-                    // Wait for the bot's close frame; the bot then ends the TCP connection.
-                    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-                    tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
-                } else {
-                    // The stream can no longer be parsed (an unread message is in it), so the
-                    // bot's reply cannot be read; give it time to read ours before the socket
-                    // goes (closing with unread data resets the connection).
-                    tokio::time::sleep(CLOSE_GRACE / 2).await;
-                }
-                sink.close().await.ok();
-                return;
-            }
-            f = stream.next(), if readable => match f {
-                Some(Ok(Message::Text(t))) => {
-                    events.send(ConnEvent::Text(generation, t.to_string())).ok();
-                }
-                Some(Ok(Message::Binary(b))) => {
-                    events.send(ConnEvent::Binary(generation, b.to_vec())).ok();
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = match &frame {
-                        Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
-                        None => (None, String::new()),
-                    };
-                    debug!(?code, %reason, "the bot closed the socket; answering");
-                    events.send(ConnEvent::CloseFrame(generation, code, reason)).ok();
-                    // The reply is queued by the protocol: flush it, then let the bot end TCP.
-                    sink.flush().await.ok();
-                    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-                    tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
-                    return;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. }))) => {
-                    warn!(size, limit = hard_limit, "message from the bot too big to read");
-                    readable = false;
-                    // The core answers with an error and a 1009 close (queued on out_rx).
-                    events.send(ConnEvent::Oversized(generation, size)).ok();
-                }
-                Some(Err(e)) => {
-                    events.send(closed(format!("read failed: {e}"))).ok();
-                    return;
-                }
-                None => {
-                    events.send(closed("socket ended".into())).ok();
-                    return;
-                }
-            }
-        }
+        Err(_) => Err("connect timeout".into()),
     }
 }
