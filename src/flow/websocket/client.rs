@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn, Instrument};
 
-/// The socket's read buffer (see `run_conn`).
+/// The socket's read buffer (see `open`).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Where and how to connect.
@@ -43,7 +43,7 @@ pub struct ClientSettings {
 /// How long a closing handshake may take before the connection is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// What a connection task reports, tagged with its generation so stale reports are ignored.
+/// What the connection reports, tagged with its generation so stale reports are ignored.
 #[derive(Debug)]
 pub enum ConnEvent {
     Connected(u64),
