@@ -592,3 +592,86 @@ async fn open(
         Err(_) => Err("connect timeout".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+    use tokio::sync::mpsc;
+
+    /// A bot that reports every message it receives.
+    async fn bot() -> (String, mpsc::UnboundedReceiver<Message>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    fn settings(url: String) -> ClientSettings {
+        ClientSettings {
+            url,
+            token: None,
+            hmac_secret: None,
+            twilio_auth_token: None,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the bot got nothing within 5 s")
+            .expect("the bot's connection ended")
+    }
+
+    #[tokio::test]
+    async fn the_call_task_writes_the_frames_and_a_dropped_bridge_closes_properly() {
+        let (url, mut got) = bot().await;
+        let info = SessionInfo {
+            call_id: "call-1".into(),
+            ..Default::default()
+        };
+        let mut b = WsBridge::start(settings(url), BridgeConfig::default(), info, Instant::now());
+        let ev = std::future::poll_fn(|cx| b.poll_io(cx)).await;
+        assert!(matches!(ev, ConnEvent::Connected(1)), "{ev:?}");
+        b.handle_io(ev, Instant::now());
+        // `session.start` is queued; polling the bridge (as the call task does) writes it.
+        let noop = Waker::noop();
+        assert!(b.poll_io(&mut Context::from_waker(noop)).is_pending());
+        match next(&mut got).await {
+            Message::Text(t) => assert!(t.contains("session.start"), "{t}"),
+            other => panic!("expected session.start, got {other:?}"),
+        }
+        // The call is gone: the bridge hands the socket to a closing task, which sends a
+        // normal close instead of dropping the connection.
+        drop(b);
+        match next(&mut got).await {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bot_that_cannot_be_reached_is_reported_closed() {
+        // A port nobody listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let info = SessionInfo::default();
+        let mut b = WsBridge::start(settings(url), BridgeConfig::default(), info, Instant::now());
+        let ev = std::future::poll_fn(|cx| b.poll_io(cx)).await;
+        match ev {
+            ConnEvent::Closed(1, why) => assert!(why.starts_with("connect failed"), "{why}"),
+            other => panic!("expected the connection to fail, got {other:?}"),
+        }
+    }
+}
