@@ -221,6 +221,13 @@ def memory(a):
     row = {"profile": "memory", "name": a.name, "calls_per_batch": a.calls,
            "rss_idle_kib": a.rss_idle, "rss_after_batches_kib": a.rss_after,
            "growth_vs_first_pct": [100.0 * (x - first) / first for x in a.rss_after]}
+    # jemalloc's own figures (0 from a build that does not publish them): the live heap
+    # tells growth the program holds from pages the allocator has not returned yet.
+    if a.heap_after and all(a.heap_after):
+        row["heap_allocated_after_batches_kib"] = a.heap_after
+        row["heap_growth_vs_first_pct"] = [100.0 * (x - a.heap_after[0]) / a.heap_after[0]
+                                           for x in a.heap_after]
+        row["heap_resident_after_batches_kib"] = a.resident_after
     print(json.dumps(row))
 
 
@@ -330,7 +337,15 @@ def summary(a):
                    f"{r['calls_per_batch']} calls per batch. RSS idle {r['rss_idle_kib'] / 1024:.1f} MiB; after each batch: "
                    + ", ".join(f"{x / 1024:.1f} MiB" for x in r["rss_after_batches_kib"])
                    + "; change from the first: "
-                   + ", ".join(f"{g:+.1f} %" for g in r["growth_vs_first_pct"]) + ".", ""]
+                   + ", ".join(f"{g:+.1f} %" for g in r["growth_vs_first_pct"]) + "."]
+            if "heap_allocated_after_batches_kib" in r:
+                md += ["", "Live heap (jemalloc `allocated`) after each batch: "
+                       + ", ".join(f"{x / 1024:.1f} MiB" for x in r["heap_allocated_after_batches_kib"])
+                       + "; change from the first: "
+                       + ", ".join(f"{g:+.1f} %" for g in r["heap_growth_vs_first_pct"])
+                       + "; allocator resident: "
+                       + ", ".join(f"{x / 1024:.1f} MiB" for x in r["heap_resident_after_batches_kib"]) + "."]
+            md.append("")
     open(a.markdown, "w").write("\n".join(md) + "\n")
 
 
@@ -358,6 +373,8 @@ def main():
     s.add_argument("--calls", type=int)
     s.add_argument("--rss-idle", type=int)
     s.add_argument("--rss-after", type=int, nargs="+")
+    s.add_argument("--heap-after", type=int, nargs="*", default=[])
+    s.add_argument("--resident-after", type=int, nargs="*", default=[])
     s = sub.add_parser("summary")
     for k in ("results", "tag", "load_start", "load_end", "cpus", "smoke", "json", "markdown"):
         s.add_argument("--" + k.replace("_", "-"))

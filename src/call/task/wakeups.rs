@@ -70,7 +70,7 @@ impl Wake for InputWaker {
 /// The marks, one waker per input, and where the next round starts.
 pub(super) struct Wakeups {
     signals: Arc<Signals>,
-    wakers: Vec<Waker>,
+    wakers: [Waker; INPUTS.len()],
     next: usize,
 }
 
@@ -79,15 +79,13 @@ impl Wakeups {
     pub(super) fn new() -> Self {
         let signals = Arc::new(Signals::default());
         signals.marked.store(ALL, Ordering::Release);
-        let wakers = INPUTS
-            .iter()
-            .map(|&i| {
-                Waker::from(Arc::new(InputWaker {
-                    signals: signals.clone(),
-                    bit: 1 << i as u32,
-                }))
-            })
-            .collect();
+        // Input `i` is bit `i` (`INPUTS[i] as u32 == i`, which `context` relies on too).
+        let wakers = std::array::from_fn(|i| {
+            Waker::from(Arc::new(InputWaker {
+                signals: signals.clone(),
+                bit: 1 << i,
+            }))
+        });
         Wakeups {
             signals,
             wakers,
@@ -175,6 +173,13 @@ mod tests {
     fn task() -> (Arc<CountingWaker>, Waker) {
         let c = Arc::new(CountingWaker(AtomicUsize::new(0)));
         (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn input_i_is_bit_i() {
+        for (i, input) in INPUTS.iter().enumerate() {
+            assert_eq!(*input as usize, i, "{input:?}");
+        }
     }
 
     #[test]

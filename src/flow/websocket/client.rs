@@ -274,7 +274,7 @@ impl WsBridge {
                     Ok(Written::Progress) => {}
                     Ok(Written::Close(code, reason)) => {
                         if let Link::Open(link) = std::mem::replace(&mut self.link, Link::Idle) {
-                            spawn_close(link, VecDeque::new(), code, reason);
+                            spawn_close(link.ws, link.readable, VecDeque::new(), code, reason);
                         }
                         return Poll::Pending;
                     }
@@ -423,7 +423,13 @@ impl WsBridge {
     fn finish(&mut self) {
         let queue = std::mem::take(&mut self.queue);
         if let Link::Open(link) = std::mem::replace(&mut self.link, Link::Idle) {
-            spawn_close(link, queue, CloseCode::Normal, String::new());
+            spawn_close(
+                link.ws,
+                link.readable,
+                queue,
+                CloseCode::Normal,
+                String::new(),
+            );
         }
     }
 
@@ -462,12 +468,16 @@ fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) 
 }
 
 /// Closes an open socket without holding up the call: `queue` (up to a close the core
-/// asked for), then the close frame, then the bot's answer, each bounded in time.
-fn spawn_close(link: Box<OpenLink>, queue: VecDeque<Outgoing>, code: CloseCode, reason: String) {
+/// asked for), then the close frame, then the bot's answer, each bounded in time. `readable`:
+/// whether the bot's answer can still be parsed ([`OpenLink::readable`]).
+fn spawn_close(
+    mut ws: WsStream,
+    readable: bool,
+    queue: VecDeque<Outgoing>,
+    code: CloseCode,
+    reason: String,
+) {
     spawn_detached(async move {
-        let OpenLink {
-            mut ws, readable, ..
-        } = *link;
         let (mut code, mut reason) = (code, reason);
         let send = async {
             for o in queue {
@@ -516,12 +526,7 @@ async fn run_connect(
     match result {
         Ok(ws) => {
             if let Err(Ok(ws)) = opened.send(Ok(Box::new(ws))) {
-                let link = Box::new(OpenLink {
-                    generation: 0,
-                    ws: *ws,
-                    readable: true,
-                });
-                spawn_close(link, VecDeque::new(), CloseCode::Normal, String::new());
+                spawn_close(*ws, true, VecDeque::new(), CloseCode::Normal, String::new());
             }
         }
         Err(why) => {
