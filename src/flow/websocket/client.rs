@@ -26,7 +26,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn, Instrument};
 
 /// The socket's read buffer (see `open`).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -580,8 +580,11 @@ async fn open(
     // tungstenite's default read buffer is 128 KiB and it zero-fills the free part before
     // every read: with one 320-byte frame per read that memset was 26-32 % of the gateway's
     // CPU on WebSocket calls (perf, bench profile W) and most of their memory. It still
-    // zero-fills before each read (two per 20 ms frame: the frame, then WouldBlock), so the
-    // buffer is kept small: 4 KiB holds a dozen frames; a larger message takes more reads.
+    // zero-fills before each read (two per 20 ms frame: the frame, then the attempt that
+    // finds nothing more), so the buffer is kept small. At 4 KiB the zero-fill was still
+    // 2.1 % of the gateway's CPU in profile W; 1 KiB holds three 20 ms frames (324 bytes
+    // each) or a Twilio media message, and a larger message takes more reads (a 4 MiB
+    // utterance: 4,096 reads, a few ms once per utterance).
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(hard_limit))
