@@ -100,6 +100,9 @@ struct Call {
     to_tag: Option<String>,
     branch: String,
     sock: UdpSocket,
+    /// The RTCP port next to `sock` (RTP + 1), held so the gateway's RTCP for this call lands
+    /// here, as with a real endpoint, and not in another call's RTP socket. Never read.
+    _rtcp: UdpSocket,
     phase: Phase,
     invite: String,
     invited_at: Instant,
@@ -220,7 +223,7 @@ fn run(a: &Args) -> Result<(), String> {
         // Start calls on schedule.
         while calls.len() < a.calls && start + interval * calls.len() as u32 <= now {
             let i = calls.len();
-            let sock = UdpSocket::bind(SocketAddr::new(a.bind, 0)).map_err(io_err)?;
+            let (sock, rtcp) = bind_pair(a.bind).map_err(io_err)?;
             sock.set_nonblocking(true).map_err(io_err)?;
             enable_timestamps(&sock);
             ep.add(sock.as_raw_fd(), i as u64).map_err(io_err)?;
@@ -236,6 +239,7 @@ fn run(a: &Args) -> Result<(), String> {
                 to_tag: None,
                 branch,
                 sock,
+                _rtcp: rtcp,
                 phase: Phase::Inviting,
                 invite,
                 invited_at: now,
@@ -337,8 +341,9 @@ fn run(a: &Args) -> Result<(), String> {
                     on_sip(a, &sip, sip_addr, &text, &mut calls, &by_id, &mut setup);
                 }
             } else if let Some(c) = calls.get_mut(token as usize) {
-                while let Some((n, ts_ns)) = recv_stamped(&c.sock, &mut buf) {
-                    if n >= 12 {
+                while let Some((n, from, ts_ns)) = recv_stamped(&c.sock, &mut buf) {
+                    // Only the gateway's RTP for this call counts (not RTCP, not strays).
+                    if n >= 12 && from.is_some() && from == c.remote_rtp && is_rtp(&buf[..n]) {
                         c.received += 1;
                         if has_sound(&buf[..n]) {
                             c.received_sound += 1;
@@ -609,16 +614,47 @@ fn enable_timestamps(s: &UdpSocket) {
     }
 }
 
-/// One datagram and its kernel receive time (CLOCK_REALTIME, ns).
-fn recv_stamped(s: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Option<i128>)> {
+/// An even RTP port on `ip` and the odd RTCP port after it, both bound, as a real endpoint
+/// holds them (RFC 3550 §11).
+fn bind_pair(ip: IpAddr) -> io::Result<(UdpSocket, UdpSocket)> {
+    for _ in 0..256 {
+        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let port = rtp.local_addr()?.port();
+        if port % 2 != 0 || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, port + 1)) {
+            return Ok((rtp, rtcp));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free even/odd port pair for RTP and RTCP",
+    ))
+}
+
+/// RTP, not RTCP (payload types 72–95 are RTCP's packet types 200–223 seen as RTP, RFC 5761).
+fn is_rtp(pkt: &[u8]) -> bool {
+    pkt[0] >> 6 == 2 && !(72..=95).contains(&(pkt[1] & 0x7F))
+}
+
+/// One datagram, where it came from and its kernel receive time (CLOCK_REALTIME, ns).
+fn recv_stamped(
+    s: &UdpSocket,
+    buf: &mut [u8],
+) -> Option<(usize, Option<SocketAddr>, Option<i128>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
     let mut control = [0u64; 16];
+    // SAFETY: sockaddr_storage is plain old data; zero is valid.
+    let mut from: libc::sockaddr_storage = unsafe { mem::zeroed() };
     // SAFETY: msghdr is plain old data; zero is valid. Pointers set below refer to locals
     // that outlive the recvmsg call.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
@@ -640,7 +676,28 @@ fn recv_stamped(s: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Option<i128>)> 
             cm = libc::CMSG_NXTHDR(&msg, cm);
         }
     }
-    Some((n as usize, ts))
+    Some((n as usize, source(&from), ts))
+}
+
+fn source(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) into storage that is
+            // large enough and aligned for it.
+            let a: libc::sockaddr_in =
+                unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6 (family AF_INET6).
+            let a: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(a.sin6_port)))
+        }
+        _ => None,
+    }
 }
 
 struct Epoll {
