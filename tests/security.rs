@@ -540,8 +540,25 @@ fn rtp_from_a_foreign_port_cannot_take_the_stream() {
         caller_rx > 20,
         "the caller lost its audio ({caller_rx} packets in 1 s)"
     );
-    let foreign_logs = gw.log_count("RTP from a foreign source dropped");
-    assert_eq!(foreign_logs, 1, "logged once a minute, not per packet");
+    let foreign_logs = gw.log_lines("RTP from a foreign source dropped");
+    assert_eq!(
+        foreign_logs.len(),
+        1,
+        "logged once a minute, not per packet"
+    );
+    // Logged on a media worker, yet in the call's span: the operator sees which call.
+    assert!(
+        foreign_logs[0].contains(&format!("call_id={}", p.call_id)),
+        "the warning names the call: {}",
+        foreign_logs[0]
+    );
+    assert!(
+        gw.log_lines("remote RTP stream started")
+            .iter()
+            .any(|l| l.contains(&format!("call_id={}", p.call_id))),
+        "{}",
+        gw.log_tail(30)
+    );
     assert!(
         !gw.log_contains("remote SSRC changed"),
         "{}",

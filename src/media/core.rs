@@ -171,10 +171,13 @@ pub struct MediaCore {
     tx: TxBuf,
     /// The last tick, the clock of a recording started before media.
     last_tick: Option<Instant>,
+    /// The call's span: the core runs on a media worker, so its log lines (and its RTP
+    /// sessions') name it to carry the Call-ID.
+    span: tracing::Span,
 }
 
 impl MediaCore {
-    pub fn new(stats: Arc<MediaStats>) -> Self {
+    pub fn new(stats: Arc<MediaStats>, span: tracing::Span) -> Self {
         MediaCore {
             caller: None,
             far: None,
@@ -188,13 +191,20 @@ impl MediaCore {
             stats,
             tx: TxBuf::default(),
             last_tick: None,
+            span,
         }
+    }
+
+    /// The call's span (see [`MediaCore::new`]).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// Applies a command at the tick `now` (a tick instant: send schedules snap to it).
     pub fn command(&mut self, cmd: MediaCommand, now: Instant, wall: DateTime<Utc>) {
         match cmd {
-            MediaCommand::StartCaller { config, hold } => {
+            MediaCommand::StartCaller { mut config, hold } => {
+                config.span = self.span.clone();
                 let mut rtp = RtpSession::new(*config, now);
                 rtp.set_hold(hold);
                 self.caller = Some(rtp);
@@ -253,7 +263,11 @@ impl MediaCore {
                     }
                     rtp.set_codec(config.codec, config.payload_type, config.telephone_event_pt);
                 }
-                None => self.far = Some(RtpSession::new(*config, now)),
+                None => {
+                    let mut config = config;
+                    config.span = tracing::info_span!(parent: &self.span, "far_leg");
+                    self.far = Some(RtpSession::new(*config, now));
+                }
             },
             MediaCommand::UpdateFar { remote, hold } => {
                 if let Some(rtp) = self.far.as_mut() {
@@ -385,7 +399,7 @@ impl MediaCore {
         if let Some(rec) = self.recording.take() {
             let id = rec.id().clone();
             let (summary, pending) = rec.stop(now);
-            debug!(recording = %id, slots = summary.slots, "recording feed ended");
+            debug!(parent: &self.span, recording = %id, slots = summary.slots, "recording feed ended");
             self.events.push_back(MediaEvent::RecordingFed {
                 id,
                 slots: summary.slots,
@@ -508,11 +522,11 @@ fn playback(rtp: &mut RtpSession, cmd: MediaCommand) {
         } => {
             for d in digits.chars() {
                 if let Err(e) = rtp.send_dtmf(d, duration_ms) {
-                    warn!(digit = %d, error = %e, "cannot send DTMF");
+                    warn!(parent: rtp.span(), digit = %d, error = %e, "cannot send DTMF");
                 }
             }
         }
-        other => info!(?other, "not a playback command"),
+        other => info!(parent: rtp.span(), ?other, "not a playback command"),
     }
 }
 
@@ -585,7 +599,7 @@ mod tests {
     }
 
     fn started_core(t0: Instant) -> MediaCore {
-        let mut core = MediaCore::new(Arc::new(MediaStats::default()));
+        let mut core = MediaCore::new(Arc::new(MediaStats::default()), tracing::Span::none());
         core.command(
             MediaCommand::StartCaller {
                 config: leg_config(Codec::Pcmu, addr(CALLER_PEER, 4000), 1),
@@ -600,7 +614,7 @@ mod tests {
     #[test]
     fn one_packet_per_tick_and_prompts_go_out_pre_encoded_with_their_mark() {
         let t0 = Instant::now();
-        let mut core = MediaCore::new(Arc::new(MediaStats::default()));
+        let mut core = MediaCore::new(Arc::new(MediaStats::default()), tracing::Span::none());
         let pcm: Arc<[i16]> = (0..800)
             .map(|i| ((i * 37) % 4000) as i16)
             .collect::<Vec<_>>()
@@ -957,7 +971,7 @@ mod tests {
     fn a_full_tap_drops_and_counts_instead_of_waiting() {
         let t0 = Instant::now();
         let stats = Arc::new(MediaStats::default());
-        let mut core = MediaCore::new(stats.clone());
+        let mut core = MediaCore::new(stats.clone(), tracing::Span::none());
         core.command(
             MediaCommand::StartCaller {
                 config: leg_config(Codec::Pcmu, addr(CALLER_PEER, 4000), 1),
@@ -1011,7 +1025,7 @@ mod tests {
         // The worker reads the sockets, then finds the call detached and closes it without
         // an `on_tick`: the packet it just read still reaches the bot's tap.
         let t0 = Instant::now();
-        let mut core = MediaCore::new(Arc::new(MediaStats::default()));
+        let mut core = MediaCore::new(Arc::new(MediaStats::default()), tracing::Span::none());
         core.command(
             MediaCommand::StartCaller {
                 config: leg_config(Codec::Pcmu, addr(CALLER_PEER, 4000), 1),

@@ -80,6 +80,9 @@ pub struct RtpConfig {
     /// Picks the SSRC and the initial sequence number and timestamp: random in
     /// production, fixed in tests.
     pub seed: u64,
+    /// The call's span. The session runs on a media worker, outside the call task, so its
+    /// log lines name it explicitly to carry the Call-ID.
+    pub span: tracing::Span,
 }
 
 impl RtpConfig {
@@ -97,6 +100,7 @@ impl RtpConfig {
             cname: None,
             wall_clock_at_start: None,
             seed: 0,
+            span: tracing::Span::none(),
         }
     }
 }
@@ -311,6 +315,8 @@ pub struct RtpSession {
 
     stats: RtpStats,
     events: VecDeque<RtpEvent>,
+    /// See [`RtpConfig::span`].
+    span: tracing::Span,
 }
 
 impl RtpSession {
@@ -325,10 +331,10 @@ impl RtpSession {
             .wall_clock_at_start
             .map(rtcp::ntp_from_system_time)
             .unwrap_or(0);
+        debug!(parent: &config.span, ssrc, codec = config.codec.name(), remote = ?config.remote, "RTP session created");
         let cname = config
             .cname
             .unwrap_or_else(|| format!("voxgate-{ssrc:08x}"));
-        debug!(ssrc, codec = config.codec.name(), remote = ?config.remote, "RTP session created");
         RtpSession {
             codec: config.codec,
             payload_type: config.payload_type,
@@ -375,6 +381,7 @@ impl RtpSession {
             last_sr: None,
             stats: RtpStats::default(),
             events: VecDeque::new(),
+            span: config.span,
         }
     }
 
@@ -395,7 +402,7 @@ impl RtpSession {
     ) -> Result<(), RtpError> {
         let pkt = packet::parse(buf).inspect_err(|e| {
             self.stats.invalid += 1;
-            debug!(%from, error = %e, "dropping non-RTP datagram");
+            debug!(parent: &self.span, %from, error = %e, "dropping non-RTP datagram");
         })?;
         let h = pkt.header;
         if !self.accept_source(from, now) {
@@ -413,7 +420,7 @@ impl RtpSession {
         };
         let Some(codec) = codec else {
             self.stats.unknown_payload_type += 1;
-            debug!(pt = h.payload_type, %from, "dropping RTP with unknown payload type");
+            debug!(parent: &self.span, pt = h.payload_type, %from, "dropping RTP with unknown payload type");
             // Comfort noise and the like still occupy sequence numbers and prove liveness.
             if self.stream_ssrc() == Some(h.ssrc) {
                 self.note_alive(now);
@@ -453,7 +460,7 @@ impl RtpSession {
         now: Instant,
     ) -> Result<(), RtpError> {
         let packets = rtcp::parse_compound(buf).inspect_err(|e| {
-            debug!(%from, error = %e, "dropping bad RTCP");
+            debug!(parent: &self.span, %from, error = %e, "dropping bad RTCP");
         })?;
         // RTCP comes from the RTP peer's host (its port is RTP + 1, or muxed): anything else is
         // foreign.
@@ -463,7 +470,7 @@ impl RtpSession {
             return Err(RtpError::ForeignSource(from));
         }
         if self.rtcp_addr != Some(from) {
-            debug!(%from, "RTCP peer address latched");
+            debug!(parent: &self.span, %from, "RTCP peer address latched");
             self.rtcp_addr = Some(from);
         }
         for p in packets {
@@ -487,7 +494,7 @@ impl RtpSession {
                         None => true,
                     };
                     if ours {
-                        info!(
+                        info!(parent: &self.span,
                             reason = reason.as_deref().unwrap_or(""),
                             "peer sent RTCP BYE"
                         );
@@ -508,7 +515,7 @@ impl RtpSession {
         if let Some(limit) = self.inactivity_timeout {
             let since = now.saturating_duration_since(self.last_rx);
             if !self.inactive_fired && since >= limit {
-                warn!(
+                warn!(parent: &self.span,
                     since_ms = since.as_millis() as u64,
                     "no RTP received; leg inactive"
                 );
@@ -579,12 +586,12 @@ impl RtpSession {
                 let skipped = target - self.next_slot;
                 let late_ms = (now - due).as_millis() as u64;
                 if self.last_sent_slot.map(|s| s + 1) == Some(self.next_slot) {
-                    warn!(
+                    warn!(parent: &self.span,
                         late_ms,
                         skipped, "RTP send clock fell behind; skipping ahead"
                     );
                 } else {
-                    debug!(late_ms, skipped, "RTP sending resumes after idle slots");
+                    debug!(parent: &self.span, late_ms, skipped, "RTP sending resumes after idle slots");
                 }
                 self.stats.send_slots_skipped += skipped;
                 self.next_slot = target;
@@ -679,7 +686,7 @@ impl RtpSession {
         let ms = self.queued_ms();
         self.playback.clear();
         self.drain_marks();
-        debug!(dropped_ms = ms, "outgoing audio cleared");
+        debug!(parent: &self.span, dropped_ms = ms, "outgoing audio cleared");
     }
 
     /// Milliseconds of audio waiting to be sent.
@@ -701,15 +708,20 @@ impl RtpSession {
     /// clock keeps running, so timestamps stay true to elapsed time. RTCP continues.
     pub fn set_hold(&mut self, hold: bool) {
         if hold != self.hold {
-            info!(hold, "RTP hold changed");
+            info!(parent: &self.span, hold, "RTP hold changed");
             self.hold = hold;
             self.resync = true;
         }
     }
 
+    /// The call's span (see [`RtpConfig::span`]).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
     /// A new SDP address (re-INVITE): send there until the peer's packets say otherwise.
     pub fn set_remote(&mut self, addr: SocketAddr) {
-        info!(%addr, "RTP remote set from SDP");
+        info!(parent: &self.span, %addr, "RTP remote set from SDP");
         self.send_addr = Some(addr);
         self.sdp_addr = Some(addr);
         self.latched = false;
@@ -719,7 +731,7 @@ impl RtpSession {
 
     /// A renegotiated codec, its payload type, or telephone-event payload type (re-INVITE).
     pub fn set_codec(&mut self, codec: Codec, payload_type: u8, telephone_event_pt: Option<u8>) {
-        info!(codec = codec.name(), payload_type, te_pt = ?telephone_event_pt, "RTP codec set");
+        info!(parent: &self.span, codec = codec.name(), payload_type, te_pt = ?telephone_event_pt, "RTP codec set");
         self.codec = codec;
         self.payload_type = payload_type;
         self.te_pt = telephone_event_pt;
@@ -802,7 +814,7 @@ impl RtpSession {
     ) -> Result<(), RtpError> {
         if let Err(e) = EventPayload::parse(payload) {
             self.stats.invalid += 1;
-            debug!(%from, error = %e, "dropping bad telephone-event");
+            debug!(parent: &self.span, %from, error = %e, "dropping bad telephone-event");
             return Err(e.into());
         }
         self.stats.packets_received += 1;
@@ -826,7 +838,7 @@ impl RtpSession {
     fn note_alive(&mut self, now: Instant) {
         self.last_rx = now;
         if self.inactive_fired {
-            info!("RTP resumed");
+            info!(parent: &self.span, "RTP resumed");
             self.inactive_fired = false;
         }
     }
@@ -858,7 +870,7 @@ impl RtpSession {
             .foreign_logged_at
             .is_none_or(|t| now.saturating_duration_since(t) >= FOREIGN_LOG_INTERVAL);
         if due {
-            warn!(
+            warn!(parent: &self.span,
                 %from,
                 peer = ?self.send_addr,
                 suppressed = self.foreign_since_log,
@@ -882,7 +894,7 @@ impl RtpSession {
         if previous.map(|p| p.ip()) != Some(from.ip()) {
             self.rtcp_addr = None;
         }
-        info!(%from, previous = ?previous, "RTP peer address latched");
+        info!(parent: &self.span, %from, previous = ?previous, "RTP peer address latched");
         self.events.push_back(RtpEvent::RemoteAddrChanged(from));
     }
 
@@ -894,7 +906,7 @@ impl RtpSession {
         samples: Vec<i16>,
         now: Instant,
     ) {
-        info!(ssrc, seq, "remote RTP stream started");
+        info!(parent: &self.span, ssrc, seq, "remote RTP stream started");
         let tracker = SeqTracker::new(seq);
         let first = tracker.first_extended();
         self.stream = Some(Stream { ssrc, seq: tracker });
@@ -911,7 +923,7 @@ impl RtpSession {
                 c.frames.len() >= SSRC_PROBATION
             }
             _ => {
-                debug!(ssrc = h.ssrc, "packet from another SSRC; on probation");
+                debug!(parent: &self.span, ssrc = h.ssrc, "packet from another SSRC; on probation");
                 self.candidate = Some(Candidate {
                     ssrc: h.ssrc,
                     next_seq: h.sequence.wrapping_add(1),
@@ -926,7 +938,7 @@ impl RtpSession {
         let Some(c) = self.candidate.take() else {
             return;
         };
-        info!(old = ?self.stream_ssrc(), new = c.ssrc, "remote SSRC changed");
+        info!(parent: &self.span, old = ?self.stream_ssrc(), new = c.ssrc, "remote SSRC changed");
         self.flush_jitter();
         if let Some(old) = self.stream.take() {
             self.lost_in_old_streams += old.seq.cumulative_lost();
@@ -957,7 +969,7 @@ impl RtpSession {
         let ext = match update {
             SeqUpdate::Ahead(e) | SeqUpdate::Late(e) => e,
             SeqUpdate::Restarted(e) => {
-                info!("remote restarted its RTP sequence numbers");
+                info!(parent: &self.span, "remote restarted its RTP sequence numbers");
                 self.flush_jitter();
                 e
             }
@@ -1072,7 +1084,7 @@ impl RtpSession {
         if self.dtmf_tx.is_none() && self.dtmf_gap == 0 {
             if let (Some(pt), Some((digit, ms))) = (self.te_pt, self.dtmf_queue.pop_front()) {
                 if let Ok(packets) = dtmf::event_packets(digit, ms) {
-                    debug!(%digit, duration_ms = ms, "sending DTMF");
+                    debug!(parent: &self.span, %digit, duration_ms = ms, "sending DTMF");
                     self.dtmf_tx = Some(DtmfTx {
                         packets,
                         index: 0,

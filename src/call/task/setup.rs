@@ -136,16 +136,20 @@ impl Call {
             }
         };
         let port = rtp_sock.local_addr().map(|a| a.port()).unwrap_or(0);
-        let (media, media_events) = match shared.media.attach(rtp_sock, rtcp_sock) {
-            Ok(m) => m,
-            Err(e) => {
-                refuse(Refusal {
-                    code: 503,
-                    why: e.to_string(),
-                });
-                return None;
-            }
-        };
+        let (media, media_events) =
+            match shared
+                .media
+                .attach(rtp_sock, rtcp_sock, tracing::Span::current())
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    refuse(Refusal {
+                        code: 503,
+                        why: e.to_string(),
+                    });
+                    return None;
+                }
+            };
         let local = LocalMedia {
             addr: shared.advertised_ip,
             port,

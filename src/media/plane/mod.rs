@@ -97,11 +97,13 @@ impl MediaPlane {
         self.pacing.snapshot()
     }
 
-    /// Hands a call's RTP/RTCP sockets to the least-loaded worker.
+    /// Hands a call's RTP/RTCP sockets to the least-loaded worker. `span` is the call's: the
+    /// worker's log lines about this call's media carry it (and so the Call-ID).
     pub fn attach(
         &self,
         rtp: UdpSocket,
         rtcp: UdpSocket,
+        span: tracing::Span,
     ) -> Result<(MediaHandle, mpsc::Receiver<MediaEvent>), MediaError> {
         let w = self
             .workers
@@ -119,6 +121,7 @@ impl MediaPlane {
             events,
             stats: stats.clone(),
             lease: lease.clone(),
+            span,
         };
         w.tx.try_send(msg).map_err(map_err)?;
         w.load.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,8 @@ pub(crate) enum WorkerMsg {
         stats: Arc<MediaStats>,
         /// Held by the call's handle too: when only the worker holds it, the call is over.
         lease: Arc<()>,
+        /// The call's span, for the log lines of its media (see `MediaCore::new`).
+        span: tracing::Span,
     },
     AttachFar {
         key: u64,
@@ -186,9 +188,10 @@ impl Worker {
                 events,
                 stats,
                 lease,
+                span,
             } => {
                 let mut call = CallMedia {
-                    core: MediaCore::new(stats),
+                    core: MediaCore::new(stats, span),
                     socks: [Some(rtp), Some(rtcp), None, None],
                     events,
                     lease,
@@ -314,6 +317,7 @@ impl Worker {
                     call.events_dropped += 1;
                     if call.events_dropped.is_power_of_two() {
                         warn!(
+                            parent: call.core.span(),
                             dropped = call.events_dropped,
                             "call task not reading media events"
                         );
