@@ -62,14 +62,18 @@ impl MediaPlane {
         .max(1);
         let pacing = Arc::new(Pacing::default());
         let mut refs = Vec::with_capacity(n);
+        let epoch = std::time::Instant::now();
         for index in 0..n {
+            // The workers' ticks are spread over the 20 ms rather than all at once, so their
+            // bursts of work do not compete for the cores (and with the rest of the process).
+            let first_tick = epoch + TICK * index as u32 / n as u32;
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let load = Arc::new(AtomicUsize::new(0));
             let poller = io::Poller::new(1024)?;
             let (l, p) = (load.clone(), pacing.clone());
             std::thread::Builder::new()
                 .name(format!("voxgate-media-{index}"))
-                .spawn(move || Worker::new(index, rx, l, p, poller).run(realtime))?;
+                .spawn(move || Worker::new(index, rx, l, p, poller).run(realtime, first_tick))?;
             refs.push(WorkerRef { tx, load });
         }
         tracing::info!(workers = n, "media plane started");

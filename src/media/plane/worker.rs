@@ -128,8 +128,9 @@ impl Worker {
         }
     }
 
-    /// The thread body: ticks until every handle to the worker is gone.
-    pub(crate) fn run(mut self, realtime: bool) {
+    /// The thread body: ticks on the grid that starts at `first_tick` until every handle to
+    /// the worker is gone.
+    pub(crate) fn run(mut self, realtime: bool, first_tick: Instant) {
         set_timer_slack(1_000);
         let priority = if realtime {
             raise_priority()
@@ -137,7 +138,7 @@ impl Worker {
             "default"
         };
         tracing::info!(worker = self.index, priority, "media worker started");
-        let mut schedule = TickSchedule::new(Instant::now(), TICK);
+        let mut schedule = TickSchedule::new(first_tick, TICK);
         loop {
             let now = Instant::now();
             let deadline = schedule.deadline();
