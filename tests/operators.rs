@@ -331,6 +331,29 @@ fn websocket_mode_needs_and_reads_no_flow_file() {
     assert!(gw.get_noauth("/healthz").unwrap().status == 200);
 }
 
+/// The media workers' tick lateness is a histogram with the documented buckets (not the
+/// exporter's default summary), filled from the first tick, calls or not.
+#[test]
+fn media_tick_lateness_is_a_histogram_on_metrics() {
+    let gw = Gateway::builder().start();
+    let count = |gw: &Gateway| -> f64 {
+        metric_line(gw, "voxgate_media_tick_lateness_seconds_count")
+            .and_then(|l| l.split_whitespace().last().and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0)
+    };
+    // Each worker ticks 50 times a second.
+    assert!(
+        eventually(Duration::from_secs(10), || count(&gw) >= 50.0),
+        "{:?}",
+        metric_line(&gw, "voxgate_media_tick")
+    );
+    let text = gw.get_noauth("/metrics").unwrap().text();
+    for le in ["0.0005", "0.001", "0.005", "0.1", "+Inf"] {
+        let bucket = format!("voxgate_media_tick_lateness_seconds_bucket{{le=\"{le}\"}}");
+        assert!(text.contains(&bucket), "no {bucket} in:\n{text}");
+    }
+}
+
 /// Every `"voxgate_…"` string literal in src/ that names a metric.
 fn metric_names_in_code() -> std::collections::BTreeSet<String> {
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

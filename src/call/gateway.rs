@@ -157,6 +157,13 @@ impl Gateway {
             }
         }
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    crate::media::plane::TICK_LATENESS.to_string(),
+                ),
+                &crate::media::plane::TICK_LATENESS_BUCKETS,
+            )
+            .map_err(|e| StartError::Metrics(e.to_string()))?
             .install_recorder()
             .map_err(|e| StartError::Metrics(e.to_string()))?;
         // After recovery, so recovered recordings are offered to the store in their final state.

@@ -8,7 +8,6 @@
 //! recording feed and closes the sockets.
 
 pub mod io;
-pub mod pacing;
 pub mod schedule;
 mod worker;
 
@@ -19,9 +18,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::core::{AudioFrame, MediaCommand, MediaEvent, MediaStats, TapSender};
-pub use pacing::{Pacing, PacingSnapshot};
-pub use worker::TICK;
 use worker::{Worker, WorkerMsg};
+pub use worker::{TICK, TICK_LATENESS, TICK_LATENESS_BUCKETS};
 
 /// Commands queued per worker at most (all its calls together).
 pub const WORKER_QUEUE: usize = 16_384;
@@ -46,7 +44,6 @@ struct WorkerRef {
 pub struct MediaPlane {
     workers: Vec<WorkerRef>,
     next_key: AtomicU64,
-    pacing: Arc<Pacing>,
 }
 
 impl MediaPlane {
@@ -60,7 +57,6 @@ impl MediaPlane {
             workers.min(cores)
         }
         .max(1);
-        let pacing = Arc::new(Pacing::default());
         let mut refs = Vec::with_capacity(n);
         let epoch = std::time::Instant::now();
         for index in 0..n {
@@ -70,17 +66,16 @@ impl MediaPlane {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let load = Arc::new(AtomicUsize::new(0));
             let poller = io::Poller::new(1024)?;
-            let (l, p) = (load.clone(), pacing.clone());
+            let l = load.clone();
             std::thread::Builder::new()
                 .name(format!("voxgate-media-{index}"))
-                .spawn(move || Worker::new(index, rx, l, p, poller).run(realtime, first_tick))?;
+                .spawn(move || Worker::new(index, rx, l, poller).run(realtime, first_tick))?;
             refs.push(WorkerRef { tx, load });
         }
         tracing::info!(workers = n, "media plane started");
         Ok(MediaPlane {
             workers: refs,
             next_key: AtomicU64::new(1),
-            pacing,
         })
     }
 
@@ -94,11 +89,6 @@ impl MediaPlane {
             .iter()
             .map(|w| w.load.load(Ordering::Relaxed))
             .sum()
-    }
-
-    /// How late the workers woke for their ticks, so far.
-    pub fn pacing(&self) -> PacingSnapshot {
-        self.pacing.snapshot()
     }
 
     /// Hands a call's RTP/RTCP sockets to the least-loaded worker. `span` is the call's: the
