@@ -459,7 +459,9 @@ impl RtpSession {
         from: SocketAddr,
         now: Instant,
     ) -> Result<(), RtpError> {
-        let packets = rtcp::parse_compound(buf).inspect_err(|e| {
+        // One report every few seconds: the parser's own lines carry the call.
+        let packets = self.span.in_scope(|| rtcp::parse_compound(buf));
+        let packets = packets.inspect_err(|e| {
             debug!(parent: &self.span, %from, error = %e, "dropping bad RTCP");
         })?;
         // RTCP comes from the RTP peer's host (its port is RTP + 1, or muxed): anything else is
@@ -510,7 +512,11 @@ impl RtpSession {
     /// Processes timers due at `now`: jitter-buffer holes, DTMF end timeout, inactivity.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.release_audio(now);
-        self.dtmf_rx.handle_timeout(now);
+        if self.dtmf_rx.poll_timeout().is_some() {
+            // Only while a key is down, so not a span entered every tick.
+            let _in_call = self.span.enter();
+            self.dtmf_rx.handle_timeout(now);
+        }
         self.drain_digits();
         if let Some(limit) = self.inactivity_timeout {
             let since = now.saturating_duration_since(self.last_rx);
@@ -825,8 +831,12 @@ impl RtpSession {
         if self.stream_ssrc() == Some(h.ssrc) {
             self.ingest(h.sequence, Entry::Skip, None, now);
         }
-        self.dtmf_rx
-            .handle_packet(h.ssrc, h.timestamp, h.marker, payload, now)?;
+        {
+            // telephone-event packets are few: the receiver's own lines carry the call.
+            let _in_call = self.span.enter();
+            self.dtmf_rx
+                .handle_packet(h.ssrc, h.timestamp, h.marker, payload, now)?;
+        }
         self.drain_digits();
         Ok(())
     }
