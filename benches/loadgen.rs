@@ -676,28 +676,11 @@ fn recv_stamped(
             cm = libc::CMSG_NXTHDR(&msg, cm);
         }
     }
-    Some((n as usize, source(&from), ts))
-}
-
-fn source(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(s.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) into storage that is
-            // large enough and aligned for it.
-            let a: libc::sockaddr_in =
-                unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
-            let ip = Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(a.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6 (family AF_INET6).
-            let a: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(a.sin6_port)))
-        }
-        _ => None,
-    }
+    Some((
+        n as usize,
+        voxgate::media::plane::io::from_storage(&from),
+        ts,
+    ))
 }
 
 struct Epoll {

@@ -307,7 +307,9 @@ fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+/// The address the kernel wrote into `s` (a datagram's source): IPv4 or IPv6, `None` for any
+/// other family. Also used by the light load client (benches/loadgen.rs).
+pub fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(s.ss_family) {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) into storage that is
